@@ -1,0 +1,120 @@
+"""Settings shared by every T-MSPR config: the reference's defaults (``reference/model.md`` §7).
+
+Each dataset config calls :func:`get_base_config` and overrides what its reference yml overrides. Keys are read by:
+
+* ``model``   -> ``tmspr_jax.models.build_model``
+* ``data``    -> ``tmspr_jax.data.pipeline``
+* ``parsing`` -> ``tmspr_jax.data.parsing``
+* ``loss``    -> ``tmspr_jax.losses``
+* ``optim``   -> ``tmspr_jax.optim``
+* ``train``   -> ``tmspr_jax.train``
+* ``eval``    -> ``tmspr_jax.evaluate``
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_MEAN = (0.5, 0.5, 0.5)
+HALF_STD = (0.5, 0.5, 0.5)
+
+
+def default_data_dir() -> str:
+    """Where prepared TFDS datasets live unless ``--config.data.data_dir`` says otherwise."""
+    return os.environ.get("TMSPR_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 1234  # SOLVER.SEED
+    c.img_size = (256, 128)  # INPUT.SIZE_TRAIN == SIZE_TEST, (H, W)
+    c.init_checkpoint = ""  # converted or trained checkpoint to start from / evaluate (--mode=eval)
+
+    # ---------------------------------------------------------------- model (reference/model.md §1-§2)
+    m = c.model = ml_collections.ConfigDict()
+    m.patch_size = 16
+    m.stride = (11, 11)  # MODEL.STRIDE_SIZE (y, x)
+    m.embed_dim = 768
+    m.depth = 12
+    m.num_heads = 12
+    m.mlp_ratio = 4.0
+    m.drop_path = 0.1  # MODEL.DROP_PATH; per-block rates linspace(0, drop_path, depth)
+    m.sie_camera = True
+    m.sie_view = False
+    m.sie_coe = 3.0
+    m.re_arrange = True
+    m.shift_num = 5  # effective cyclic shift is shift_num - 1 (reference quirk)
+    m.shuffle_groups = 2
+    m.divide_length = 6  # T-MSPR default (TransReID: 4)
+    m.part_norm = "batch"  # 'batch' = reference (min-max over the whole batch); 'sample' = per image
+    m.neck_feat = "before"  # eval feature: 'before' (7680-d) or 'after' (3840-d)
+    m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params, norms, softmax, losses stay f32)
+    m.remat = False  # rematerialise each transformer block in the backward pass
+    m.stack_branches = True  # run views / JPM groups / part sequences as stacked batches (same result)
+    m.pretrained = ""  # ImageNet ViT: .pth / .npz / .safetensors / converted orbax folder
+
+    # ---------------------------------------------------------------- data (reference/data.md)
+    d = c.data = ml_collections.ConfigDict()
+    d.train = "occluded_duke"  # TFDS builder providing the train split
+    d.test = "occluded_duke"  # TFDS builder providing query + gallery
+    d.data_dir = default_data_dir()
+    d.manual_dir = ""  # raw release folder; if set, missing TFDS datasets are built from it on first use
+    d.mean = HALF_MEAN
+    d.std = HALF_STD
+    d.batch_size = 32  # SOLVER.IMS_PER_BATCH (global, all devices and hosts)
+    d.num_instances = 4  # DATALOADER.NUM_INSTANCE (K); P = batch_size // K identities per batch
+    d.test_batch_size = 256  # TEST.IMS_PER_BATCH: with part_norm='batch' features depend on it
+    d.num_workers = 8  # grain worker processes for the training views (0 = in-process)
+    d.prefetch_buffer = 2
+    d.occluder_source = ""  # '' = training split in use; or a builder name whose train images give occluders
+    d.occluder_normalize = False  # False = reference quirk: occluder pasted in [0,1], un-normalised
+
+    # ---------------------------------------------------------------- parsing targets (reference/data.md §4)
+    p = c.parsing = ml_collections.ConfigDict()
+    p.path = ""  # '' = stored with the dataset (see tmspr_jax.data.parsing)
+    p.missing = "error"  # 'error' or 'zero_weight'
+
+    # ---------------------------------------------------------------- losses (reference/model.md §3)
+    lo = c.loss = ml_collections.ConfigDict()
+    lo.id_weight = 1.0
+    lo.triplet_weight = 1.0
+    lo.seg_weight = 0.25
+    lo.rec_weight = 1.0
+    lo.kl_weight = 0.0  # computed and logged; the reference never adds it
+    lo.label_smoothing = 0.0  # IF_LABELSMOOTH 'off'
+    lo.triplet_margin = 0.0  # 0 = soft margin (NO_MARGIN=True)
+
+    # ---------------------------------------------------------------- optimiser (reference/model.md §5)
+    o = c.optim = ml_collections.ConfigDict()
+    o.name = "sgd"  # 'sgd' (reference) or 'adamw'
+    o.base_lr = 0.008
+    o.momentum = 0.9
+    o.weight_decay = 1e-4
+    o.weight_decay_bias = 1e-4
+    o.bias_lr_factor = 2.0
+    o.warmup_epochs = 5
+    o.warmup_lr_init_factor = 0.01  # warmup_lr_init = 0.01 * base_lr (absolute, all groups)
+    o.min_lr_factor = 0.002  # lr_min = 0.002 * base_lr (absolute, all groups)
+
+    # ---------------------------------------------------------------- training loop
+    t = c.train = ml_collections.ConfigDict()
+    t.epochs = 170
+    t.eval_period = 5  # epochs
+    t.log_every = 50  # steps
+    t.checkpoint_every = 1  # epochs
+    t.keep_checkpoints = 2  # latest N, plus the best by mAP
+    t.max_steps_per_epoch = 0  # 0 = the sampler's full epoch; >0 caps it (smoke tests)
+
+    # ---------------------------------------------------------------- evaluation (reference/model.md §6)
+    e = c.eval = ml_collections.ConfigDict()
+    e.feat_norm = True
+    e.max_rank = 50
+    e.rerank = False
+    e.k1 = 20
+    e.k2 = 6
+    e.lambda_value = 0.3
+    return c

@@ -1,0 +1,1 @@
+"""tmspr_jax/data"""
