@@ -106,6 +106,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     t.eval_period = 5  # epochs
     t.log_every = 50  # steps
     t.checkpoint_every = 1  # epochs
+    t.checkpoint_every_steps = 0  # >0: also save mid-epoch (the data position is saved with it)
     t.keep_checkpoints = 2  # latest N, plus the best by mAP
     t.max_steps_per_epoch = 0  # 0 = the sampler's full epoch; >0 caps it (smoke tests)
 

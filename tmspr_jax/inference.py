@@ -1,0 +1,84 @@
+"""Test features of query and gallery through the model, and the re-ID metrics on them.
+
+The evaluation batches keep the reference's order (query, then gallery) and batch size, with a smaller last batch:
+with ``part_norm='batch'`` a feature depends on the rest of its batch (reference/model.md §6.3). When the last batch
+does not split over the devices it is padded, and the padding rows are masked out of the batch statistics (``valid``),
+so the features equal those of the unpadded batch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+from tmspr_jax import evaluate, sharding
+
+
+def make_extract_fn(model) -> Callable:
+    """A jitted ``(variables, images, camids, valid) -> features`` (the eval feature of the model)."""
+
+    def extract(variables, images, camids, valid):
+        return model.apply(variables, images, camids, valid=valid, method=model.extract)
+
+    return jax.jit(extract)
+
+
+def _pad_rows(batch: Mapping[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+    n = len(batch["images"])
+    pad = (-n) % multiple
+    out = dict(batch)
+    if "valid" not in out:
+        out["valid"] = np.ones((n,), bool)
+    if pad:
+        for k, v in list(out.items()):
+            if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n:
+                filler = np.zeros((pad,) + v.shape[1:], v.dtype)
+                out[k] = np.concatenate([v, filler])
+    return out
+
+
+def extract_features(
+    extract_fn: Callable,
+    variables: Any,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    mesh: jax.sharding.Mesh,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs the model over evaluation batches; returns (features, pids, camids) of the valid rows, in order."""
+    feats, pids, camids = [], [], []
+    n_dev = mesh.devices.size
+    for batch in batches:
+        # Every process pads its slice the same way so the global batch splits evenly over the devices.
+        local = _pad_rows(batch, max(1, n_dev // jax.process_count()))
+        arrays = sharding.shard_batch(
+            {"images": local["images"], "camids": local["camids"].astype(np.int32), "valid": local["valid"]}, mesh
+        )
+        out = extract_fn(variables, arrays["images"], arrays["camids"], arrays["valid"])
+        valid = sharding.gather_host(local["valid"])
+        feats.append(sharding.to_host(out)[valid])
+        pids.append(sharding.gather_host(local["pids"].astype(np.int64))[valid])
+        camids.append(sharding.gather_host(local["camids"].astype(np.int64))[valid])
+        if progress is not None:
+            progress(int(valid.sum()))
+    if not feats:
+        raise ValueError("The evaluation split is empty: no batches to extract features from.")
+    return np.concatenate(feats), np.concatenate(pids), np.concatenate(camids)
+
+
+def evaluate_features(
+    query: tuple[np.ndarray, np.ndarray, np.ndarray],
+    gallery: tuple[np.ndarray, np.ndarray, np.ndarray],
+    eval_cfg,
+) -> dict:
+    """Metrics of query features against gallery features (fractions in [0, 1])."""
+    feats = np.concatenate([query[0], gallery[0]])
+    pids = np.concatenate([query[1], gallery[1]])
+    camids = np.concatenate([query[2], gallery[2]])
+    t0 = time.perf_counter()
+    results = evaluate.compute_metrics(feats, pids, camids, len(query[0]), eval_cfg)
+    logging.info("Metrics on %d queries x %d gallery in %.1fs", len(query[0]), len(gallery[0]), time.perf_counter() - t0)
+    return results

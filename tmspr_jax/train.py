@@ -1,0 +1,449 @@
+"""Training with periodic evaluation, checkpoints and automatic resume.
+
+One jitted step over a 1-D ``'data'`` mesh of all devices (DESIGN principle 3): the global batch is sharded, parameters
+are replicated, the state is donated. The learning rates are set once per epoch, as the reference's scheduler is
+stepped (reference/model.md §5.2). Everything a restarted run needs is in the orbax checkpoint: the train state and the
+data position (epoch and batch within it), so a killed run that is restarted ends with the same parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as ocp_managers
+from tqdm import tqdm
+
+from tmspr_jax import inference, losses, optim, sharding, weights
+from tmspr_jax.data import parsing, pipeline, sources
+from tmspr_jax.models import build_model, init_variables, vit
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training step produced a NaN or infinite loss."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+# ---------------------------------------------------------------------------------------------------- the step
+
+
+def make_train_step(model, tx: optax.GradientTransformation, loss_cfg: ml_collections.ConfigDict) -> Callable:
+    """``(state, batch, rng) -> (state, metrics)``; a step whose loss is not finite leaves the state unchanged."""
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array):
+        step_rng = jax.random.fold_in(rng, state.step)
+
+        def loss_fn(params):
+            outputs, mutated = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["views"],
+                batch["camids"],
+                train=True,
+                rngs={"drop_path": step_rng},
+                mutable=["batch_stats"],
+            )
+            loss, terms = losses.total_loss(
+                outputs, batch["pids"], batch["parsing"], batch["parsing_weight"], loss_cfg
+            )
+            return loss, (terms, mutated["batch_stats"])
+
+        (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        finite = jnp.isfinite(loss)
+        # Keep the last good state: the host stops the run when it sees `finite == False`.
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        metrics = {k: v for k, v in terms.items() if jnp.ndim(v) == 0}
+        metrics["loss"] = loss
+        metrics["finite"] = finite
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return new_state, metrics
+
+    return train_step
+
+
+# ---------------------------------------------------------------------------------------------------- logging
+
+
+class MetricsLogger:
+    """One JSON line per logged step / evaluation in ``WORKDIR/metrics.jsonl``, and TensorBoard events in ``WORKDIR/tb``."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            except ImportError:  # pragma: no cover - tensorboardX is a dependency
+                logging.warning("tensorboardX not installed: no TensorBoard events.")
+
+    def write(self, kind: str, step: int, values: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": int(step), "time": time.time()}
+        for k, v in values.items():
+            record[k] = _jsonable(v)
+        self._file.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "time") and not isinstance(v, bool):
+                    self._tb.add_scalar(f"{kind}/{k}", v, int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def _jsonable(v):
+    if isinstance(v, (np.ndarray, jax.Array)):
+        v = np.asarray(v)
+        return v.item() if v.ndim == 0 else v.tolist()
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        return v.item()
+    return v
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+
+def make_checkpoint_manager(workdir: str, train_cfg) -> ocp.CheckpointManager:
+    """Latest-N plus the best checkpoint by mAP (``best_step()`` works), saved asynchronously."""
+    policy = ocp_managers.AnyPreservationPolicy(
+        [
+            ocp_managers.LatestN(n=max(1, int(train_cfg.keep_checkpoints))),
+            ocp_managers.BestN(
+                get_metric_fn=lambda m: m["mAP"], reverse=True, n=1, keep_checkpoints_without_metrics=False
+            ),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        best_fn=lambda m: m["mAP"],
+        best_mode="max",
+        enable_async_checkpointing=True,
+        create=True,
+    )
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")), item_names=("state", "data"), options=options
+    )
+
+
+def _save_args(state: TrainState, epoch: int, batch: int) -> ocp.args.Composite:
+    """The train state and the data position to resume from (the next batch to run)."""
+    return ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"epoch": int(epoch), "batch": int(batch)})
+    )
+
+
+def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+    )
+    return restored["state"], dict(restored["data"])
+
+
+# ---------------------------------------------------------------------------------------------------- setup
+
+
+@dataclasses.dataclass
+class Experiment:
+    """What training and evaluation share: the model, the data splits, the mesh."""
+
+    config: ml_collections.ConfigDict
+    model: Any
+    mesh: jax.sharding.Mesh
+    train_split: Any
+    query_split: Any
+    gallery_split: Any
+    num_classes: int
+    num_cameras: int
+    grid: tuple[int, int]
+
+
+def setup_experiment(config: ml_collections.ConfigDict, need_train: bool = True) -> Experiment:
+    """Opens the dataset splits named by the config and builds the model for them."""
+    d = config.data
+    manual = d.manual_dir or None
+    train_split = sources.open_split(d.train, "train", d.data_dir, manual_dir=manual)
+    query_split = sources.open_split(d.test, "query", d.data_dir, manual_dir=manual)
+    gallery_split = sources.open_split(d.test, "gallery", d.data_dir, manual_dir=manual)
+    num_classes = int(train_split.num_classes)
+    num_cameras = int(train_split.num_cameras) if config.model.sie_camera else 0
+    test_cams = int(max(query_split.camids.max(initial=0), gallery_split.camids.max(initial=0))) + 1
+    if config.model.sie_camera and num_cameras > 1 and test_cams > num_cameras:
+        raise ValueError(
+            f"The test split '{d.test}' has camera ids up to {test_cams - 1} but the SIE camera table learnt on "
+            f"'{d.train}' has {num_cameras} rows; set --config.model.sie_camera=False or train on matching cameras."
+        )
+    model = build_model(config.model, tuple(config.img_size), num_classes, num_cameras)
+    mesh = sharding.make_data_mesh()
+    grid = vit.patch_grid(tuple(config.img_size), config.model.patch_size, tuple(config.model.stride))
+    return Experiment(config, model, mesh, train_split, query_split, gallery_split, num_classes, num_cameras, grid)
+
+
+def initial_variables(exp: Experiment, rng: jax.Array) -> dict:
+    """Random init, then the ImageNet ViT (``model.pretrained``) or a full checkpoint (``init_checkpoint``) on top."""
+    cfg = exp.config
+    if cfg.init_checkpoint:
+        return load_checkpoint_variables(cfg.init_checkpoint, exp)
+    if cfg.model.pretrained:
+        return weights.load_pretrained(
+            cfg.model.pretrained, cfg.model, tuple(cfg.img_size), exp.num_classes, exp.num_cameras, rng
+        )
+    return init_variables(exp.model, rng)
+
+
+def load_checkpoint_variables(path: str, exp: Experiment) -> dict:
+    """Variables from a converted weights folder (``meta.json``) or a training workdir / its ``checkpoints`` folder."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(os.path.join(path, "meta.json")):
+        variables, meta = weights.load_variables(path)
+        for key, want in (("num_classes", exp.num_classes), ("num_cameras", exp.num_cameras)):
+            if key in meta and int(meta[key]) != int(want):
+                raise ValueError(f"{path}: checkpoint has {key}={meta[key]} but the config's data gives {want}.")
+        return variables
+    ckpt_dir = path if os.path.basename(path) == "checkpoints" else os.path.join(path, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(
+            f"init_checkpoint {path!r} is neither a converted weights folder (with meta.json) nor a training workdir "
+            f"(with a checkpoints/ folder)."
+        )
+    manager = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"), options=ocp.CheckpointManagerOptions(
+        best_fn=lambda m: m["mAP"], best_mode="max", read_only=True))
+    step = manager.best_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint in {ckpt_dir}.")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    state = restored["state"]
+    logging.info("Restored step %d from %s", step, ckpt_dir)
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+
+def run_evaluation(exp: Experiment, variables: Any, extract_fn: Callable | None = None, desc: str = "eval") -> dict:
+    """Features of query then gallery, metrics with the reference's protocol."""
+    cfg = exp.config
+    extract_fn = extract_fn or inference.make_extract_fn(exp.model)
+    total = len(exp.query_split) + len(exp.gallery_split)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=jax.process_index() != 0, mininterval=2.0, leave=False)
+    with jax.set_mesh(exp.mesh):
+        variables = sharding.replicate(variables, exp.mesh)
+        out = []
+        for split in (exp.query_split, exp.gallery_split):
+            batches = pipeline.eval_batches(
+                cfg, split, process_index=jax.process_index(), process_count=jax.process_count()
+            )
+            out.append(inference.extract_features(extract_fn, variables, batches, exp.mesh, progress=bar.update))
+    bar.close()
+    return inference.evaluate_features(out[0], out[1], cfg.eval)
+
+
+def summarize(results: Mapping[str, Any]) -> str:
+    return (
+        f"mAP {results['mAP']:.1%}  Rank-1 {results['rank1']:.1%}  Rank-5 {results['rank5']:.1%}  "
+        f"Rank-10 {results['rank10']:.1%}  mINP {results['mINP']:.1%}"
+    )
+
+
+def write_results(workdir: str, results: Mapping[str, Any], name: str = "results.json") -> str:
+    path = os.path.join(workdir, name)
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump({k: _jsonable(v) for k, v in results.items()}, f, indent=1)
+    return path
+
+
+def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """``--mode=eval``: evaluates ``init_checkpoint`` (converted or trained) without training."""
+    if not config.init_checkpoint:
+        raise ValueError("--mode=eval needs --config.init_checkpoint=DIR (a converted weights folder or a workdir).")
+    exp = setup_experiment(config)
+    variables = load_checkpoint_variables(config.init_checkpoint, exp)
+    results = run_evaluation(exp, variables)
+    os.makedirs(workdir, exist_ok=True)
+    write_results(workdir, results)
+    logger = MetricsLogger(workdir, enabled=jax.process_index() == 0)
+    logger.write("eval", 0, results)
+    logger.close()
+    logging.info("Evaluation of %s: %s", config.init_checkpoint, summarize(results))
+    return results
+
+
+def evaluate_untrained(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The metrics of the model before training (its initial weights), for contrast; ``results_untrained.json``."""
+    exp = setup_experiment(config)
+    init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+    with jax.set_mesh(exp.mesh):
+        variables = initial_variables(exp, init_rng)
+    results = run_evaluation(exp, variables, desc="eval untrained")
+    os.makedirs(workdir, exist_ok=True)
+    write_results(workdir, results, name="results_untrained.json")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    stop_after_steps: int | None = None,
+) -> dict:
+    """Trains ``config.train.epochs`` epochs with evaluation every ``eval_period`` epochs; resumes from ``workdir``.
+
+    ``stop_after_steps`` ends the run early after that many optimisation steps in this call (used to simulate a kill).
+    Returns the last evaluation's results (empty if none ran).
+    """
+    cfg = config
+    exp = setup_experiment(cfg)
+    sharding.check_global_batch(cfg.data.batch_size, exp.mesh)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    logger = MetricsLogger(workdir, enabled=is_main)
+
+    rng = jax.random.PRNGKey(cfg.seed)
+    init_rng, step_rng = jax.random.split(rng)
+    total_epochs = int(cfg.train.epochs)
+
+    targets = parsing.load_targets(cfg.parsing, exp.train_split, exp.grid, cfg.data.data_dir)
+    if targets.num_missing:
+        logging.warning("%d training images have no parsing map: their segmentation loss weight is 0.", targets.num_missing)
+    train_pipe = pipeline.TrainPipeline(
+        cfg, exp.train_split, targets, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+
+    manager = make_checkpoint_manager(workdir, cfg.train)
+    with jax.set_mesh(exp.mesh):
+        variables = initial_variables(exp, init_rng)
+        tx = optim.make_optimizer(cfg.optim, variables["params"], total_epochs)
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            opt_state=tx.init(variables["params"]),
+        )
+        state = sharding.replicate(state, exp.mesh)
+        start_epoch, start_batch = 1, 0
+        latest = manager.latest_step()
+        if latest is not None:
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+            state, data_state = restore_state(manager, latest, abstract)
+            start_epoch, start_batch = int(data_state["epoch"]), int(data_state["batch"])
+            logging.info("Resumed from step %d: epoch %d, batch %d", latest, start_epoch, start_batch)
+        train_step = jax.jit(make_train_step(exp.model, tx, cfg.loss), donate_argnums=(0,))
+        extract_fn = inference.make_extract_fn(exp.model)
+
+        cap = int(cfg.train.max_steps_per_epoch)
+
+        def epoch_steps(e: int) -> int:
+            n = train_pipe.steps_per_epoch(e)
+            return min(n, cap) if cap > 0 else n
+
+        host_step = int(state.step)  # the host's copy of state.step, so the loop never waits on the device
+        total_steps = sum(epoch_steps(e) for e in range(1, total_epochs + 1))
+        bar = tqdm(total=total_steps, initial=host_step, desc="train", unit="step", disable=not is_main, mininterval=2.0)
+        results: dict = {}
+        steps_this_call = 0
+        pending = None  # (step, metrics) of the previous step, checked one step late so dispatch stays asynchronous
+        last_log_time, last_log_step = time.perf_counter(), host_step
+
+        def check(item) -> None:
+            step_no, metrics = item
+            if not bool(metrics["finite"]):
+                manager.wait_until_finished()
+                raise NonFiniteLossError(
+                    f"Loss is {float(metrics['loss'])} at step {step_no}: training stopped. That step did not update "
+                    f"the state; the last good checkpoint in {manager.directory} is step {manager.latest_step()}."
+                )
+
+        epoch = start_epoch
+        while epoch <= total_epochs:
+            lrs = optim.learning_rates(epoch, cfg.optim, total_epochs)
+            state = state.replace(opt_state=optim.set_epoch(state.opt_state, epoch, cfg.optim, total_epochs))
+            state = sharding.replicate(state, exp.mesh)
+            n_steps = epoch_steps(epoch)
+            batch_index = start_batch if epoch == start_epoch else 0
+            for batch in train_pipe.epoch_iterator(epoch, start_batch=batch_index, num_batches=n_steps):
+                arrays = sharding.shard_batch(batch, exp.mesh)
+                state, metrics = train_step(state, arrays, step_rng)
+                if pending is not None:
+                    check(pending)
+                host_step += 1
+                batch_index += 1
+                steps_this_call += 1
+                pending = (host_step, metrics)
+                bar.update(1)
+                every = int(cfg.train.checkpoint_every_steps)
+                if every > 0 and host_step % every == 0 and batch_index < n_steps:
+                    check(pending)
+                    manager.save(host_step, args=_save_args(state, epoch, batch_index))
+                if host_step % int(cfg.train.log_every) == 0:
+                    check(pending)
+                    host = jax.device_get(metrics)
+                    now = time.perf_counter()
+                    rate = (host_step - last_log_step) * cfg.data.batch_size / max(now - last_log_time, 1e-9)
+                    last_log_time, last_log_step = now, host_step
+                    record = {k: v for k, v in host.items() if k != "finite"}
+                    record.update(epoch=epoch, lr_weight=lrs["weight"], lr_bias=lrs["bias"], samples_per_s=rate)
+                    logger.write("train", host_step, record)
+                    bar.set_postfix(loss=f"{float(host['loss']):.3f}", acc=f"{float(host.get('acc', 0.0)):.2f}")
+                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                    check(pending)
+                    manager.wait_until_finished()
+                    bar.close()
+                    logger.close()
+                    return results
+            if pending is not None:
+                check(pending)
+                pending = None
+            # ---- end of epoch: evaluation, checkpoint
+            metrics_for_ckpt = None
+            if epoch % int(cfg.train.eval_period) == 0 or epoch == total_epochs:
+                results = run_evaluation(exp, state.variables, extract_fn, desc=f"eval epoch {epoch}")
+                results["epoch"] = epoch
+                logger.write("eval", int(state.step), results)
+                write_results(workdir, results)
+                logging.info("Epoch %d: %s", epoch, summarize(results))
+                metrics_for_ckpt = {"mAP": float(results["mAP"]), "rank1": float(results["rank1"])}
+            if epoch % int(cfg.train.checkpoint_every) == 0 or epoch == total_epochs or metrics_for_ckpt:
+                manager.save(host_step, args=_save_args(state, epoch + 1, 0), metrics=metrics_for_ckpt)
+            epoch += 1
+        bar.close()
+    manager.wait_until_finished()
+    best = manager.best_step()
+    logging.info("Training finished; best checkpoint: step %s", best)
+    logger.close()
+    return results
