@@ -72,11 +72,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.prefetch_buffer = 2
     d.occluder_source = ""  # '' = training split in use; or a builder name whose train images give occluders
     d.occluder_normalize = False  # False = reference quirk: occluder pasted in [0,1], un-normalised
+    d.synthetic = False  # generate the synthetic occluded dataset into manual_dir on first use (the demo)
 
     # ---------------------------------------------------------------- parsing targets (reference/data.md §4)
     p = c.parsing = ml_collections.ConfigDict()
     p.path = ""  # '' = stored with the dataset (see tmspr_jax.data.parsing)
     p.missing = "error"  # 'error' or 'zero_weight'
+    p.maps_dir = ""  # LIP maps (<stem>.png / .npy); if set, targets missing from `path` are computed on first use
+    p.method = "patch_mean"  # 'patch_mean' (each patch's own window) or 'reference' (bilinear resize to the grid)
 
     # ---------------------------------------------------------------- losses (reference/model.md §3)
     lo = c.loss = ml_collections.ConfigDict()
@@ -109,6 +112,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     t.checkpoint_every_steps = 0  # >0: also save mid-epoch (the data position is saved with it)
     t.keep_checkpoints = 2  # latest N, plus the best by mAP
     t.max_steps_per_epoch = 0  # 0 = the sampler's full epoch; >0 caps it (smoke tests)
+    t.eval_untrained = False  # evaluate the initial weights first and write results_untrained.json
 
     # ---------------------------------------------------------------- evaluation (reference/model.md §6)
     e = c.eval = ml_collections.ConfigDict()

@@ -1,0 +1,90 @@
+"""Makes sure what a config needs on disk exists before training: datasets, parsing targets, the demo's data.
+
+Paper settings expect the datasets to be prepared (``python -m tmspr_jax.data.prepare``) and their parsing targets
+computed (``python -m tmspr_jax.data.parsing``); with ``data.manual_dir`` / ``parsing.maps_dir`` set, missing pieces are
+built here on first use instead. The demo (``data.synthetic=True``) also generates its synthetic dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import ml_collections
+from absl import logging
+
+from tmspr_jax.data import parsing, sources
+
+
+def ensure_synthetic_dataset(out_dir: str) -> None:
+    """Generates the synthetic occluded dataset into ``out_dir`` unless a complete one is already there."""
+    from tmspr_jax.data import synthetic
+
+    marker = os.path.join(out_dir, "COMPLETE")
+    if os.path.exists(marker):
+        return
+    t0 = time.perf_counter()
+    logging.info("Generating the synthetic occluded dataset in %s", out_dir)
+    tmp = out_dir.rstrip("/") + ".partial"
+    if os.path.exists(tmp):
+        import shutil
+
+        shutil.rmtree(tmp)
+    synthetic.generate(tmp)
+    if os.path.exists(out_dir):
+        import shutil
+
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    with open(marker, "w") as f:
+        f.write("ok\n")
+    logging.info("Synthetic dataset ready in %.1fs", time.perf_counter() - t0)
+
+
+def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, int]) -> None:
+    """Computes the training split's parsing targets from ``parsing.maps_dir`` when they are not stored yet."""
+    cfg = config.parsing
+    path = cfg.path or parsing.default_path(config.data.data_dir, config.data.train, grid)
+    if os.path.exists(path) or not cfg.maps_dir:
+        return
+    split = sources.open_split(config.data.train, "train", config.data.data_dir, manual_dir=config.data.manual_dir or None)
+    t0 = time.perf_counter()
+    names, targets, missing = parsing.compute_targets(
+        list(split.file_names),
+        cfg.maps_dir,
+        tuple(config.img_size),
+        config.model.patch_size,
+        tuple(config.model.stride),
+        method=cfg.method,
+        allow_missing=cfg.missing == "zero_weight",
+    )
+    parsing.save_targets(
+        path,
+        names,
+        targets,
+        img_size=tuple(config.img_size),
+        patch=config.model.patch_size,
+        stride=tuple(config.model.stride),
+        method=cfg.method,
+        source=cfg.maps_dir,
+    )
+    logging.info(
+        "Parsing targets for %d images (%d missing) -> %s in %.1fs", len(names), len(missing), path,
+        time.perf_counter() - t0,
+    )  # fmt: skip
+
+
+def prepare_for_config(config: ml_collections.ConfigDict) -> None:
+    """Generates / builds what the config names and is missing (see the module docstring)."""
+    from tmspr_jax.models.vit import patch_grid
+
+    d = config.data
+    if d.get("synthetic", False):
+        if not d.manual_dir:
+            raise ValueError("data.synthetic=True needs data.manual_dir (where the synthetic dataset is generated).")
+        ensure_synthetic_dataset(d.manual_dir)
+    manual = d.manual_dir or None
+    for name, split in ((d.train, "train"), (d.test, "query"), (d.test, "gallery")):
+        sources.open_split(name, split, d.data_dir, manual_dir=manual)  # builds on first use, or explains what to run
+    grid = patch_grid(tuple(config.img_size), config.model.patch_size, tuple(config.model.stride))
+    ensure_parsing_targets(config, grid)
