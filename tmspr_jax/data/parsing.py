@@ -1,0 +1,486 @@
+"""Human-parsing targets for the semantic perception head (reference/data.md §4, model.md §2.2 E, §3.4).
+
+A human parser (SCHP trained on LIP, 20 classes) labels every training image offline. This module
+
+1. merges the 20 LIP classes into the six T-MSPR groups (:data:`LIP_TO_GROUP`, :func:`merge_lip`),
+2. pools the merged map onto the model's patch grid (:func:`grid_targets`),
+3. stores one float32 ``[gh, gw, 6]`` target per training image, keyed by file name, beside the prepared dataset
+   (``<data_dir>/parsing/<builder>/<gh>x<gw>.npz``; CLI below), and
+4. loads them aligned to a split's record order for the training pipeline (:func:`load_targets`).
+
+Pooling (``method='patch_mean'``, the default): the merged map is resized to the model input size exactly as view 1
+resizes the image (PIL bicubic, whole image, aspect ratio not kept), then averaged over each patch's own receptive
+window, rows ``[sy*y, sy*y + patch)`` and columns ``[sx*x, sx*x + patch)``. The target of patch ``(y, x)`` is therefore
+the group composition of the very pixels that patch embeds. ``method='reference'`` reproduces the reference instead:
+a bilinear (``align_corners=False``) resize of the merged map straight to ``(gh, gw)``, which puts grid row ``r`` at
+relative height ``(r + 0.5) / gh`` while the patch is centred at ``(sy*r + patch/2) / H`` (4.5 % of the height apart
+at the bottom row for 256x128, stride 11). See ``docs/parsing.md``.
+
+CLI::
+
+    python -m tmspr_jax.data.parsing --maps_dir MAPS --data_dir DATA --dataset NAME \
+        [--config=configs/occ_duke.py | --img_size 256,128 --patch 16 --stride 11,11] [--out PATH] [--allow_missing]
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+LIP_CLASSES: tuple[str, ...] = (
+    "Background", "Hat", "Hair", "Glove", "Sunglasses", "Upper-clothes", "Dress", "Coat", "Socks", "Pants",
+    "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm", "Left-leg", "Right-leg", "Left-shoe", "Right-shoe",
+)  # fmt: skip
+GROUP_NAMES: tuple[str, ...] = ("Background", "Head", "Body", "Accessory", "Legs", "Feet")
+NUM_LIP = len(LIP_CLASSES)
+NUM_GROUPS = len(GROUP_NAMES)
+
+# reference/data.md §4.2 ('lip_merged'): note Hat -> Accessory, not Head.
+LIP_TO_GROUP: np.ndarray = np.array(
+    [
+        0,  # Background
+        3,  # Hat
+        1,  # Hair
+        3,  # Glove
+        3,  # Sunglasses
+        2,  # Upper-clothes
+        2,  # Dress
+        2,  # Coat
+        5,  # Socks
+        4,  # Pants
+        2,  # Jumpsuits
+        3,  # Scarf
+        4,  # Skirt
+        1,  # Face
+        2,  # Left-arm
+        2,  # Right-arm
+        4,  # Left-leg
+        4,  # Right-leg
+        5,  # Left-shoe
+        5,  # Right-shoe
+    ],
+    dtype=np.int32,
+)
+LIP_TO_GROUP.flags.writeable = False
+# [20, 6] 0/1 matrix: probabilities @ _MERGE sums each group's classes.
+_MERGE = np.eye(NUM_GROUPS, dtype=np.float32)[LIP_TO_GROUP]
+
+METHODS = ("patch_mean", "reference")
+MAP_EXTENSIONS = (".npy", ".png")
+
+
+class ParsingTargets(NamedTuple):
+    """Targets aligned to a split's record order."""
+
+    targets: np.ndarray  # float32 [N, gh, gw, 6]
+    weights: np.ndarray  # float32 [N]: 1 where a target exists, 0 for missing ones ('zero_weight')
+    num_missing: int
+
+
+# ---------------------------------------------------------------------------------------------- merging
+
+
+def merge_lip(parsing: np.ndarray, *, scores: str = "logits") -> np.ndarray:
+    """Merges a LIP parsing into the six groups, ``[h, w, 6]`` float32.
+
+    Args:
+      parsing: either a label map ``[h, w]`` of integer LIP classes 0..19 (SCHP's PNG), which becomes a one-hot per
+        group, or per-class scores ``[h, w, 20]`` (SCHP's ``--logits`` ``.npy``), whose softmax probabilities are
+        summed per group.
+      scores: for ``[h, w, 20]`` input, ``'logits'`` (softmax first) or ``'probs'`` (already probabilities).
+    """
+    parsing = np.asarray(parsing)
+    if parsing.ndim == 2:
+        if not np.issubdtype(parsing.dtype, np.integer):
+            raise ValueError(f"a [h, w] LIP label map must hold integer class ids, got dtype {parsing.dtype}")
+        bad = (parsing < 0) | (parsing >= NUM_LIP)
+        if bad.any():
+            raise ValueError(
+                f"LIP label map holds values outside 0..{NUM_LIP - 1}: {sorted(np.unique(parsing[bad]).tolist())[:10]}"
+            )
+        return np.eye(NUM_GROUPS, dtype=np.float32)[LIP_TO_GROUP[parsing]]
+    if parsing.ndim == 3 and parsing.shape[-1] == NUM_LIP:
+        x = parsing.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError("LIP scores contain NaN or infinite values")
+        if scores == "logits":
+            x = np.exp(x - x.max(axis=-1, keepdims=True))
+            x /= x.sum(axis=-1, keepdims=True)
+        elif scores == "probs":
+            if (x < 0).any() or not np.allclose(x.sum(-1), 1.0, atol=1e-3):
+                raise ValueError("scores='probs' expects non-negative per-pixel probabilities summing to 1")
+        else:
+            raise ValueError(f"scores must be 'logits' or 'probs', got {scores!r}")
+        return x @ _MERGE
+    raise ValueError(
+        f"expected a LIP label map [h, w] or LIP scores [h, w, {NUM_LIP}], got an array of shape {parsing.shape}"
+    )
+
+
+def read_map(path: str) -> np.ndarray:
+    """Reads one SCHP output (``.png`` label map or ``.npy`` logits) and merges it: ``[h, w, 6]`` float32."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".png":
+        with Image.open(path) as im:
+            # 'P' (SCHP's palette PNG) and 'L' both store the class index per pixel; converting would turn a
+            # palette into grey levels, so the raw indices are read instead.
+            if im.mode not in ("P", "L", "I", "I;16"):
+                raise ValueError(
+                    f"{path}: expected a single-channel label PNG (mode 'P' or 'L') holding LIP class ids, "
+                    f"got mode {im.mode!r} (a colour visualisation?)"
+                )
+            labels = np.asarray(im).astype(np.int32)
+    elif ext == ".npy":
+        labels = np.load(path, allow_pickle=False)
+    else:
+        raise ValueError(f"{path}: expected a .png label map or a .npy logits file")
+    try:
+        return merge_lip(labels)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------- pooling
+
+
+def grid_shape(img_size: Sequence[int], patch: int, stride: Sequence[int]) -> tuple[int, int]:
+    """Patch grid ``(gh, gw)``; the formula of ``tmspr_jax.models.vit.patch_grid`` (docs/interfaces.md)."""
+    (h, w), (sy, sx) = img_size, stride
+    if h < patch or w < patch or sy < 1 or sx < 1:
+        raise ValueError(f"img_size {tuple(img_size)} must be >= patch {patch} and stride {tuple(stride)} >= 1")
+    return (h - patch) // sy + 1, (w - patch) // sx + 1
+
+
+def _resize_channels(x: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """Resizes each channel of ``x [h, w, c]`` to ``size (H, W)`` with PIL, float32 ('F' mode) throughout."""
+    if x.shape[:2] == tuple(size):
+        return x.astype(np.float32)
+    out = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c], dtype=np.float32)).resize(size[::-1], resample))
+        for c in range(x.shape[-1])
+    ]
+    return np.stack(out, axis=-1)
+
+
+def _bilinear_half_pixel(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``torch.nn.functional.interpolate(mode='bilinear', align_corners=False)`` (no antialias) on ``[h, w, c]``."""
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # float32 coordinates, as PyTorch computes them for float32 input
+        scale = np.float32(n_in) / np.float32(n_out)
+        src = scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+        src = np.maximum(src, np.float32(0.0))  # PyTorch clamps negative source coordinates to 0
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (src - i0)
+
+    y0, y1, ly = axis(x.shape[0], size[0])
+    x0, x1, lx = axis(x.shape[1], size[1])
+    xd = x.astype(np.float64)
+    top = xd[y0][:, x0] * (1 - lx)[None, :, None] + xd[y0][:, x1] * lx[None, :, None]
+    bot = xd[y1][:, x0] * (1 - lx)[None, :, None] + xd[y1][:, x1] * lx[None, :, None]
+    return (top * (1 - ly)[:, None, None] + bot * ly[:, None, None]).astype(np.float32)
+
+
+def grid_targets(
+    merged: np.ndarray,
+    img_size: Sequence[int],
+    patch: int,
+    stride: Sequence[int],
+    method: str = "patch_mean",
+) -> np.ndarray:
+    """Pools a merged parsing ``[h, w, 6]`` (at the original image's size) onto the patch grid: ``[gh, gw, 6]``.
+
+    ``'patch_mean'``: resize to ``img_size`` with PIL bicubic (as view 1 resizes the image), then the mean over each
+    patch's window ``[sy*y, sy*y+patch) x [sx*x, sx*x+patch)``; bicubic overshoot is clipped at 0 and each cell
+    renormalised to sum 1. ``'reference'``: bilinear ``align_corners=False`` resize straight to ``(gh, gw)``.
+    """
+    merged = np.asarray(merged)
+    if merged.ndim != 3 or merged.shape[-1] != NUM_GROUPS:
+        raise ValueError(f"expected a merged parsing [h, w, {NUM_GROUPS}], got shape {merged.shape}")
+    gh, gw = grid_shape(img_size, patch, stride)
+    if method == "reference":
+        return _bilinear_half_pixel(merged, (gh, gw))
+    if method != "patch_mean":
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    full = _resize_channels(merged, (int(img_size[0]), int(img_size[1])), Image.BICUBIC)
+    # Integral image: each window sum is four lookups, for any stride (also overlapping windows).
+    ii = np.zeros((full.shape[0] + 1, full.shape[1] + 1, NUM_GROUPS), np.float64)
+    ii[1:, 1:] = full.astype(np.float64).cumsum(0).cumsum(1)
+    ys = np.arange(gh) * stride[0]
+    xs = np.arange(gw) * stride[1]
+    y0, y1 = ys[:, None], ys[:, None] + patch
+    x0, x1 = xs[None, :], xs[None, :] + patch
+    sums = ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
+    out = np.maximum(sums / (patch * patch), 0.0)
+    total = out.sum(-1, keepdims=True)
+    out = np.where(total > 0, out / np.where(total > 0, total, 1.0), out)
+    return out.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- storage
+
+
+def default_path(data_dir: str, dataset: str, grid: Sequence[int]) -> str:
+    """``<data_dir>/parsing/<dataset>/<gh>x<gw>.npz``."""
+    return os.path.join(data_dir, "parsing", dataset, f"{int(grid[0])}x{int(grid[1])}.npz")
+
+
+def find_map(maps_dir: str, stem: str, prefer: str = ".npy") -> str | None:
+    """Path of ``<maps_dir>/<stem>.npy`` or ``.png`` (``prefer`` first), or None."""
+    order = (prefer,) + tuple(e for e in MAP_EXTENSIONS if e != prefer)
+    for ext in order:
+        p = os.path.join(maps_dir, stem + ext)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def _missing_error(what: str, missing: Sequence[str], total: int, hint: str) -> ValueError:
+    first = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+    return ValueError(f"{len(missing)} of {total} {what} missing (first: {first}). {hint}")
+
+
+def compute_targets(
+    file_names: Sequence[str],
+    maps_dir: str,
+    img_size: Sequence[int],
+    patch: int,
+    stride: Sequence[int],
+    *,
+    method: str = "patch_mean",
+    image_sizes: Sequence[tuple[int, int]] | None = None,
+    allow_missing: bool = False,
+    prefer: str = ".npy",
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """Targets for every file name whose map is in ``maps_dir``: ``(names, targets [n, gh, gw, 6], missing)``.
+
+    ``image_sizes`` (``(h, w)`` per file name, optional) checks that each map has its image's size. Duplicate file
+    names are computed once. Missing maps raise (count and first names) unless ``allow_missing``.
+    """
+    if not os.path.isdir(maps_dir):
+        raise FileNotFoundError(f"maps_dir {maps_dir!r} is not a directory")
+    if image_sizes is not None and len(image_sizes) != len(file_names):
+        raise ValueError(f"image_sizes has {len(image_sizes)} entries for {len(file_names)} file names")
+    gh, gw = grid_shape(img_size, patch, stride)
+    seen: set[str] = set()
+    jobs: list[tuple[str, str, tuple[int, int] | None]] = []
+    missing: list[str] = []
+    for i, name in enumerate(file_names):
+        if name in seen:
+            continue
+        seen.add(name)
+        path = find_map(maps_dir, os.path.splitext(name)[0], prefer)
+        if path is None:
+            missing.append(name)
+        else:
+            jobs.append((name, path, None if image_sizes is None else tuple(image_sizes[i])))
+    if missing and not allow_missing:
+        raise _missing_error(
+            f"parsing maps (<stem>.png / <stem>.npy in {maps_dir})", missing, len(seen),
+            "Run the parser on every training image (docs/parsing.md) or pass --allow_missing.",
+        )  # fmt: skip
+    targets = np.zeros((len(jobs), gh, gw, NUM_GROUPS), np.float32)
+    for k, (name, path, size) in enumerate(jobs):
+        merged = read_map(path)
+        if size is not None and merged.shape[:2] != size:
+            raise ValueError(
+                f"{path}: map is {merged.shape[0]}x{merged.shape[1]} (h x w) but image {name} is {size[0]}x{size[1]}"
+            )
+        targets[k] = grid_targets(merged, img_size, patch, stride, method)
+    return [j[0] for j in jobs], targets, missing
+
+
+def save_targets(
+    path: str,
+    names: Sequence[str],
+    targets: np.ndarray,
+    *,
+    img_size: Sequence[int],
+    patch: int,
+    stride: Sequence[int],
+    method: str,
+    source: str = "",
+) -> None:
+    """Writes one ``.npz``: stacked ``targets [N, gh, gw, 6]``, ``names [N]`` and the settings that made them."""
+    targets = np.asarray(targets, np.float32)
+    if targets.ndim != 4 or targets.shape[0] != len(names) or targets.shape[-1] != NUM_GROUPS:
+        raise ValueError(f"targets shape {targets.shape} does not match {len(names)} names x [gh, gw, {NUM_GROUPS}]")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.npz"  # write then rename: a crash never leaves a half-written file under the real name
+    np.savez(
+        tmp,
+        targets=targets,
+        names=np.asarray(list(names), dtype=np.str_),
+        grid=np.asarray(targets.shape[1:3], np.int64),
+        img_size=np.asarray(img_size, np.int64),
+        patch=np.asarray(patch, np.int64),
+        stride=np.asarray(stride, np.int64),
+        method=np.asarray(method),
+        source=np.asarray(source),
+    )
+    os.replace(tmp, path)
+
+
+def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
+    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+def load_targets(
+    parsing_cfg: Any,
+    split: Any,
+    grid: Sequence[int],
+    data_dir: str,
+    dataset: str,
+) -> ParsingTargets:
+    """Loads the stored targets aligned to ``split.file_names`` (record order).
+
+    Args:
+      parsing_cfg: ``config.parsing``: ``path`` ('' = ``<data_dir>/parsing/<dataset>/<gh>x<gw>.npz``) and ``missing``
+        ('error' or 'zero_weight').
+      split: anything with a ``file_names`` sequence (``tmspr_jax.data.sources.ReIDSplit``).
+      grid: the model's ``(gh, gw)``; a file made for another grid is an error.
+      data_dir: the TFDS data dir the dataset was prepared in.
+      dataset: the builder name of the training split (``config.data.train``).
+    """
+    grid = (int(grid[0]), int(grid[1]))
+    missing_mode = _cfg_get(parsing_cfg, "missing", "error")
+    if missing_mode not in ("error", "zero_weight"):
+        raise ValueError(f"parsing.missing must be 'error' or 'zero_weight', got {missing_mode!r}")
+    path = _cfg_get(parsing_cfg, "path", "") or default_path(data_dir, dataset, grid)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no parsing targets at {path!r} (parsing.path={_cfg_get(parsing_cfg, 'path', '')!r}). Make them with "
+            f"`python -m tmspr_jax.data.parsing --maps_dir MAPS --data_dir {data_dir} --dataset {dataset} ...` "
+            "(docs/parsing.md)."
+        )
+    with np.load(path, allow_pickle=False) as f:
+        for key in ("targets", "names"):
+            if key not in f.files:
+                raise ValueError(f"{path}: not a parsing-targets file (no {key!r} array; has {f.files})")
+        stored = np.asarray(f["targets"], np.float32)
+        names = f["names"].tolist()
+    stored_grid = tuple(int(v) for v in stored.shape[1:3])
+    if stored.ndim != 4 or stored.shape[-1] != NUM_GROUPS or len(names) != stored.shape[0]:
+        raise ValueError(f"{path}: targets of shape {stored.shape} with {len(names)} names is not [N, gh, gw, 6]")
+    if stored_grid != grid:
+        raise ValueError(
+            f"{path}: targets were made for a {stored_grid[0]}x{stored_grid[1]} patch grid but the model uses "
+            f"{grid[0]}x{grid[1]}; regenerate them for this img_size / patch / stride."
+        )
+    index: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in index:
+            raise ValueError(f"{path}: file name {n!r} is stored twice")
+        index[n] = i
+    file_names = [str(n) for n in split.file_names]
+    rows = np.array([index.get(n, -1) for n in file_names], np.int64)
+    missing = [n for n, r in zip(file_names, rows) if r < 0]
+    if missing and missing_mode == "error":
+        raise _missing_error(
+            f"training images have no parsing target in {path}:", missing, len(file_names),
+            "Produce maps for them, or set parsing.missing='zero_weight' to train them without the parsing loss.",
+        )  # fmt: skip
+    # Missing rows get zeros and weight 0: never another image's (stale) target.
+    targets = np.zeros((len(file_names), *grid, NUM_GROUPS), np.float32)
+    ok = rows >= 0
+    targets[ok] = stored[rows[ok]]
+    weights = ok.astype(np.float32)
+    if missing:
+        logging.warning(
+            "parsing targets: %d of %d training images have no target in %s; they get weight 0 (first: %s)",
+            len(missing), len(file_names), path, ", ".join(missing[:5]),
+        )  # fmt: skip
+    return ParsingTargets(targets=targets, weights=weights, num_missing=len(missing))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _image_size(encoded: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(encoded)) as im:  # reads the header only
+        return im.height, im.width
+
+
+def _main(argv: Sequence[str]) -> None:
+    from absl import flags
+
+    if len(argv) > 1:
+        raise _usage_error(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    cfg = f.config
+    img_size = _int_pair(f.img_size, "--img_size") if f.img_size else (tuple(cfg.img_size) if cfg else (256, 128))
+    patch = f.patch if f.patch else (int(cfg.model.patch_size) if cfg else 16)
+    stride = _int_pair(f.stride, "--stride") if f.stride else (tuple(cfg.model.stride) if cfg else (11, 11))
+    dataset = f.dataset or (cfg.data.train if cfg else "")
+    data_dir = f.data_dir or (cfg.data.data_dir if cfg else "")
+    if not dataset or not data_dir:
+        raise _usage_error("--dataset and --data_dir are required (or a --config that sets data.train/data_dir)")
+    grid = grid_shape(img_size, patch, stride)
+    out = f.out or (cfg.parsing.path if cfg and cfg.parsing.path else default_path(data_dir, dataset, grid))
+
+    from tmspr_jax.data import sources  # the prepared dataset's record order and file names
+
+    t0 = time.perf_counter()
+    split = sources.open_split(dataset, "train", data_dir)
+    file_names = [str(n) for n in split.file_names]
+    sizes = [_image_size(split[i]["image"]) for i in range(len(split))]
+    names, targets, missing = compute_targets(
+        file_names, f.maps_dir, img_size, patch, stride,
+        method=f.method, image_sizes=sizes, allow_missing=f.allow_missing, prefer="." + f.prefer,
+    )  # fmt: skip
+    save_targets(out, names, targets, img_size=img_size, patch=patch, stride=stride, method=f.method,
+                 source=os.path.abspath(f.maps_dir))  # fmt: skip
+    print(
+        f"parsing targets: dataset={dataset} images={len(set(file_names))} stored={len(names)} "
+        f"missing={len(missing)} grid={grid[0]}x{grid[1]} img_size={img_size[0]}x{img_size[1]} patch={patch} "
+        f"stride={stride[0]},{stride[1]} method={f.method} -> {out} ({time.perf_counter() - t0:.1f}s)"
+    )
+    if missing:
+        print(f"  missing maps (written without them): {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+
+
+def _int_pair(text: str, flag: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise _usage_error(f"{flag} expects two integers 'A,B', got {text!r}") from None
+    return a, b
+
+
+def _usage_error(msg: str) -> Exception:
+    from absl import app
+
+    return app.UsageError(msg)
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "config file giving img_size, model.patch_size/stride, data.*",
+                                    lock_config=True)  # fmt: skip
+    flags.DEFINE_string("maps_dir", None, "folder of SCHP outputs <stem>.png and/or <stem>.npy", required=True)
+    flags.DEFINE_string("data_dir", None, "TFDS data dir of the prepared dataset (default: the config's)")
+    flags.DEFINE_string("dataset", None, "TFDS builder name of the training split (default: config data.train)")
+    flags.DEFINE_string("img_size", None, "model input 'H,W' (default: config, else 256,128)")
+    flags.DEFINE_integer("patch", None, "patch size (default: config, else 16)")
+    flags.DEFINE_string("stride", None, "patch stride 'SY,SX' (default: config, else 11,11)")
+    flags.DEFINE_enum("method", "patch_mean", list(METHODS), "pooling onto the grid (docs/parsing.md)")
+    flags.DEFINE_enum("prefer", "npy", ["npy", "png"], "which map to use when both <stem>.npy and .png exist")
+    flags.DEFINE_string("out", None, "output .npz (default: parsing.path or <data_dir>/parsing/<dataset>/<gh>x<gw>.npz)")
+    flags.DEFINE_bool("allow_missing", False, "write the targets that exist instead of failing on missing maps")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(_main)
