@@ -1,0 +1,190 @@
+"""tmspr_jax.losses against the reference formulas written independently in PyTorch (tests/torch_losses.py)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torch_losses
+from configs.common import get_base_config
+from tmspr_jax import losses
+
+B, C, D, GH, GW = 8, 10, 16, 4, 3
+PIDS = np.repeat(np.arange(4), 2).astype(np.int32)  # PK batch: P=4 identities x K=2
+
+
+def _close(a, b, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol)
+
+
+def _outputs(seed=0):
+    rng = np.random.default_rng(seed)
+    logits = tuple(rng.normal(size=(B, C)).astype(np.float32) * 2 for _ in range(15))
+    feats = [rng.normal(size=(B, D)).astype(np.float32) for _ in range(18)]
+    feats[1] = rng.normal(size=(B, GH, GW, 6)).astype(np.float32)
+    feats[2] = rng.normal(size=(B, 5, D)).astype(np.float32)
+    feats[3] = rng.normal(size=(B, 5, D)).astype(np.float32)
+    targets = rng.uniform(size=(B, GH, GW, 6)).astype(np.float32)
+    return logits, tuple(feats), targets
+
+
+def test_cross_entropy_matches_torch():
+    logits, _, _ = _outputs()
+    _close(losses.cross_entropy(logits[0], PIDS), F.cross_entropy(torch.from_numpy(logits[0]), torch.from_numpy(PIDS).long()))
+    _close(
+        losses.cross_entropy(logits[3], PIDS, label_smoothing=0.1),
+        F.cross_entropy(torch.from_numpy(logits[3]), torch.from_numpy(PIDS).long(), label_smoothing=0.1),
+    )
+    with pytest.raises(ValueError, match="label_smoothing"):
+        losses.cross_entropy(logits[0], PIDS, label_smoothing=1.5)
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.3])
+def test_triplet_matches_reference_boolean_indexing(margin):
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        f = rng.normal(size=(B, D)).astype(np.float32)
+        ref = torch_losses.reference_triplet(torch.from_numpy(f), torch.from_numpy(PIDS).long(), None if margin == 0 else margin)
+        _close(losses.triplet_loss(f, PIDS, margin), ref)
+
+
+def test_triplet_self_positive_and_clamps():
+    # Integer-valued features keep the distance arithmetic exact (no cancellation noise on the diagonal).
+    rng = np.random.default_rng(2)
+    # Identical features within each identity: every positive distance is 0 -> clamp 1e-12 -> sqrt = 1e-6.
+    f = np.repeat(rng.integers(-3, 4, size=(4, D)).astype(np.float32), 2, axis=0)
+    ref = torch_losses.reference_triplet(torch.from_numpy(f), torch.from_numpy(PIDS).long())
+    _close(losses.triplet_loss(f, PIDS), ref)
+    d_an = np.min(np.linalg.norm(f[:, None] - f[None], axis=-1) + np.where(PIDS[:, None] == PIDS[None], np.inf, 0), 1)
+    _close(losses.triplet_loss(f, PIDS), np.mean(np.log1p(np.exp(1e-6 - d_an))))
+    # Singletons: the hardest positive is the sample itself (distance sqrt(1e-12) = 1e-6).
+    singles = np.arange(B, dtype=np.int32)
+    f2 = rng.integers(-3, 4, size=(B, D)).astype(np.float32)
+    ref2 = torch_losses.reference_triplet(torch.from_numpy(f2), torch.from_numpy(singles).long())
+    _close(losses.triplet_loss(f2, singles), ref2)
+
+
+def test_triplet_soft_margin_is_stable_for_large_gaps():
+    f = np.zeros((4, 2), np.float32)
+    f[2:, 0] = 1e4  # d_an = 1e4, softplus(-1e4) must be 0, not NaN; gradients finite
+    labels = np.array([0, 0, 1, 1], np.int32)
+    val, grad = jax.value_and_grad(losses.triplet_loss)(jnp.asarray(f), labels)
+    assert np.isfinite(val) and val >= 0 and val < 1e-30
+    assert np.all(np.isfinite(grad))
+    # One identity only: no negatives; each sample contributes 0 and gradients stay finite.
+    val, grad = jax.value_and_grad(losses.triplet_loss)(jnp.ones((4, 3)), np.zeros(4, np.int32))
+    assert float(val) == 0.0 and np.all(np.isfinite(grad))
+
+
+def test_segmentation_loss_matches_reference_and_weights():
+    _, feats, targets = _outputs(4)
+    o = feats[1]
+    ref = torch_losses.reference_seg(torch.from_numpy(o), torch.from_numpy(targets))
+    _close(losses.segmentation_loss(o, targets), ref)
+    _close(losses.segmentation_loss(o, targets, np.ones(B, np.float32)), ref)
+    # Weight 0 samples are excluded from both the statistics and the mean: equals the reference on the subset.
+    w = np.array([1, 0, 1, 1, 0, 1, 1, 1], np.float32)
+    keep = w > 0
+    ref_sub = torch_losses.reference_seg(torch.from_numpy(o[keep]), torch.from_numpy(targets[keep]))
+    _close(losses.segmentation_loss(o, targets, w), ref_sub)
+    # Changing an excluded sample changes nothing.
+    o2 = o.copy()
+    o2[1] *= 100.0
+    _close(losses.segmentation_loss(o2, targets, w), ref_sub)
+    # All weights zero: loss 0, gradient 0 and finite.
+    val, grad = jax.value_and_grad(losses.segmentation_loss)(jnp.asarray(o), targets, jnp.zeros(B))
+    assert float(val) == 0.0
+    assert np.all(np.asarray(grad) == 0.0)
+    with pytest.raises(ValueError, match="equal shapes"):
+        losses.segmentation_loss(o, targets[:, :2])
+    with pytest.raises(ValueError, match="weights"):
+        losses.segmentation_loss(o, targets, np.ones(3))
+
+
+def test_reconstruction_and_kl_match_torch():
+    logits, feats, _ = _outputs(5)
+    _close(losses.reconstruction_loss(feats[2], feats[3]), F.l1_loss(torch.from_numpy(feats[2]), torch.from_numpy(feats[3])))
+    ref_kl = F.kl_div(
+        F.log_softmax(torch.from_numpy(logits[4]), dim=1), F.softmax(torch.from_numpy(logits[0]), dim=1), reduction="batchmean"
+    )
+    _close(losses.kl_term(logits[0], logits[4]), ref_kl)
+
+
+def test_total_loss_matches_reference_total():
+    logits, feats, targets = _outputs(6)
+    cfg = get_base_config().loss
+    loss, terms = jax.jit(lambda l, f, p, t: losses.total_loss((l, f), p, t, None, cfg))(logits, feats, PIDS, targets)
+    ref, ref_terms = torch_losses.reference_total_loss(logits, feats, PIDS, targets)
+    _close(loss, ref)
+    _close(terms["total"], ref)
+    for k in ("id", "triplet", "seg", "rec"):
+        _close(terms[k], ref_terms[k])
+    assert terms["ce_per_logit"].shape == (15,)
+    assert terms["triplet_per_feat"].shape == (len(losses.TRIPLET_FEATURE_INDICES),)
+    _close(terms["ce_per_logit"][8], F.cross_entropy(torch.from_numpy(logits[8]), torch.from_numpy(PIDS).long()))
+    _close(
+        terms["triplet_per_feat"][losses.TRIPLET_FEATURE_INDICES.index(11)],
+        torch_losses.reference_triplet(torch.from_numpy(feats[11]), torch.from_numpy(PIDS).long()),
+    )
+    acc = np.mean(np.argmax(logits[0], axis=1) == PIDS)
+    _close(terms["acc"], acc)
+    # The KL term is only logged by default; with kl_weight it is added.
+    cfg2 = ml_collections.ConfigDict(cfg.to_dict())
+    cfg2.kl_weight = 0.5
+    loss2, _ = losses.total_loss((logits, feats), PIDS, targets, None, cfg2)
+    _close(loss2, float(ref) + 0.5 * float(terms["kl"]))
+
+
+def test_total_loss_weights_are_applied():
+    logits, feats, targets = _outputs(7)
+    cfg = ml_collections.ConfigDict(get_base_config().loss.to_dict())
+    _, t = losses.total_loss((logits, feats), PIDS, targets, None, cfg)
+    cfg.id_weight, cfg.triplet_weight, cfg.seg_weight, cfg.rec_weight = 2.0, 0.5, 1.0, 3.0
+    loss, _ = losses.total_loss((logits, feats), PIDS, targets, None, cfg)
+    _close(loss, 2 * t["id"] + 0.5 * t["triplet"] + 1.0 * t["seg"] + 3.0 * t["rec"])
+
+
+def test_total_loss_gradients_finite_and_bf16_in_f32():
+    logits, feats, targets = _outputs(8)
+    cfg = get_base_config().loss
+
+    def f(lg, ft):
+        return losses.total_loss((lg, ft), PIDS, targets, jnp.ones(B), cfg)[0]
+
+    val, (g_logits, g_feats) = jax.value_and_grad(f, argnums=(0, 1))(logits, feats)
+    assert np.isfinite(val)
+    for g in jax.tree_util.tree_leaves((g_logits, g_feats)):
+        assert np.all(np.isfinite(np.asarray(g)))
+    # Every input receives gradient from the loss (no term silently dropped).
+    for k, g in enumerate(g_feats):
+        assert np.any(np.asarray(g) != 0), f"feats[{k}] gets no gradient"
+    for k, g in enumerate(g_logits):
+        assert np.any(np.asarray(g) != 0), f"logits[{k}] gets no gradient"
+
+    bf_logits = tuple(jnp.asarray(x, jnp.bfloat16) for x in logits)
+    bf_feats = tuple(jnp.asarray(x, jnp.bfloat16) for x in feats)
+    loss_bf, terms_bf = losses.total_loss((bf_logits, bf_feats), PIDS, jnp.asarray(targets, jnp.bfloat16), None, cfg)
+    assert loss_bf.dtype == jnp.float32 and terms_bf["triplet"].dtype == jnp.float32
+    # Same as the f32 computation on the bf16-rounded values: the arithmetic itself ran in f32.
+    up = lambda t: tuple(np.asarray(jnp.asarray(x, jnp.float32)) for x in t)  # noqa: E731
+    loss_up, _ = losses.total_loss(
+        (up(bf_logits), up(bf_feats)), PIDS, np.asarray(jnp.asarray(targets, jnp.bfloat16).astype(jnp.float32)), None, cfg
+    )
+    _close(loss_bf, loss_up)
+
+
+def test_total_loss_bad_input_errors():
+    logits, feats, targets = _outputs(9)
+    cfg = get_base_config().loss
+    with pytest.raises(ValueError, match="15 logits"):
+        losses.total_loss((logits[:14], feats), PIDS, targets, None, cfg)
+    with pytest.raises(ValueError, match="18 feats"):
+        losses.total_loss((logits, feats[:17]), PIDS, targets, None, cfg)
+    bad = ml_collections.ConfigDict({"id_weight": 1.0})
+    with pytest.raises(KeyError, match="loss.label_smoothing"):
+        losses.total_loss((logits, feats), PIDS, targets, None, bad)

@@ -1,0 +1,227 @@
+"""T-MSPR training losses (reference/model.md §3).
+
+Every function computes in float32 whatever the input dtype (the reference runs its losses in fp32 under autocast).
+The model is not imported: :func:`total_loss` works on any object with ``logits`` (15 arrays ``[B, C]``) and ``feats``
+(18 entries, model.md §2.3) attributes, or on a ``(logits, feats)`` pair.
+
+Total loss (§3.7), with the reference's weights::
+
+    L = id_w * L_ID + tri_w * L_TRI + seg_w * L_seg + rec_w * L_rec (+ kl_w * KL; kl_w = 0 in the reference)
+    L_ID  = 0.5 * mean(CE_4..7) + 0.5 * 0.6 * sum(CE_8..14) + 0.5 * mean(CE_0..3)
+    L_TRI = 0.5 * mean(T_7..10) + 0.5 * 0.6 * sum(T_11..17) + 0.5 * T_0 + T_4 + T_5 + T_6
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+NUM_LOGITS = 15
+NUM_FEATS = 18
+# feats[1] (part logits), feats[2] (Q) and feats[3] (Qc) are not [B, D] matrices and get no triplet term.
+TRIPLET_FEATURE_INDICES = (0,) + tuple(range(4, NUM_FEATS))
+_SEG_EPS = 1e-8
+_DIST_CLAMP = 1e-12
+_HARD_CLAMP = 1e-8
+
+
+def _f32(x: jax.Array) -> jax.Array:
+    return jnp.asarray(x).astype(jnp.float32)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Mean softmax cross-entropy of ``logits [B, C]`` against integer ``labels [B]``.
+
+    With ``label_smoothing = e > 0`` the target is ``(1 - e) * onehot + e / C`` (the reference's CrossEntropyLabelSmooth).
+    """
+    logits = _f32(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"cross_entropy: logits must be [B, C], got shape {logits.shape}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    if label_smoothing > 0.0:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def triplet_loss(feats: jax.Array, labels: jax.Array, margin: float = 0.0) -> jax.Array:
+    """Batch-hard triplet loss on ``feats [B, D]`` (reference TripletLoss + T-MSPR's clamp, model.md §3.3).
+
+    Distances are ``sqrt(clamp(|fi|^2 + |fj|^2 - 2 fi.fj, 1e-12))``; the hardest positive includes the sample
+    itself; both hard distances are clamped to at least 1e-8. ``margin == 0`` gives the soft margin
+    ``mean(softplus(d_ap - d_an))``, otherwise ``mean(relu(d_ap - d_an + margin))``. Mining uses masked max/min, so
+    identities need not have equal counts; a sample with no negative in the batch (the reference would crash) gets
+    ``d_an = +inf`` and contributes 0 while still counting in the batch mean.
+    """
+    f = _f32(feats)
+    if f.ndim != 2:
+        raise ValueError(f"triplet_loss: feats must be [B, D], got shape {f.shape}")
+    if margin < 0:
+        raise ValueError(f"triplet_loss: margin must be >= 0 (0 = soft margin), got {margin}")
+    sq = jnp.sum(f * f, axis=1)
+    dist2 = sq[:, None] + sq[None, :] - 2.0 * (f @ f.T)
+    dist = jnp.sqrt(jnp.maximum(dist2, _DIST_CLAMP))
+    same = labels[:, None] == labels[None, :]
+    d_ap = jnp.max(jnp.where(same, dist, -jnp.inf), axis=1)
+    d_an = jnp.min(jnp.where(same, jnp.inf, dist), axis=1)
+    d_ap = jnp.maximum(d_ap, _HARD_CLAMP)
+    d_an = jnp.maximum(d_an, _HARD_CLAMP)
+    if margin == 0.0:
+        return jnp.mean(jax.nn.softplus(d_ap - d_an))
+    return jnp.mean(jax.nn.relu(d_ap - d_an + margin))
+
+
+def segmentation_loss(part_logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """MSE between per-channel min-max normalised part logits and parsing targets (model.md §3.4).
+
+    Both ``part_logits`` and ``targets`` (``[B, gh, gw, K]``) are normalised per channel over (batch, y, x) as
+    ``(v - min) / (max - min + 1e-8)``; the loss is the mean squared difference over all elements.
+    ``weights [B]`` (optional; 0 for samples without a parsing map): the min/max statistics are taken over samples
+    with weight > 0 only and the mean is the weight-weighted mean over samples. With all weights 1 this is exactly
+    the reference; with all weights 0 the loss is 0 (with zero gradient).
+    """
+    o = _f32(part_logits)
+    y = _f32(targets)
+    if o.ndim != 4 or o.shape != y.shape:
+        raise ValueError(
+            f"segmentation_loss: part_logits and targets must both be [B, gh, gw, K] with equal shapes, "
+            f"got {o.shape} and {y.shape}"
+        )
+    batch = o.shape[0]
+    if weights is None:
+        w = jnp.ones((batch,), jnp.float32)
+    else:
+        w = _f32(weights)
+        if w.shape != (batch,):
+            raise ValueError(f"segmentation_loss: weights must be [B] = ({batch},), got shape {w.shape}")
+    valid = w > 0
+    any_valid = jnp.any(valid)
+    w = jnp.where(valid, w, 0.0)
+    vmask = valid[:, None, None, None]
+
+    def normalise(v: jax.Array) -> jax.Array:
+        lo = jnp.min(jnp.where(vmask, v, jnp.inf), axis=(0, 1, 2))
+        hi = jnp.max(jnp.where(vmask, v, -jnp.inf), axis=(0, 1, 2))
+        # No valid sample: finite placeholders keep the (fully masked) arithmetic free of inf/NaN.
+        lo = jnp.where(any_valid, lo, 0.0)
+        hi = jnp.where(any_valid, hi, 1.0)
+        return (v - lo) / (hi - lo + _SEG_EPS)
+
+    per_sample = jnp.sum(jnp.square(normalise(o) - normalise(y)), axis=(1, 2, 3))
+    per_sample = jnp.where(valid, per_sample, 0.0)
+    elems = o.shape[1] * o.shape[2] * o.shape[3]
+    denom = jnp.sum(w) * elems
+    return jnp.where(any_valid, jnp.sum(w * per_sample) / jnp.where(any_valid, denom, 1.0), 0.0)
+
+
+def reconstruction_loss(q: jax.Array, qc: jax.Array) -> jax.Array:
+    """``mean |Q - Qc|`` between part features and their recovered version (model.md §3.5)."""
+    q, qc = _f32(q), _f32(qc)
+    if q.shape != qc.shape:
+        raise ValueError(f"reconstruction_loss: Q and Qc shapes differ: {q.shape} vs {qc.shape}")
+    return jnp.mean(jnp.abs(q - qc))
+
+
+def kl_term(logits_global: jax.Array, logits_jpm1: jax.Array) -> jax.Array:
+    """``KL(softmax(global) || softmax(jpm1))`` summed over classes, averaged over the batch (model.md §3.2).
+
+    Equals ``F.kl_div(log_softmax(score[4]), softmax(score[0]), reduction='batchmean')``.
+    """
+    lq = jax.nn.log_softmax(_f32(logits_global), axis=-1)
+    lp = jax.nn.log_softmax(_f32(logits_jpm1), axis=-1)
+    return jnp.sum(jnp.exp(lq) * (lq - lp)) / lq.shape[0]
+
+
+def _cfg(loss_cfg: Any, key: str) -> Any:
+    try:
+        return loss_cfg[key] if isinstance(loss_cfg, Mapping) else getattr(loss_cfg, key)
+    except (KeyError, AttributeError):
+        raise KeyError(f"loss config is missing key 'loss.{key}' (see configs/common.py)") from None
+
+
+def _split_outputs(outputs: Any) -> tuple[Sequence[jax.Array], Sequence[jax.Array]]:
+    if hasattr(outputs, "logits") and hasattr(outputs, "feats"):
+        logits, feats = outputs.logits, outputs.feats
+    else:
+        try:
+            logits, feats = outputs
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"total_loss: outputs must have .logits/.feats or be a (logits, feats) pair, got {type(outputs)}"
+            ) from None
+    if len(logits) != NUM_LOGITS:
+        raise ValueError(f"total_loss: expected {NUM_LOGITS} logits (model.md §2.3), got {len(logits)}")
+    if len(feats) != NUM_FEATS:
+        raise ValueError(f"total_loss: expected {NUM_FEATS} feats (model.md §2.3), got {len(feats)}")
+    return logits, feats
+
+
+def total_loss(
+    outputs: Any,
+    pids: jax.Array,
+    parsing: jax.Array,
+    parsing_weight: jax.Array | None,
+    loss_cfg: Any,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The reference's total training loss and every term for logging (model.md §3.7).
+
+    Args:
+      outputs: model outputs with ``logits`` (15 x ``[B, C]``) and ``feats`` (18 entries, model.md §2.3).
+      pids: int ``[B]`` train labels.
+      parsing: ``[B, gh, gw, 6]`` parsing targets; parsing_weight: ``[B]`` (0 = no map) or None (all 1).
+      loss_cfg: the ``loss`` config (``id_weight``, ``triplet_weight``, ``seg_weight``, ``rec_weight``,
+        ``kl_weight``, ``label_smoothing``, ``triplet_margin``).
+
+    Returns:
+      ``(loss, terms)``; ``terms`` holds ``id``, ``triplet``, ``seg``, ``rec``, ``kl``, ``total``, ``acc`` (top-1 of
+      ``logits[0]``), ``ce_per_logit [15]`` and ``triplet_per_feat [15]`` (features ``TRIPLET_FEATURE_INDICES``).
+    """
+    logits, feats = _split_outputs(outputs)
+    smoothing = float(_cfg(loss_cfg, "label_smoothing"))
+    margin = float(_cfg(loss_cfg, "triplet_margin"))
+
+    ce = jnp.stack([cross_entropy(s, pids, smoothing) for s in logits])
+    tri = jnp.stack([triplet_loss(feats[k], pids, margin) for k in TRIPLET_FEATURE_INDICES])
+    t = dict(zip(TRIPLET_FEATURE_INDICES, list(tri)))
+
+    # The reference's structure: JPM locals averaged, part/recovery terms summed at 0.5 * 0.6, globals averaged.
+    l_id = 0.5 * jnp.mean(ce[4:8]) + 0.5 * 0.6 * jnp.sum(ce[8:15]) + 0.5 * jnp.mean(ce[0:4])
+    l_tri = (
+        0.5 * jnp.mean(jnp.stack([t[k] for k in range(7, 11)]))
+        + 0.5 * 0.6 * jnp.sum(jnp.stack([t[k] for k in range(11, 18)]))
+        + 0.5 * t[0]
+        + t[4]
+        + t[5]
+        + t[6]
+    )
+    l_seg = segmentation_loss(feats[1], parsing, parsing_weight)
+    l_rec = reconstruction_loss(feats[2], feats[3])
+    l_kl = kl_term(logits[0], logits[4])
+
+    loss = (
+        float(_cfg(loss_cfg, "id_weight")) * l_id
+        + float(_cfg(loss_cfg, "triplet_weight")) * l_tri
+        + float(_cfg(loss_cfg, "seg_weight")) * l_seg
+        + float(_cfg(loss_cfg, "rec_weight")) * l_rec
+    )
+    kl_weight = float(_cfg(loss_cfg, "kl_weight"))
+    if kl_weight != 0.0:
+        loss = loss + kl_weight * l_kl
+    acc = jnp.mean((jnp.argmax(logits[0], axis=-1) == pids).astype(jnp.float32))
+    terms = {
+        "id": l_id,
+        "triplet": l_tri,
+        "seg": l_seg,
+        "rec": l_rec,
+        "kl": l_kl,
+        "total": loss,
+        "acc": acc,
+        "ce_per_logit": ce,
+        "triplet_per_feat": tri,
+    }
+    return loss, terms
