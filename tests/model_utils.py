@@ -1,0 +1,73 @@
+"""Helpers shared by the model tests: small configs, randomised reference weights, error measures."""
+
+from __future__ import annotations
+
+import re
+
+import ml_collections
+import numpy as np
+
+from configs.common import get_base_config
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+    """``config.model`` with the reference defaults, overridden by ``overrides``."""
+    cfg = get_base_config().model
+    for k, v in overrides.items():
+        if k not in cfg:
+            raise KeyError(f"unknown model key {k!r}")
+        cfg[k] = v
+    return cfg
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+    """A tiny T-MSPR: width 64, depth 2, 4 heads, 64x32 images with stride 8 (7x3 = 21 patches)."""
+    base = dict(embed_dim=64, depth=2, num_heads=4, stride=(8, 8), drop_path=0.0)
+    base.update(overrides)
+    return model_config(**base)
+
+
+TINY_IMG = (64, 32)
+
+
+def rel_err(a, b) -> float:
+    """max|a - b| / max|b| (the relative-error measure used by all parity checks)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def randomize_reference_state(state: dict, seed: int = 0) -> dict:
+    """Non-trivial random values for every tensor of a reference state dict (NumPy arrays).
+
+    Linear/conv weights and embeddings N(0, 0.02²); biases N(0, 0.02²); LayerNorm weights 1 + N(0, 0.1²), biases
+    N(0, 0.1²); BN weights 1 + N(0, 0.1²), running means N(0, 0.1²), running vars U(0.5, 1.5); BN biases stay 0
+    (frozen in the reference); the part head N(0, 0.05²) so that several parts win the argmax somewhere.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    bn_prefixes = {k[: -len(".running_mean")] for k in state if k.endswith(".running_mean")}
+    for k, v in state.items():
+        v = np.asarray(v)
+        prefix = k.rsplit(".", 1)[0]
+        leaf = k.rsplit(".", 1)[-1]
+        if leaf == "num_batches_tracked":
+            out[k] = v.copy()
+        elif prefix in bn_prefixes:
+            if leaf == "weight":
+                out[k] = 1.0 + 0.1 * rng.standard_normal(v.shape)
+            elif leaf == "bias":
+                out[k] = np.zeros(v.shape)
+            elif leaf == "running_mean":
+                out[k] = 0.1 * rng.standard_normal(v.shape)
+            else:
+                out[k] = rng.uniform(0.5, 1.5, v.shape)
+        elif ".norm" in k or re.search(r"b[12]\.1\.", k):
+            out[k] = (1.0 if leaf == "weight" else 0.0) + 0.1 * rng.standard_normal(v.shape)
+        elif k == "linear_layer.weight":
+            out[k] = 0.05 * rng.standard_normal(v.shape)
+        else:
+            out[k] = 0.02 * rng.standard_normal(v.shape)
+        out[k] = out[k].astype(v.dtype)
+    return out
+

@@ -1,0 +1,215 @@
+"""TransReID ViT backbone (reference/model.md §1) in Flax linen.
+
+Overlapping patch embedding, cls token, position embedding, SIE camera/view embedding, pre-norm transformer blocks
+with per-sample stochastic depth. In JPM mode (``local_feature=True``) only the first ``depth - 1`` blocks exist and the
+raw residual stream is returned (the last block and the final norm become the model's b1/b2 heads).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+
+Dtype = Any
+
+LN_EPS = 1e-6
+# PyTorch trunc_normal_(std=.02, a=-2, b=2) cuts at +-100 sigma: effectively a plain normal (model.md §1.5).
+_normal02 = nn.initializers.normal(stddev=0.02)
+
+
+def patch_grid(img_size: Sequence[int], patch: int, stride: Sequence[int] | int) -> tuple[int, int]:
+    """Number of patch rows and columns, ``(gh, gw)``, of the overlapping patch embedding.
+
+    ``gh = (H - patch) // stride_y + 1`` and ``gw = (W - patch) // stride_x + 1``; the single source of truth for the
+    grid (docs/interfaces.md).
+    """
+    if isinstance(stride, (int, np.integer)):
+        stride = (int(stride), int(stride))
+    if len(img_size) != 2 or len(stride) != 2:
+        raise ValueError(f"patch_grid: expected img_size=(H, W) and stride=(sy, sx), got img_size={tuple(img_size)!r}, "
+                         f"stride={tuple(stride)!r}")
+    h, w = (int(v) for v in img_size)
+    sy, sx = (int(v) for v in stride)
+    if patch < 1 or sy < 1 or sx < 1:
+        raise ValueError(f"patch_grid: patch ({patch}) and stride ({sy}, {sx}) must be >= 1")
+    if h < patch or w < patch:
+        raise ValueError(f"patch_grid: image size {(h, w)} is smaller than the patch size {patch}")
+    return (h - patch) // sy + 1, (w - patch) // sx + 1
+
+
+def drop_path_rates(drop_path: float, depth: int) -> list[float]:
+    """Per-block stochastic-depth rates, ``linspace(0, drop_path, depth)`` as the reference."""
+    return [float(r) for r in np.linspace(0.0, drop_path, depth)]
+
+
+def compute_dtype(name: str) -> Dtype:
+    """Map the config's ``model.dtype`` string to a JAX dtype."""
+    table = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    if name not in table:
+        raise ValueError(f"model.dtype={name!r}: expected one of {sorted(table)}")
+    return table[name]
+
+
+def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool) -> jax.Array:
+    """Per-sample stochastic depth: keep each row with prob ``1 - rate`` and scale kept rows by ``1 / keep``."""
+    if deterministic or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # [B, 1, 1]: one draw per sample
+    mask = jax.random.bernoulli(module.make_rng("drop_path"), keep, shape)
+    return x * (mask.astype(x.dtype) / keep)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (bias) laid out as (3, heads, head_dim)."""
+
+    dim: int
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, n, d = x.shape
+        if d % self.num_heads:
+            raise ValueError(f"embed_dim {d} is not divisible by num_heads {self.num_heads}")
+        hd = d // self.num_heads
+        dense = lambda feats, name: nn.Dense(feats, dtype=self.dtype, param_dtype=jnp.float32,
+                                             kernel_init=_normal02, bias_init=nn.initializers.zeros, name=name)
+        qkv = dense(3 * d, "qkv")(x).reshape(b, n, 3, self.num_heads, hd)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, hd]
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (hd ** -0.5)
+        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)  # softmax in f32
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
+        return dense(d, "proj")(out)
+
+
+class Mlp(nn.Module):
+    hidden: int
+    dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_normal02, name="fc1")(x)
+        x = nn.gelu(x, approximate=False)  # exact erf GELU as torch nn.GELU()
+        return nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_normal02, name="fc2")(x)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; the residual stream and LayerNorms stay float32."""
+
+    dim: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        x = x.astype(jnp.float32)
+        h = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm1")(x)
+        h = Attention(self.dim, self.num_heads, self.dtype, name="attn")(h)
+        x = x + drop_path(self, h.astype(jnp.float32), self.drop_path, deterministic)
+        h = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm2")(x)
+        h = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype, name="mlp")(h)
+        return x + drop_path(self, h.astype(jnp.float32), self.drop_path, deterministic)
+
+
+def block_class(remat: bool) -> type[nn.Module]:
+    """``Block``, rematerialised in the backward pass when ``remat`` (``deterministic`` is static)."""
+    # static_argnums counts the module itself as argument 0.
+    return nn.remat(Block, static_argnums=(2,)) if remat else Block
+
+
+class VisionTransformer(nn.Module):
+    """TransReID ViT (model.md §1). ``__call__(images [B,H,W,3], camids [B], viewids=None, *, train)``.
+
+    Returns ``[B, 1 + gh*gw, D]``: with ``local_feature`` the raw residual stream after ``depth - 1`` blocks (blocks
+    ``depth - 1`` and ``norm`` are not created), otherwise the layer-normalised output of all ``depth`` blocks.
+    """
+
+    img_size: tuple[int, int] = (256, 128)
+    patch_size: int = 16
+    stride: tuple[int, int] = (11, 11)
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    num_cameras: int = 0  # 0 = no camera SIE
+    num_views: int = 0  # 0 = no view SIE
+    sie_coe: float = 3.0
+    local_feature: bool = True
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return patch_grid(self.img_size, self.patch_size, self.stride)
+
+    @property
+    def num_sie(self) -> int:
+        """Rows of the SIE table (0 = none); it exists only if cameras > 1 or views > 1 (model.md §1.3)."""
+        c, v = self.num_cameras, self.num_views
+        if c > 1 and v > 1:
+            return c * v
+        if c > 1:
+            return c
+        if v > 1:
+            return v
+        return 0
+
+    def setup(self) -> None:
+        d = self.embed_dim
+        gh, gw = self.grid
+        self.patch_embed = nn.Conv(d, (self.patch_size, self.patch_size), strides=tuple(self.stride),
+                                   padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
+                                   kernel_init=nn.initializers.normal(np.sqrt(2.0 / (self.patch_size ** 2 * d))),
+                                   bias_init=nn.initializers.zeros)
+        self.cls_token = self.param("cls_token", _normal02, (1, 1, d))
+        self.pos_embed = self.param("pos_embed", _normal02, (1, 1 + gh * gw, d))
+        if self.num_sie:
+            self.sie_embed = self.param("sie_embed", _normal02, (self.num_sie, 1, d))
+        rates = drop_path_rates(self.drop_path, self.depth)
+        n_blocks = self.depth - 1 if self.local_feature else self.depth
+        cls = block_class(self.remat)
+        self.blocks = [cls(d, self.num_heads, self.mlp_ratio, rates[i], self.dtype) for i in range(n_blocks)]
+        if not self.local_feature:
+            self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
+
+    def sie_index(self, camids: jax.Array, viewids: jax.Array | None) -> jax.Array | None:
+        """Row of the SIE table per sample (general rule of model.md §1.3), or None when nothing is added."""
+        if not self.num_sie:
+            return None
+        cams = jnp.asarray(camids, jnp.int32)
+        views = jnp.zeros_like(cams) if viewids is None else jnp.asarray(viewids, jnp.int32)
+        if self.num_cameras > 0 and self.num_views > 0:
+            return cams * self.num_views + views
+        if self.num_cameras > 0:
+            return cams
+        return views
+
+    def __call__(self, images: jax.Array, camids: jax.Array, viewids: jax.Array | None = None, *,
+                 train: bool = False) -> jax.Array:
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"VisionTransformer: expected NHWC images [B,H,W,3], got shape {images.shape}")
+        if tuple(images.shape[1:3]) != tuple(self.img_size):
+            raise ValueError(f"VisionTransformer: image size {tuple(images.shape[1:3])} != configured img_size "
+                             f"{tuple(self.img_size)} (the position embedding is sized for the latter)")
+        b = images.shape[0]
+        x = self.patch_embed(images).astype(jnp.float32)  # [B, gh, gw, D]
+        x = x.reshape(b, -1, self.embed_dim)  # row-major patch p = gw*y + x
+        cls = jnp.broadcast_to(self.cls_token, (b, 1, self.embed_dim))
+        x = jnp.concatenate([cls, x], axis=1) + self.pos_embed
+        idx = self.sie_index(camids, viewids)
+        if idx is not None:
+            x = x + self.sie_coe * self.sie_embed[idx]  # [B, 1, D]: added to every token, cls included
+        for blk in self.blocks:
+            x = blk(x, not train)
+        if not self.local_feature:
+            x = self.norm(x)
+        return x
