@@ -1,0 +1,245 @@
+"""grain pipelines: PK training batches (workers, process slices, resume) and evaluation batches."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from absl import flags
+from PIL import Image
+
+from configs.common import get_base_config
+from tmspr_jax.data import pipeline, views
+from tmspr_jax.data import sampler as sampler_lib
+from tmspr_jax.data.parsing import ParsingTargets
+
+IMG = (32, 16)  # (H, W) of the model input in these tests
+GRID = (3, 2)
+
+
+class FakeSplit:
+    """An in-memory split with the ReIDSplit interface: records hold encoded PNG/JPEG bytes made by Pillow."""
+
+    def __init__(self, pids, camids, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.pids = np.asarray(pids, np.int64)
+        self.camids = np.asarray(camids, np.int64)
+        self.file_names = np.array([f"{p:04d}_c{c + 1}_{i:03d}.png" for i, (p, c) in enumerate(zip(pids, camids))])
+        self._images = []
+        for i in range(len(self.pids)):
+            h, w = int(rng.integers(20, 40)), int(rng.integers(10, 20))
+            arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="PNG" if i % 3 else "JPEG")
+            self._images.append(buf.getvalue())
+        self.num_classes = len(np.unique(self.pids))
+        self.num_cameras = len(np.unique(self.camids))
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self._images[i], "pid": int(self.pids[i]), "camid": int(self.camids[i]),
+                "file_name": str(self.file_names[i])}  # fmt: skip
+
+
+def _decode(split: FakeSplit, i: int) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(split[i]["image"])).convert("RGB"))
+
+
+def _train_split() -> FakeSplit:
+    # raw pids (not 0..C-1), 9 identities with 1..6 images, cameras 0..2
+    counts = {107: 5, 3: 2, 55: 6, 12: 1, 900: 4, 41: 3, 8: 5, 77: 2, 66: 4}
+    pids = np.concatenate([np.full(n, p) for p, n in counts.items()])
+    pids = np.random.default_rng(1).permutation(pids)
+    return FakeSplit(pids, np.arange(len(pids)) % 3, seed=2)
+
+
+def _targets(n: int) -> ParsingTargets:
+    t = np.arange(n * GRID[0] * GRID[1] * 6, dtype=np.float32).reshape(n, *GRID, 6)
+    w = (np.arange(n) % 4 != 0).astype(np.float32)
+    return ParsingTargets(targets=t, weights=w, num_missing=int((w == 0).sum()))
+
+
+def _config(num_workers: int = 0, batch_size: int = 8, k: int = 2):
+    c = get_base_config()
+    c.seed = 11
+    c.img_size = IMG
+    c.data.batch_size = batch_size
+    c.data.num_instances = k
+    c.data.test_batch_size = 5
+    c.data.num_workers = num_workers
+    c.data.prefetch_buffer = 2
+    return c
+
+
+OCCLUDERS = views.OccluderBank.from_arrays(
+    [np.random.default_rng(i).integers(0, 256, (24, 10, 3), dtype=np.uint8) for i in range(3)]
+)
+
+
+def _pipe(split, cfg, **kw) -> pipeline.TrainPipeline:
+    return pipeline.TrainPipeline(cfg, split, _targets(len(split)), occluders=OCCLUDERS, **kw)
+
+
+@pytest.fixture
+def parsed_flags():
+    """grain's worker processes read absl flags, as under absl.app.run."""
+    was = flags.FLAGS.is_parsed()
+    flags.FLAGS.mark_as_parsed()
+    yield
+    if not was:
+        flags.FLAGS.unparse_flags()
+
+
+def _assert_batches_equal(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_train_batches_content_and_order():
+    split, cfg = _train_split(), _config()
+    tg = _targets(len(split))
+    epoch = 3
+    got = list(pipeline.train_batches(cfg, split, tg, epoch=epoch, occluders=OCCLUDERS))
+    labels = np.searchsorted(np.unique(split.pids), split.pids)
+    expected_idx = sampler_lib.epoch_batches(labels, 4, 2, seed=cfg.seed, epoch=epoch)
+    assert len(got) == len(expected_idx) > 0
+    for j, batch in enumerate(got):
+        assert batch["views"].shape == (8, 4, *IMG, 3) and batch["views"].dtype == np.float32
+        assert batch["parsing"].shape == (8, *GRID, 6) and batch["parsing"].dtype == np.float32
+        for k in ("pids", "camids", "index"):
+            assert batch[k].dtype == np.int32 and batch[k].shape == (8,)
+        idx = batch["index"]
+        np.testing.assert_array_equal(idx, expected_idx[j])
+        np.testing.assert_array_equal(batch["pids"], labels[idx])
+        assert batch["pids"].max() < split.num_classes
+        np.testing.assert_array_equal(batch["camids"], split.camids[idx])
+        np.testing.assert_array_equal(batch["parsing"], tg.targets[idx])
+        np.testing.assert_array_equal(batch["parsing_weight"], tg.weights[idx])
+        # view 1 is the deterministic resize of the right record
+        for r in range(0, 8, 3):
+            based = views.based_view(_decode(split, idx[r]), IMG, cfg.data.mean, cfg.data.std)
+            np.testing.assert_array_equal(batch["views"][r, 0], based)
+    # per-sample randomness: seeded by (seed, epoch, global position)
+    r, j = 5, 1
+    rng = np.random.default_rng([cfg.seed, epoch, j * 8 + r])
+    ref = views.train_views(_decode(split, got[j]["index"][r]), rng, OCCLUDERS, IMG, cfg.data.mean, cfg.data.std, False)
+    np.testing.assert_array_equal(got[j]["views"][r], ref)
+    # the random views differ between samples and epochs
+    assert not np.array_equal(got[0]["views"][0, 1], got[0]["views"][1, 1])
+    other = next(pipeline.train_batches(cfg, split, tg, epoch=epoch + 1, occluders=OCCLUDERS))
+    assert not np.array_equal(other["index"], got[0]["index"])
+
+
+def test_worker_processes_give_identical_batches(parsed_flags):
+    split = _train_split()
+    base = list(_pipe(split, _config(0)).epoch_iterator(0, num_batches=3))
+    it = _pipe(split, _config(2)).epoch_iterator(0, num_batches=3)
+    try:
+        with_workers = list(it)
+    finally:
+        it.close()
+    _assert_batches_equal(base, with_workers)
+
+
+def test_process_slices_concatenate_to_global_batch():
+    split, cfg = _train_split(), _config()
+    whole = list(_pipe(split, cfg).epoch_iterator(2))
+    parts = [list(_pipe(split, cfg, process_index=i, process_count=2).epoch_iterator(2)) for i in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(whole)
+    for j, g in enumerate(whole):
+        assert parts[0][j]["views"].shape[0] == 4
+        merged = {k: np.concatenate([parts[0][j][k], parts[1][j][k]]) for k in g}
+        _assert_batches_equal([g], [merged])
+
+
+def test_resume_mid_epoch_gives_the_same_next_batches():
+    split, cfg = _train_split(), _config()
+    pipe = _pipe(split, cfg)
+    it = pipe.epoch_iterator(1)
+    first = [next(it), next(it)]
+    state = json.loads(json.dumps(pipe.get_state()))
+    assert state["epoch"] == 1 and state["batch"] == 2
+    rest = list(it)
+    assert len(rest) == pipe.num_batches(1) - 2 > 0
+    assert pipe.resume_epoch() == 2
+
+    restored = _pipe(split, cfg)
+    restored.set_state(state)
+    assert restored.resume_epoch() == 1
+    _assert_batches_equal(rest, list(restored.epoch_iterator(1)))
+    # the train loop's explicit form, and a fresh epoch starts at 0
+    _assert_batches_equal(rest[:1], list(_pipe(split, cfg).epoch_iterator(1, start_batch=2, num_batches=3)))
+    _assert_batches_equal(first, list(restored.epoch_iterator(1, start_batch=0, num_batches=2)))
+
+    changed = _config(batch_size=6)
+    with pytest.raises(ValueError, match="batch_size=8.*config.data.batch_size is now 6"):
+        _pipe(split, changed).set_state(state)
+
+
+def test_bad_train_settings_are_named():
+    split = _train_split()
+    if not flags.FLAGS.is_parsed():
+        with pytest.raises(RuntimeError, match="num_workers=2 needs parsed absl flags"):
+            _pipe(split, _config(2)).epoch_dataset(0)
+    with pytest.raises(ValueError, match="batch_size=8 must be divisible by the process count 3"):
+        _pipe(split, _config(), process_index=0, process_count=3)
+    with pytest.raises(ValueError, match=r"parsing targets have shape \(5, 3, 2, 6\)"):
+        pipeline.TrainPipeline(_config(), split, _targets(5), occluders=OCCLUDERS)
+    with pytest.raises(ValueError, match="fewer than P=10"):
+        _pipe(split, _config(batch_size=20))
+    with pytest.raises(ValueError, match="out of range"):
+        _pipe(split, _config()).epoch_iterator(0, num_batches=10_000)
+
+
+def _eval_split() -> FakeSplit:
+    return FakeSplit(np.arange(13) * 7 + 100, np.arange(13) % 4, seed=5)
+
+
+def test_eval_batches_order_and_last_batch():
+    split, cfg = _eval_split(), _config()
+    batches = list(pipeline.eval_batches(cfg, split))
+    assert [len(b["pids"]) for b in batches] == [5, 5, 3]
+    np.testing.assert_array_equal(np.concatenate([b["pids"] for b in batches]), split.pids)
+    np.testing.assert_array_equal(np.concatenate([b["camids"] for b in batches]), split.camids)
+    assert all(b["valid"].all() and b["valid"].dtype == bool for b in batches)
+    images = np.concatenate([b["images"] for b in batches])
+    assert images.shape == (13, *IMG, 3) and images.dtype == np.float32
+    for i in (0, 6, 12):
+        np.testing.assert_array_equal(images[i], views.eval_view(_decode(split, i), IMG, cfg.data.mean, cfg.data.std))
+
+
+def test_eval_padding_and_process_slices():
+    split, cfg = _eval_split(), _config()
+    plain = np.concatenate([b["images"] for b in pipeline.eval_batches(cfg, split)])
+    padded = list(pipeline.eval_batches(cfg, split, pad_to=4))
+    assert [len(b["valid"]) for b in padded] == [8, 8, 4]
+    assert [int(b["valid"].sum()) for b in padded] == [5, 5, 3]
+    for b in padded:
+        assert not b["valid"][b["valid"].sum():].any()  # padding only at the end
+        assert (b["pids"][~b["valid"]] == -1).all() and (b["camids"][~b["valid"]] == 0).all()
+    valid_images = np.concatenate([b["images"][b["valid"]] for b in padded])
+    np.testing.assert_array_equal(valid_images, plain)
+    # two processes: equal parts that concatenate to the padded global batch
+    parts = [list(pipeline.eval_batches(cfg, split, pad_to=4, process_index=i, process_count=2)) for i in range(2)]
+    for j, g in enumerate(padded):
+        assert len(parts[0][j]["valid"]) == len(parts[1][j]["valid"]) == len(g["valid"]) // 2
+        for k in g:
+            np.testing.assert_array_equal(np.concatenate([parts[0][j][k], parts[1][j][k]]), g[k], err_msg=k)
+
+
+def test_eval_batches_with_workers_keep_order(parsed_flags):
+    split, cfg = _eval_split(), _config(num_workers=2)
+    it = pipeline.eval_batches(cfg, split)
+    try:
+        pids = [b["pids"] for b in it]
+    finally:
+        it.close()
+    assert [len(p) for p in pids] == [5, 5, 3]
+    np.testing.assert_array_equal(np.concatenate(pids), split.pids)

@@ -1,0 +1,467 @@
+"""grain pipelines: PK training batches with four views, and fixed-order evaluation batches.
+
+Training (per epoch): the PK sampler's ``[num_batches, B]`` index array -> this process's rows of every global batch ->
+per-sample record decode + four views (``MapDataset.map``) -> ``.batch(b)`` -> ``to_iter_dataset`` -> ``mp_prefetch``
+-> parsing targets added in the main process. Batching happens *before* ``mp_prefetch``: grain then hands whole batches
+round-robin to the workers and interleaves them back in order, so each batch's composition and the batch order do not
+depend on the number of workers (``grain.DataLoader`` with workers would reorder PK batches). Every sample's random views
+come from a generator seeded by ``(seed, epoch, global position in the epoch)``, so the arrays are also independent of
+the number of workers and of processes.
+
+Resuming: a batch is a pure function of ``(config, split, epoch, batch index)``, so the pipeline's JSON-able state is
+just that position (plus what must not change for it to mean the same thing); restoring rebuilds the epoch's dataset
+sliced at the saved batch. See :class:`TrainPipeline`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Iterator, Mapping, Protocol
+
+import grain
+from absl import flags
+import ml_collections
+import numpy as np
+
+from tmspr_jax.data import sampler as sampler_lib
+from tmspr_jax.data import views
+
+STATE_VERSION = 1
+
+
+class Split(Protocol):
+    """What the pipelines need from a split (``tmspr_jax.data.sources.ReIDSplit`` provides it)."""
+
+    pids: np.ndarray
+    camids: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+
+
+def train_labels(pids: np.ndarray) -> np.ndarray:
+    """Train labels 0..C-1 in sorted raw-pid order (identity on already relabelled pids)."""
+    _, labels = np.unique(np.asarray(pids), return_inverse=True)
+    return labels.astype(np.int32)
+
+
+def _read_options(num_workers: int, prefetch_buffer: int) -> grain.ReadOptions:
+    # Elements are whole batches here: a small buffer bounds memory (a 32x4x256x128x3 f32 batch is 50 MB). Inside
+    # worker processes one thread per worker is enough; in-process, a few threads overlap PIL decoding (GIL released).
+    buffer = max(1, int(prefetch_buffer))
+    return grain.ReadOptions(num_threads=1 if num_workers > 0 else buffer, prefetch_buffer_size=buffer)
+
+
+def _maybe_mp_prefetch(ds: grain.IterDataset, num_workers: int, prefetch_buffer: int) -> grain.IterDataset:
+    if num_workers < 0:
+        raise ValueError(f"config.data.num_workers must be >= 0, got {num_workers}")
+    if num_workers == 0:
+        return ds
+    if not flags.FLAGS.is_parsed():
+        # grain's worker processes read absl flags; unparsed flags fail deep inside grain.
+        raise RuntimeError(
+            f"config.data.num_workers={num_workers} needs parsed absl flags (grain workers read them): run under "
+            "absl.app.run, or call absl.flags.FLAGS.mark_as_parsed() first; or set config.data.num_workers=0"
+        )
+    options = grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(1, int(prefetch_buffer)))
+    return ds.mp_prefetch(options)
+
+
+def _img_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    size = tuple(int(v) for v in config.img_size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"config.img_size must be (H, W) with positive entries, got {config.img_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def _check_split(split: Split, what: str) -> None:
+    n = len(split)
+    if n == 0:
+        raise ValueError(f"{what} split is empty")
+    for key in ("pids", "camids"):
+        arr = np.asarray(getattr(split, key))
+        if arr.shape != (n,):
+            raise ValueError(f"{what} split: {key} has shape {arr.shape}, expected ({n},) (one per record)")
+
+
+def _decode(split: Split, index: int) -> np.ndarray:
+    """Record ``index`` -> RGB uint8 ``[h, w, 3]``; a corrupt image names the record and its file."""
+    record = split[index]
+    name = record.get("file_name", "")
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return views.decode_rgb(record["image"], f"record {index} ({name})")
+
+
+# --------------------------------------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _TrainSample:
+    """(global position, record index) -> one sample's views and labels. Picklable for grain workers."""
+
+    split: Split
+    labels: np.ndarray
+    camids: np.ndarray
+    occluders: Any
+    img_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    occluder_normalize: bool
+    seed: int
+    epoch: int
+
+    def __call__(self, element: np.ndarray) -> dict[str, np.ndarray]:
+        position, index = int(element[0]), int(element[1])
+        image = _decode(self.split, index)
+        rng = np.random.default_rng([self.seed, self.epoch, position])
+        v = views.train_views(
+            image, rng, self.occluders, self.img_size, self.mean, self.std, self.occluder_normalize
+        )
+        return {
+            "views": np.asarray(v, dtype=np.float32),
+            "pids": np.int32(self.labels[index]),
+            "camids": np.int32(self.camids[index]),
+            "index": np.int32(index),
+        }
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _AddParsing:
+    """Adds the parsing targets of a batch by record index (runs in the main process: the targets stay unpickled)."""
+
+    targets: np.ndarray
+    weights: np.ndarray
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        index = batch["index"]
+        out = dict(batch)
+        out["parsing"] = np.ascontiguousarray(self.targets[index], dtype=np.float32)
+        out["parsing_weight"] = np.asarray(self.weights[index], dtype=np.float32)
+        return out
+
+
+class TrainEpochIterator(Iterator[dict[str, np.ndarray]]):
+    """One epoch's batches (this process's slice); advances the owning :class:`TrainPipeline`'s position."""
+
+    def __init__(self, pipeline: "TrainPipeline", epoch: int, start: int, ds: grain.IterDataset):
+        self._pipeline = pipeline
+        self.epoch = epoch
+        self._next = start
+        self._it = iter(ds)
+
+    def __iter__(self) -> "TrainEpochIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._it)
+        self._next += 1
+        self._pipeline._position = sampler_lib.SamplerPosition(self.epoch, self._next)
+        return batch
+
+    def close(self) -> None:
+        """Stops grain's worker processes (also happens on garbage collection)."""
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
+class TrainPipeline:
+    """Training batches epoch by epoch, with a JSON-able position for checkpoints.
+
+    Usage::
+
+        pipe = TrainPipeline(config, split, targets, process_index=jax.process_index(),
+                             process_count=jax.process_count())
+        pipe.set_state(saved)                       # optional: resume
+        for epoch in range(pipe.resume_epoch(), epochs):
+            for batch in pipe.epoch_iterator(epoch):
+                ...                                  # save pipe.get_state() beside the model
+
+    ``epoch_iterator(epoch)`` starts at batch 0, or at the restored/reached batch when ``epoch`` is the epoch of the
+    current position. Each process builds the same global PK batches and yields rows
+    ``[process_index*b, (process_index+1)*b)`` of every one, ``b = batch_size // process_count``.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        split: Split,
+        targets: Any,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+        occluders: Any = None,
+    ):
+        _check_split(split, "training")
+        d = config.data
+        self.batch_size = int(d.batch_size)
+        self.num_instances = int(d.num_instances)
+        self.seed = int(config.seed)
+        if process_count < 1 or not 0 <= process_index < process_count:
+            raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
+        if self.batch_size % process_count:
+            raise ValueError(
+                f"config.data.batch_size={self.batch_size} must be divisible by the process count {process_count}"
+            )
+        self.process_index, self.process_count = process_index, process_count
+        self.local_batch_size = self.batch_size // process_count
+        self.num_records = len(split)
+        self.labels = train_labels(split.pids)
+        num_classes = getattr(split, "num_classes", None)
+        if num_classes is not None and int(num_classes) != int(self.labels.max()) + 1:
+            raise ValueError(
+                f"training split reports num_classes={num_classes} but its records hold "
+                f"{int(self.labels.max()) + 1} distinct pids"
+            )
+        self.sampler = sampler_lib.PKSampler(self.labels, self.batch_size, self.num_instances, self.seed)
+        self._targets = _check_targets(targets, self.num_records)
+        if occluders is None:
+            occluders = _default_occluders(config, split)
+        self._sample = functools.partial(
+            _TrainSample,
+            split=split,
+            labels=self.labels,
+            camids=np.asarray(split.camids).astype(np.int32),
+            occluders=occluders,
+            img_size=_img_size(config),
+            mean=tuple(float(v) for v in d.mean),
+            std=tuple(float(v) for v in d.std),
+            occluder_normalize=bool(d.occluder_normalize),
+            seed=self.seed,
+        )
+        self.num_workers = int(d.num_workers)
+        self.prefetch_buffer = int(d.prefetch_buffer)
+        self._position = sampler_lib.SamplerPosition(0, 0)
+
+    # -- sizes
+    def num_batches(self, epoch: int) -> int:
+        """Batches in ``epoch`` (the sampler's exact count; the reference's nominal count is an upper bound)."""
+        return self.sampler.num_batches(epoch)
+
+    steps_per_epoch = num_batches  # the train loop's name for it
+
+    # -- datasets
+    def epoch_dataset(self, epoch: int, start: int = 0, stop: int | None = None) -> grain.IterDataset:
+        """The grain dataset of this process's batches ``start..stop-1`` of ``epoch`` (no position bookkeeping)."""
+        batches = self.sampler.epoch_batches(epoch)
+        n, b = batches.shape[0], self.local_batch_size
+        stop = n if stop is None else stop
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"batches [{start}, {stop}) out of range: epoch {epoch} has {n} batches")
+        lo = self.process_index * b
+        rows = np.arange(n, dtype=np.int64)[:, None]
+        cols = np.arange(lo, lo + b, dtype=np.int64)[None, :]
+        positions = rows * self.batch_size + cols  # global position of each sample in the epoch
+        elements = np.stack([positions, batches[:, lo : lo + b].astype(np.int64)], axis=-1).reshape(n * b, 2)
+        ds = grain.MapDataset.source(elements).map(self._sample(epoch=epoch))
+        ds = ds.batch(b, drop_remainder=True)[start:stop]
+        it = ds.to_iter_dataset(_read_options(self.num_workers, self.prefetch_buffer))
+        it = _maybe_mp_prefetch(it, self.num_workers, self.prefetch_buffer)
+        return it.map(_AddParsing(*self._targets))
+
+    def epoch_iterator(
+        self, epoch: int, *, start_batch: int | None = None, num_batches: int | None = None
+    ) -> TrainEpochIterator:
+        """Iterator over ``epoch``'s batches.
+
+        Args:
+          epoch: the epoch (any int; the train loop counts from 1).
+          start_batch: first batch to produce; default: the current position's batch if it is in ``epoch`` (after
+            :meth:`set_state` or a partly consumed iterator of this epoch), else 0.
+          num_batches: stop after batch ``num_batches - 1`` (a cap such as ``train.max_steps_per_epoch``); default:
+            the whole epoch.
+        """
+        total = self.num_batches(epoch)
+        stop = total if num_batches is None else int(num_batches)
+        if not 0 <= stop <= total:
+            raise ValueError(f"num_batches={num_batches} out of range: epoch {epoch} has {total} batches")
+        if start_batch is None:
+            start_batch = self._position.batch if self._position.epoch == epoch else 0
+        start = min(int(start_batch), stop)
+        if start < 0:
+            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+        self._position = sampler_lib.SamplerPosition(epoch, start)
+        return TrainEpochIterator(self, epoch, start, self.epoch_dataset(epoch, start, stop))
+
+    # -- state
+    @property
+    def position(self) -> sampler_lib.SamplerPosition:
+        """Next batch to be produced: (epoch, batch index)."""
+        return self._position
+
+    def resume_epoch(self) -> int:
+        """The epoch a training loop should continue with (the next one if the saved epoch was finished)."""
+        pos = self._position
+        return pos.epoch + 1 if pos.batch >= self.num_batches(pos.epoch) else pos.epoch
+
+    def get_state(self) -> dict[str, int]:
+        """JSON-able state to save beside the model (e.g. ``ocp.args.JsonSave(pipe.get_state())``)."""
+        return {
+            "version": STATE_VERSION,
+            **self._position.to_dict(),
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "num_instances": self.num_instances,
+            "num_records": self.num_records,
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restores a :meth:`get_state` dict; the next ``epoch_iterator(epoch)`` continues from it."""
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"training pipeline state must be a dict with version={STATE_VERSION}, got {state!r}")
+        mine = self.get_state()
+        for key, what in (
+            ("seed", "config.seed"),
+            ("batch_size", "config.data.batch_size"),
+            ("num_instances", "config.data.num_instances"),
+            ("num_records", "the training split's size"),
+        ):
+            if state.get(key) != mine[key]:
+                raise ValueError(
+                    f"cannot resume the training pipeline: saved {key}={state.get(key)!r} but {what} is now "
+                    f"{mine[key]!r}; the saved batch position would point into different batches"
+                )
+        self._position = sampler_lib.SamplerPosition.from_dict(state)
+
+
+def _check_targets(targets: Any, num_records: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        t, w = np.asarray(targets.targets), np.asarray(targets.weights)
+    except AttributeError as e:
+        raise TypeError(
+            f"targets must be a ParsingTargets with .targets [N,gh,gw,6] and .weights [N], got {type(targets).__name__}"
+        ) from e
+    if t.ndim != 4 or t.shape[0] != num_records or t.shape[-1] != 6:
+        raise ValueError(f"parsing targets have shape {t.shape}, expected ({num_records}, gh, gw, 6) for this split")
+    if w.shape != (num_records,):
+        raise ValueError(f"parsing weights have shape {w.shape}, expected ({num_records},)")
+    return t, w
+
+
+def _default_occluders(config: ml_collections.ConfigDict, split: Split) -> views.OccluderBank:
+    """The covering view's occluders: the training split in use, or ``config.data.occluder_source``'s train split."""
+    source = str(config.data.occluder_source)
+    if not source:
+        return views.OccluderBank.from_records(split, name="training split")
+    from tmspr_jax.data import sources  # only needed for a separate occluder dataset
+
+    other = sources.open_split(source, "train", config.data.data_dir, config.data.manual_dir or None)
+    return views.OccluderBank.from_records(other, name=f"{source}/train")
+
+
+def train_batches(
+    config: ml_collections.ConfigDict,
+    split: Split,
+    targets: Any,
+    *,
+    epoch: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    occluders: Any = None,
+) -> TrainEpochIterator:
+    """This process's slice of every PK batch of ``epoch``, as NumPy dicts.
+
+    Each batch: ``views f32 [b,4,H,W,3]``, ``pids i32 [b]`` (train labels), ``camids i32 [b]``,
+    ``parsing f32 [b,gh,gw,6]``, ``parsing_weight f32 [b]``, ``index i32 [b]`` (record index), with
+    ``b = config.data.batch_size // process_count``. For resumable iteration use :class:`TrainPipeline`.
+    """
+    pipe = TrainPipeline(
+        config, split, targets, process_index=process_index, process_count=process_count, occluders=occluders
+    )
+    return pipe.epoch_iterator(epoch)
+
+
+# ------------------------------------------------------------------------------------------------------- evaluation
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _EvalSample:
+    """Record index -> test view and labels; index -1 is a padding row (zero image, pid -1, camera 0, invalid)."""
+
+    split: Split
+    pids: np.ndarray
+    camids: np.ndarray
+    img_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        index = int(index)
+        if index < 0:
+            # camera 0 keeps the SIE embedding lookup valid; 'valid' masks the row out of batch statistics and results.
+            return {
+                "images": np.zeros((*self.img_size, 3), np.float32),
+                "pids": np.int32(-1),
+                "camids": np.int32(0),
+                "valid": np.bool_(False),
+            }
+        image = _decode(self.split, index)
+        return {
+            "images": np.asarray(views.eval_view(image, self.img_size, self.mean, self.std), dtype=np.float32),
+            "pids": np.int32(self.pids[index]),
+            "camids": np.int32(self.camids[index]),
+            "valid": np.bool_(True),
+        }
+
+
+def eval_layout(
+    num_records: int, batch_size: int, *, pad_to: int = 1, process_index: int = 0, process_count: int = 1
+) -> list[np.ndarray]:
+    """Record indices of this process's rows of every evaluation batch (-1 = padding row).
+
+    Global batch ``j`` holds records ``[j*batch_size, min(N, (j+1)*batch_size))`` (so the last one is smaller), padded
+    to a multiple of ``lcm(pad_to, process_count)``; process ``i`` gets the ``i``-th of ``process_count`` equal
+    contiguous parts. Concatenating the parts in process order gives the global batch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"config.data.test_batch_size must be >= 1, got {batch_size}")
+    if pad_to < 1:
+        raise ValueError(f"pad_to must be >= 1, got {pad_to}")
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
+    multiple = math.lcm(pad_to, process_count)
+    out = []
+    for lo in range(0, num_records, batch_size):
+        rows = np.arange(lo, min(num_records, lo + batch_size), dtype=np.int64)
+        rows = np.concatenate([rows, np.full(-rows.size % multiple, -1, np.int64)])
+        part = rows.size // process_count
+        out.append(rows[process_index * part : (process_index + 1) * part])
+    return out
+
+
+def eval_batches(
+    config: ml_collections.ConfigDict,
+    split: Split,
+    *,
+    pad_to: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The split's records in order, ``config.data.test_batch_size`` per batch, the last one smaller.
+
+    Each batch: ``images f32 [b,H,W,3]`` (test view), ``pids i32 [b]`` (raw), ``camids i32 [b]``, ``valid bool [b]``.
+    ``pad_to > 1`` pads every global batch with ``valid=False`` rows to a multiple of ``pad_to`` (e.g. the device
+    count), which changes only the last batch when ``test_batch_size`` is a multiple already. With several processes,
+    each gets its equal contiguous part of every (padded) global batch; see :func:`eval_layout`.
+    """
+    _check_split(split, "evaluation")
+    d = config.data
+    layout = eval_layout(
+        len(split), int(d.test_batch_size), pad_to=pad_to, process_index=process_index, process_count=process_count
+    )
+    sample = _EvalSample(
+        split=split,
+        pids=np.asarray(split.pids).astype(np.int32),
+        camids=np.asarray(split.camids).astype(np.int32),
+        img_size=_img_size(config),
+        mean=tuple(float(v) for v in d.mean),
+        std=tuple(float(v) for v in d.std),
+    )
+    # All batches but the last have the same local size, so grain's .batch() cuts the flat row list exactly.
+    ds = grain.MapDataset.source(np.concatenate(layout)).map(sample).batch(len(layout[0]))
+    workers, buffer = int(d.num_workers), int(d.prefetch_buffer)
+    it = _maybe_mp_prefetch(ds.to_iter_dataset(_read_options(workers, buffer)), workers, buffer)
+    return iter(it)
