@@ -1,0 +1,176 @@
+"""Random-access reading of the prepared re-ID datasets (``tfds.data_source`` over array_record, no TensorFlow).
+
+``open_split('occluded_duke', 'train', data_dir)`` gives a :class:`ReIDSplit`: ``len``, ``split[i]`` -> record
+``{'image': bytes, 'pid': int, 'camid': int, 'file_name': str}``, and per-split NumPy arrays ``pids`` / ``camids`` /
+``file_names`` read from the records themselves (array_record order is not generation order, so nothing else may be
+assumed about it). Builder names may carry a config: ``occluded_reid/half``.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from tmspr_jax.data import builders
+from tmspr_jax.data.builders import CorruptImageError
+
+_READ_CHUNK = 1024  # records per random-access batch when scanning a whole split for its labels
+
+
+def _builder_name(name: str) -> str:
+    return name.split("/")[0].split(":")[0]
+
+
+def get_builder(name: str, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
+    """The registered builder ``name`` (``'dataset[/config]'``) rooted at ``data_dir``; unknown names are an error."""
+    if _builder_name(name) not in builders.BUILDERS:
+        raise ValueError(f"Unknown dataset {name!r}; known builders: {sorted(builders.BUILDERS)}.")
+    return tfds.builder(name, data_dir=os.fspath(data_dir), file_format="array_record")
+
+
+def prepare_dataset(
+    name: str, data_dir: str | os.PathLike, manual_dir: str | os.PathLike, *, overwrite: bool = False
+) -> tfds.core.DatasetBuilder:
+    """Builds dataset ``name`` from the raw release folder ``manual_dir`` into ``data_dir`` (array_record).
+
+    An already prepared dataset is reused unless ``overwrite``. Layout problems raise
+    :class:`~tmspr_jax.data.builders.DatasetLayoutError`, unreadable images
+    :class:`~tmspr_jax.data.builders.CorruptImageError`, both naming the offending path.
+    """
+    builder = get_builder(name, data_dir)
+    if not os.path.isdir(manual_dir):
+        raise builders.DatasetLayoutError(
+            f"manual_dir {os.fspath(manual_dir)} does not exist or is not a folder. Expected layout for {name}:\n"
+            f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        )
+    mode = tfds.download.GenerateMode
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.fspath(manual_dir),
+            download_mode=mode.FORCE_REDOWNLOAD if overwrite else mode.REUSE_CACHE_IF_EXISTS,
+        )
+    )
+    return builder
+
+
+class ReIDSplit:
+    """One split of a prepared re-ID dataset: random access to records plus its label arrays and metadata."""
+
+    def __init__(self, name: str, split: str, source: Any, metadata: Mapping[str, Any]):
+        self.name = name
+        self.split = split
+        self._source = source
+        self.metadata = dict(metadata)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self)
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"{self.name}/{self.split}: index {index} out of range for {n} records.")
+        return _normalise(self._source[i % n])
+
+    def __repr__(self) -> str:
+        return f"ReIDSplit(name={self.name!r}, split={self.split!r}, records={len(self)})"
+
+    @functools.cached_property
+    def _labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pids, camids, names = [], [], []
+        for start in range(0, len(self), _READ_CHUNK):
+            for rec in self._source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(self))))):
+                pids.append(int(rec["pid"]))
+                camids.append(int(rec["camid"]))
+                names.append(_text(rec["file_name"]))
+        return np.asarray(pids, np.int64), np.asarray(camids, np.int64), np.asarray(names, dtype=object)
+
+    @property
+    def pids(self) -> np.ndarray:
+        """int64 ``[N]`` pid of every record, in record order (train: labels 0..C-1; query/gallery: raw pids)."""
+        return self._labels[0]
+
+    @property
+    def camids(self) -> np.ndarray:
+        """int64 ``[N]`` 0-based camera of every record, in record order."""
+        return self._labels[1]
+
+    @property
+    def file_names(self) -> np.ndarray:
+        """object ``[N]`` of str: the stored basename of every record, in record order."""
+        return self._labels[2]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of training identities of this dataset (0 for test-only datasets)."""
+        return int(self.metadata.get("num_classes", 0))
+
+    @property
+    def num_cameras(self) -> int:
+        """Number of training cameras of this dataset (0 for test-only datasets)."""
+        return int(self.metadata.get("num_cameras", 0))
+
+    def stats(self) -> dict[str, int]:
+        """``{'ids', 'images', 'cameras'}`` counted from the records, as the reference's statistics table."""
+        return {
+            "ids": int(len(np.unique(self.pids))),
+            "images": len(self),
+            "cameras": int(len(np.unique(self.camids))),
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
+def _normalise(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """tfds returns Text as bytes and scalars as NumPy values; callers get bytes, int, int, str."""
+    image = rec["image"]
+    return {
+        "image": bytes(image) if not isinstance(image, bytes) else image,
+        "pid": int(rec["pid"]),
+        "camid": int(rec["camid"]),
+        "file_name": _text(rec["file_name"]),
+    }
+
+
+def open_split(
+    name: str, split: str, data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None = None
+) -> ReIDSplit:
+    """Opens split ``split`` of dataset ``name`` (``'dataset[/config]'``) prepared under ``data_dir``.
+
+    If the dataset is not prepared and ``manual_dir`` (the raw release folder) is given, it is built first; without
+    ``manual_dir`` a missing dataset is an error that names the folder searched and the ``prepare`` command to run.
+    """
+    builder = get_builder(name, data_dir)
+    if not builder.is_prepared():
+        if manual_dir:
+            builder = prepare_dataset(name, data_dir, manual_dir)
+        else:
+            raise FileNotFoundError(
+                f"Dataset {name!r} is not prepared under data_dir {os.fspath(data_dir)} (looked for "
+                f"{builder.data_dir}). Build it with:\n  python -m tmspr_jax.data.prepare --dataset {name} "
+                f"--manual_dir <raw release folder> --data_dir {os.fspath(data_dir)}\n"
+                f"or pass manual_dir (config key data.manual_dir)."
+            )
+    available = list(builder.info.splits.keys())
+    if split not in available:
+        raise ValueError(f"Dataset {name!r} has no split {split!r}; its splits are {available}.")
+    source = tfds.data_source(name, split=split, data_dir=os.fspath(data_dir), download=False)
+    return ReIDSplit(name, split, source, builder.info.metadata)
+
+
+def decode_image(record: Mapping[str, Any]) -> np.ndarray:
+    """The record's image as ``uint8 [H, W, 3]`` RGB (Pillow); a corrupt image raises naming the record's file."""
+    try:
+        with Image.open(io.BytesIO(record["image"])) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:  # Pillow raises several exception types for bad data
+        raise CorruptImageError(f"Cannot decode image of record {_text(record.get('file_name', '?'))!r}: {e}") from e
