@@ -243,3 +243,45 @@ def test_eval_batches_with_workers_keep_order(parsed_flags):
         it.close()
     assert [len(p) for p in pids] == [5, 5, 3]
     np.testing.assert_array_equal(np.concatenate(pids), split.pids)
+
+
+def test_integration_with_real_builder_split_parsing_and_occluders(tmp_path, parsed_flags):
+    """Real pieces: a Market-layout folder -> TFDS array_record split -> parsing targets file -> pipelines."""
+    from fixtures import make_market1501
+
+    from tmspr_jax.data import parsing, sources
+
+    truth = make_market1501(tmp_path / "raw", train_ids=(2, 7, 11, 1501, 20, 33), per_id=3)
+    data_dir = str(tmp_path / "tfds")
+    split = sources.open_split("market1501", "train", data_dir, manual_dir=truth.manual_dir)
+    cfg = _config(batch_size=4, k=2)
+    cfg.data.data_dir = data_dir
+    names = [str(n) for n in split.file_names]
+    stored = np.random.default_rng(0).random((len(names), *GRID, 6)).astype(np.float32)
+    order = np.random.default_rng(1).permutation(len(names))  # the file's order differs from the record order
+    parsing.save_targets(
+        parsing.default_path(data_dir, "market1501", GRID), [names[i] for i in order], stored[order],
+        img_size=IMG, patch=16, stride=(11, 11), method="patch_mean",
+    )  # fmt: skip
+    targets = parsing.load_targets(cfg.parsing, split, GRID, data_dir, "market1501")
+
+    # occluders=None: the covering view's occluders come from the training split itself
+    serial = list(pipeline.TrainPipeline(cfg, split, targets).epoch_iterator(0, num_batches=3))
+    cfg.data.num_workers = 2
+    it = pipeline.TrainPipeline(cfg, split, targets).epoch_iterator(0, num_batches=3)
+    try:
+        parallel = list(it)
+    finally:
+        it.close()
+    _assert_batches_equal(serial, parallel)
+    truth_rows = {n: (p, c) for n, p, c in truth.splits["train"]}
+    for batch in serial:
+        idx = batch["index"]
+        assert [truth_rows[names[i]] for i in idx] == list(zip(batch["pids"].tolist(), batch["camids"].tolist()))
+        np.testing.assert_array_equal(batch["parsing"], stored[idx])
+        assert np.all(batch["pids"].reshape(2, 2) == batch["pids"].reshape(2, 2)[:, :1])
+
+    query = sources.open_split("market1501", "query", data_dir)
+    got = list(pipeline.eval_batches(_config(), query))
+    assert [len(b["pids"]) for b in got] == [5, 4]
+    assert list(np.concatenate([b["pids"] for b in got])) == list(query.pids)

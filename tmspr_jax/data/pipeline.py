@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from tmspr_jax.data import sampler as sampler_lib
-from tmspr_jax.data import views
+from tmspr_jax.data import sources, views
 
 STATE_VERSION = 1
 
@@ -88,11 +88,8 @@ def _check_split(split: Split, what: str) -> None:
 
 
 def _decode(split: Split, index: int) -> np.ndarray:
-    """Record ``index`` -> RGB uint8 ``[h, w, 3]``; a corrupt image names the record and its file."""
-    record = split[index]
-    name = record.get("file_name", "")
-    name = name.decode() if isinstance(name, bytes) else str(name)
-    return views.decode_rgb(record["image"], f"record {index} ({name})")
+    """Record ``index`` -> RGB uint8 ``[h, w, 3]`` (a corrupt image raises naming the record's file)."""
+    return sources.decode_image(split[index])
 
 
 # --------------------------------------------------------------------------------------------------------- training
@@ -346,8 +343,6 @@ def _default_occluders(config: ml_collections.ConfigDict, split: Split) -> views
     source = str(config.data.occluder_source)
     if not source:
         return views.OccluderBank.from_records(split, name="training split")
-    from tmspr_jax.data import sources  # only needed for a separate occluder dataset
-
     other = sources.open_split(source, "train", config.data.data_dir, config.data.manual_dir or None)
     return views.OccluderBank.from_records(other, name=f"{source}/train")
 
