@@ -54,7 +54,7 @@ def prepare_dataset(
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
             manual_dir=os.fspath(manual_dir),
-            download_mode=mode.FORCE_REDOWNLOAD if overwrite else mode.REUSE_CACHE_IF_EXISTS,
+            download_mode=mode.FORCE_REDOWNLOAD if overwrite else mode.REUSE_DATASET_IF_EXISTS,
         )
     )
     return builder
