@@ -156,7 +156,7 @@ def test_random_resized_crop_sampling_constraints():
     "H,W,expect",
     [
         (316, 188, (32, 0, 251, 188)),  # W/H < 3/4: full width, h = round(188 / 0.75) = 251, centred
-        (100, 300, (0, 83, 100, 133)),  # W/H > 4/3: full height, w = round(100 * 4/3) = 133
+        (101, 300, (0, 82, 101, 135)),  # W/H > 4/3: full height, w = round(101 * 4/3) = round(134.67) = 135
         (100, 110, (0, 0, 100, 110)),  # ratio inside [3/4, 4/3]: whole image
     ],
 )
@@ -264,6 +264,25 @@ def test_strip_or_band_follows_crop_aspect():
         assert p.strip == (p.crop.height / p.crop.width > 2)
         kinds.append(p.strip)
     assert any(kinds) and not all(kinds)
+
+
+def test_covering_size_ranges_are_inclusive():
+    # randint bounds are inclusive: crop sides reach oh//4 and oh//2, strip widths W//4 and W//2, band heights H//4, H//2.
+    H, W = 32, 16
+    img = np.zeros((16, 8, 3), np.uint8)
+    bank = V.OccluderBank.from_arrays([np.zeros((48, 8, 3), np.uint8), np.zeros((8, 48, 3), np.uint8)])
+    seen = {"strip": set(), "band": set(), "crop_h": set()}
+    for seed in range(300):
+        _, p = V.covering_view(img, np.random.default_rng(seed), bank, (H, W), HALF, HALF, return_params=True)
+        if p.strip:
+            seen["strip"].add(p.paste.width)
+        else:
+            seen["band"].add(p.paste.height)
+        if p.occluder_size == (48, 8):
+            seen["crop_h"].add(p.crop.height)
+    assert seen["strip"] == set(range(W // 4, W // 2 + 1))
+    assert seen["band"] == set(range(H // 4, H // 2 + 1))
+    assert seen["crop_h"] == set(range(12, 25))
 
 
 def test_occluder_quirk_vs_normalised():
