@@ -454,3 +454,25 @@ def test_cli_renders_grid_from_image_folder(tmp_path):
         V.main(["--images", str(tmp_path / "empty"), "--out", str(out)])
     with pytest.raises(FileNotFoundError, match="not a directory"):
         V.main(["--images", str(tmp_path / "missing"), "--out", str(out)])
+
+
+def test_cli_and_occluder_bank_on_a_prepared_split(tmp_path):
+    # A real (tiny) TFDS dataset read through tmspr_jax.data.sources.open_split.
+    from tmspr_jax.data import sources, synthetic
+
+    synthetic.generate(str(tmp_path / "raw"), num_train_ids=3, images_per_id=2, num_test_ids=1, gallery_per_id=1,
+                       queries_per_id=1, height=48, width=24)
+    sources.prepare_dataset("synthetic_occluded", tmp_path / "tfds", tmp_path / "raw")
+    split = sources.open_split("synthetic_occluded", "train", tmp_path / "tfds")
+    bank = V.OccluderBank.from_records(split)
+    assert len(bank) == len(split) == 6
+    np.testing.assert_array_equal(bank[4], sources.decode_image(split[4]))
+    out = tmp_path / "grid.png"
+    V.main(["--dataset", "synthetic_occluded", "--data_dir", str(tmp_path / "tfds"), "--out", str(out),
+            "--num", "3", "--img_size", "64", "32"])
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (14 + 3 * (64 + 4) + 4, 5 * (32 + 4) + 4, 3)
+    # Column 1 (based) of each row is the denormalised based view of some training image.
+    cell = grid[14 + 4 : 14 + 4 + 64, 4 + 36 : 4 + 36 + 32]
+    candidates = [V.denormalize(V.based_view(bank[i], (64, 32), HALF, HALF), HALF, HALF) for i in range(6)]
+    assert any(np.array_equal(cell, c) for c in candidates)
