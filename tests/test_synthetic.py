@@ -1,0 +1,213 @@
+"""Tests for tmspr_jax.data.synthetic: layout, names, label maps, occlusion, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tmspr_jax.data import synthetic as S
+
+SMALL = dict(num_train_ids=6, images_per_id=4, num_test_ids=4, queries_per_id=2, gallery_per_id=3)
+NAME = re.compile(r"^(\d{4})_c(\d)s1_(\d{6})_00\.jpg$")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("synth"))
+    summary = S.generate(out, seed=3, **SMALL)
+    return out, summary
+
+
+def _names(out, folder):
+    return sorted(os.listdir(os.path.join(out, folder)))
+
+
+def test_layout_names_cameras_and_ids(small):
+    out, summary = small
+    pids = {}
+    for folder in (S.TRAIN_DIR, S.QUERY_DIR, S.GALLERY_DIR):
+        names = _names(out, folder)
+        assert names, folder
+        for n in names:
+            m = NAME.match(n)
+            assert m, n
+            # the reference's Market regex, applied as it does
+            pid, cam = (int(g) for g in re.search(r"([-\d]+)_c(\d)", n).groups())
+            assert (pid, cam) == (int(m.group(1)), int(m.group(2)))
+            assert 1 <= cam <= 6 and pid >= 1
+            with Image.open(os.path.join(out, folder, n)) as im:
+                assert im.format == "JPEG" and im.size == (64, 128)
+        pids[folder] = {int(n[:4]) for n in names}
+    assert pids[S.TRAIN_DIR] == set(range(1, 7))
+    assert pids[S.QUERY_DIR] == pids[S.GALLERY_DIR] == set(range(7, 11))
+    assert not pids[S.TRAIN_DIR] & pids[S.QUERY_DIR]
+    assert len(_names(out, S.TRAIN_DIR)) == 24 and len(_names(out, S.QUERY_DIR)) == 8
+    assert len(_names(out, S.GALLERY_DIR)) == 12
+    assert summary["num_images"] == {"train": 24, "query": 8, "gallery": 12}
+
+
+def test_every_query_has_gallery_in_another_camera(small):
+    out, _ = small
+    gallery = [(int(n[:4]), int(n[6])) for n in _names(out, S.GALLERY_DIR)]
+    for n in _names(out, S.QUERY_DIR):
+        pid, cam = int(n[:4]), int(n[6])
+        assert any(g_pid == pid and g_cam != cam for g_pid, g_cam in gallery), n
+
+
+def test_label_maps_for_training_images_only(small):
+    out, _ = small
+    train = _names(out, S.TRAIN_DIR)
+    maps = _names(out, S.LABEL_DIR)
+    assert maps == sorted(n[:-4] + ".png" for n in train)
+    for n in train:
+        with Image.open(os.path.join(out, S.LABEL_DIR, n[:-4] + ".png")) as lab, \
+             Image.open(os.path.join(out, S.TRAIN_DIR, n)) as im:  # fmt: skip
+            assert lab.mode == "L" and lab.size == im.size
+            a = np.asarray(lab)
+        assert a.max() <= 19 and (a > 0).sum() > 500  # a person is labelled
+
+
+def test_head_is_labelled_where_the_head_is(small):
+    out, summary = small
+    for r in summary["images"]:
+        if r["split"] != "train" or r["occluder"] is not None:
+            continue
+        lab = np.asarray(Image.open(os.path.join(out, S.LABEL_DIR, r["file_name"][:-4] + ".png")))
+        y, x = (int(round(v)) for v in r["head_center"])
+        assert lab[y, x] in (S.FACE, S.HAIR, S.HAT), r["file_name"]
+        y, x = (int(round(v)) for v in r["torso_center"])
+        assert lab[y, x] in (S.UPPER, 0), r["file_name"]  # 0: a bag strap may cross the chest
+
+
+def _pure_identity(**kw) -> S.Identity:
+    base = dict(
+        pid=1, skin=(250, 20, 20), hair_colour=(20, 20, 250), hair_style="long", upper_colour=(20, 250, 20),
+        upper_colour2=(20, 250, 20), pattern="plain", stripe_period=0.05, sleeves="short",
+        lower_colour=(250, 250, 20), lower_type="shorts", shoe_colour=(20, 250, 250), hat_colour=None, bag="none",
+        bag_colour=(128, 128, 128), bag_side=1, build=1.0, height=1.0,
+    )  # fmt: skip
+    base.update(kw)
+    return S.Identity(**base)
+
+
+@pytest.mark.parametrize(
+    "ident",
+    [_pure_identity(), _pure_identity(hat_colour=(250, 20, 250), lower_type="skirt", hair_style="bun", sleeves="long"),
+     _pure_identity(lower_type="pants", hair_style="short", bag="shoulder")],
+)  # fmt: skip
+def test_label_map_matches_what_is_drawn(ident):
+    # Each part has a pure colour; every pixel labelled as that part must show it.
+    neutral = S.Camera(gain=(1.0, 1.0, 1.0), offset=0.0, contrast=1.0, blur=0.0)
+    for k in range(5):
+        img, lab, _ = S.render_image(ident, neutral, np.random.default_rng(k))
+        img = img.astype(int)
+        r, g, b = img[..., 0], img[..., 1], img[..., 2]
+        hi, lo = 110, 70  # after shading and noise: pure 250 stays above, 20 stays below
+        expect = {
+            S.FACE: (r > hi) & (g < lo) & (b < lo),
+            S.HAIR: (b > hi) & (r < lo) & (g < lo),
+            S.UPPER: (g > hi) & (r < lo) & (b < lo),
+            S.L_SHOE: (g > hi) & (b > hi) & (r < lo),
+            S.HAT: (r > hi) & (b > hi) & (g < lo),
+        }
+        expect[S.L_ARM] = expect[S.R_ARM] = expect[S.L_LEG] = expect[S.R_LEG] = expect[S.FACE]
+        expect[S.R_SHOE] = expect[S.L_SHOE]
+        expect[S.PANTS] = expect[S.SKIRT] = (r > hi) & (g > hi) & (b < lo)
+        present = set(np.unique(lab).tolist()) - {0}
+        assert {S.FACE, S.HAIR, S.UPPER, S.L_SHOE, S.R_SHOE, S.L_ARM, S.R_ARM} <= present
+        assert (S.HAT in present) == (ident.hat_colour is not None)
+        assert ({S.SKIRT, S.PANTS} & present) == ({S.SKIRT} if ident.lower_type == "skirt" else {S.PANTS})
+        for cls in present:
+            assert expect[cls][lab == cls].all(), (cls, k)
+        # and what is not labelled as a part is not painted in a part's colour where the figure is
+        assert not (expect[S.UPPER] & (lab != S.UPPER) & (lab > 0)).any()
+
+
+def test_occlusion_fraction_in_range_and_measured_correctly(small):
+    _, summary = small
+    queries = [r for r in summary["images"] if r["split"] == "query"]
+    assert all(r["occluder"] in S.OCCLUDERS and 0.2 <= r["coverage"] <= 0.5 for r in queries)
+    # Independent measurement: the same image drawn without the occluder (same rng draws up to the occluder).
+    ident = _pure_identity(bag="backpack")
+    cam = S.Camera(gain=(1.0, 1.0, 1.0), offset=0.0, contrast=1.0, blur=0.0)
+    kinds = set()
+    for k in range(30):
+        _, whole, _ = S.render_image(ident, cam, np.random.default_rng(k))
+        _, occluded, meta = S.render_image(ident, cam, np.random.default_rng(k), occlusion=(0.2, 0.5))
+        person = whole > 0
+        assert not (occluded[~person] > 0).any()  # the occluder only removes labels
+        covered = (person & (occluded == 0)).sum() / person.sum()
+        assert 0.2 <= covered <= 0.5 and abs(covered - meta["coverage"]) < 1e-9
+        kinds.add(meta["occluder"])
+    assert len(kinds) >= 4  # the different occluder kinds are all in use
+
+
+def test_gallery_and_train_mostly_whole(small):
+    _, summary = small
+    for split, n in (("train", 24), ("gallery", 12)):
+        occ = [r for r in summary["images"] if r["split"] == split and r["occluder"] is not None]
+        assert len(occ) == round(0.1 * n)
+        assert all(0.2 <= r["coverage"] <= 0.5 for r in occ)
+
+
+def test_identities_distinct():
+    ids = S.sample_identities(60, np.random.default_rng(0))
+    keys = [(i.hair_colour, i.hair_style, i.upper_colour, i.pattern, i.sleeves, i.lower_colour, i.lower_type,
+             i.shoe_colour, i.hat_colour, i.bag) for i in ids]  # fmt: skip
+    assert len(set(keys)) == 60 and [i.pid for i in ids] == list(range(1, 61))
+    cats = np.array([[i.hair_style, i.pattern, i.sleeves, i.lower_type, i.bag, i.hat_colour is None] for i in ids])
+    assert all(len(set(col)) > 1 for col in cats.T)  # every attribute actually varies
+
+
+def _digest(out):
+    h = {}
+    for root, _, files in os.walk(out):
+        for f in files:
+            p = os.path.join(root, f)
+            h[os.path.relpath(p, out)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return h
+
+
+def test_deterministic_for_a_seed(small, tmp_path):
+    out, _ = small
+    S.generate(str(tmp_path / "again"), seed=3, **SMALL)
+    assert _digest(str(tmp_path / "again")) == _digest(out)
+    S.generate(str(tmp_path / "other"), seed=4, **SMALL)
+    other = _digest(str(tmp_path / "other"))
+    same = [k for k, v in _digest(out).items() if other.get(k) == v]
+    assert not [k for k in same if k.endswith((".jpg", ".png"))]
+
+
+def test_meta_json(small):
+    out, summary = small
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["images"] == json.loads(json.dumps(summary["images"]))
+    assert meta["params"]["seed"] == 3
+
+
+def test_refuses_to_overwrite_and_bad_settings(small, tmp_path):
+    out, _ = small
+    with pytest.raises(FileExistsError, match="overwrite"):
+        S.generate(out, seed=3, **SMALL)
+    with pytest.raises(ValueError, match="queries_per_id"):
+        S.generate(str(tmp_path / "x"), queries_per_id=6)
+
+
+def test_identity_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _pure_identity().pid = 3  # type: ignore[misc]
+
+
+@pytest.mark.slow
+def test_default_build_time(tmp_path):
+    summary = S.generate(str(tmp_path / "default"))
+    n = summary["num_images"]
+    print(f"\ndefault synthetic dataset: {n} in {summary['seconds']:.1f}s")
+    assert n == {"train": 800, "query": 100, "gallery": 300}
