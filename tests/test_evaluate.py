@@ -1,0 +1,242 @@
+"""tmspr_jax.evaluate against plain per-query (loop-style) implementations of the reference protocol."""
+
+from __future__ import annotations
+
+import warnings
+
+import ml_collections
+import numpy as np
+import pytest
+
+from tmspr_jax import evaluate
+
+
+# ----------------------------------------------------------------------------------------------- loop oracles
+def loop_eval(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
+    """One query at a time, like the reference's eval_func (with a stable sort)."""
+    num_q, num_g = distmat.shape
+    max_rank = min(max_rank, num_g)
+    all_cmc, all_ap, all_inp = [], [], []
+    for q in range(num_q):
+        order = np.argsort(distmat[q], kind="stable")
+        remove = [(g_pids[g] == q_pids[q]) and (g_camids[g] == q_camids[q]) for g in order]
+        kept = [g for g, r in zip(order, remove) if not r]
+        raw = [1 if g_pids[g] == q_pids[q] else 0 for g in kept]
+        if sum(raw) == 0:
+            continue
+        cmc, run = [], 0
+        for x in raw:
+            run += x
+            cmc.append(min(run, 1))
+        cmc = cmc + [1] * max(0, max_rank - len(cmc))
+        all_cmc.append(cmc[:max_rank])
+        hits, precs, last = 0, [], 0
+        for k, x in enumerate(raw, start=1):
+            if x:
+                hits += 1
+                precs.append(hits / k)
+                last = k
+        all_ap.append(sum(precs) / hits)
+        all_inp.append(hits / last)
+    return np.mean(np.array(all_cmc, np.float64), axis=0), float(np.mean(all_ap)), float(np.mean(all_inp)), len(all_ap)
+
+
+def loop_re_ranking(q_g, q_q, g_g, k1, k2, lam):
+    """k-reciprocal re-ranking, one row at a time with Python sets/lists (float16 V and accumulators)."""
+    nq = q_g.shape[0]
+    d = np.concatenate([np.concatenate([q_q, q_g], 1), np.concatenate([q_g.T, g_g], 1)], 0).astype(np.float32)
+    n = d.shape[0]
+    d = np.transpose(d / np.max(d, axis=0))
+    rank = np.argsort(d, axis=1, kind="stable")
+
+    def recip_list(i, k):
+        fwd = list(rank[i, : k + 1])
+        return [c for c in fwd if i in list(rank[c, : k + 1])]
+
+    V = np.zeros((n, n), np.float16)
+    for i in range(n):
+        own = recip_list(i, k1)
+        expanded = list(own)
+        for c in own:
+            cand = recip_list(c, int(np.around(k1 / 2)))
+            if len(set(cand) & set(own)) > 2 / 3 * len(cand):
+                expanded += cand
+        idx = np.array(sorted(set(expanded)))
+        w = np.exp(-d[i, idx])
+        V[i, idx] = w / np.sum(w)
+    if k2 != 1:
+        Vq = np.zeros_like(V)
+        for i in range(n):
+            Vq[i] = np.mean(V[rank[i, :k2]], axis=0)
+        V = Vq
+    jac = np.zeros((nq, n), np.float16)
+    for i in range(nq):
+        acc = np.zeros(n, np.float16)
+        for k in np.nonzero(V[i])[0]:
+            for j in np.nonzero(V[:, k])[0]:
+                acc[j] = acc[j] + np.minimum(V[i, k], V[j, k])
+        jac[i] = 1 - acc / (2 - acc)
+    final = jac * (1 - lam) + d[:nq] * lam
+    return final[:, nq:]
+
+
+# ----------------------------------------------------------------------------------------------- eval_reid
+def _random_case(rng, nq, ng, n_ids, n_cams, integer=False):
+    q_pids = rng.integers(0, n_ids, nq)
+    g_pids = rng.integers(0, n_ids, ng)
+    q_cams = rng.integers(0, n_cams, nq)
+    g_cams = rng.integers(0, n_cams, ng)
+    dist = rng.integers(0, 5, (nq, ng)).astype(np.float32) if integer else rng.random((nq, ng)).astype(np.float32)
+    return dist, q_pids, g_pids, q_cams, g_cams
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_eval_reid_matches_loop(integer, monkeypatch):
+    rng = np.random.default_rng(0 if integer else 1)
+    monkeypatch.setattr(evaluate, "_CHUNK_ELEMS", 200)  # several query chunks
+    for _ in range(4):
+        case = _random_case(rng, 23, 40, 6, 3, integer)
+        res = evaluate.eval_reid(*case, max_rank=15)
+        cmc, ap, inp, nv = loop_eval(*case, max_rank=15)
+        np.testing.assert_allclose(res["cmc"], cmc, rtol=1e-12)
+        assert res["mAP"] == pytest.approx(ap, rel=1e-12)
+        assert res["mINP"] == pytest.approx(inp, rel=1e-12)
+        assert res["num_valid_queries"] == nv
+
+
+def test_eval_reid_skips_queries_and_cmc_properties():
+    rng = np.random.default_rng(2)
+    dist, q_pids, g_pids, q_cams, g_cams = _random_case(rng, 10, 30, 4, 2)
+    # Query 0's identity appears only under its own camera in the gallery -> no valid match -> skipped.
+    q_pids[0] = 99
+    g_pids[:3] = 99
+    g_cams[:3] = q_cams[0]
+    res = evaluate.eval_reid(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    _, _, _, nv = loop_eval(dist, q_pids, g_pids, q_cams, g_cams, 20)
+    assert res["num_valid_queries"] == nv < 10
+    same = evaluate.eval_reid(dist[1:], q_pids[1:], g_pids, q_cams[1:], g_cams, max_rank=20)
+    np.testing.assert_allclose(res["cmc"], same["cmc"])
+    assert res["mAP"] == same["mAP"]
+    cmc = res["cmc"]
+    assert cmc.shape == (20,) and np.all(np.diff(cmc) >= 0) and 0 <= cmc[0] and cmc[-1] <= 1
+    assert 0 < res["mINP"] <= res["mAP"] <= 1 + 1e-12
+
+
+def test_eval_reid_perfect_and_worst_rankings():
+    g_pids = np.array([0, 0, 1, 1, 2, 2])
+    g_cams = np.array([1, 1, 1, 1, 1, 1])
+    q_pids = np.array([0, 1, 2])
+    q_cams = np.zeros(3, int)
+    good = np.where(q_pids[:, None] == g_pids[None], 0.0, 1.0)
+    res = evaluate.eval_reid(good, q_pids, g_pids, q_cams, g_cams, max_rank=6)
+    assert res["mAP"] == 1.0 and res["mINP"] == 1.0 and np.all(res["cmc"] == 1.0)
+    bad = 1.0 - good
+    res = evaluate.eval_reid(bad, q_pids, g_pids, q_cams, g_cams, max_rank=6)
+    # Hits at ranks 5 and 6: AP = (1/5 + 2/6) / 2, INP = 2/6, rank-4 CMC = 0.
+    assert res["mAP"] == pytest.approx((1 / 5 + 2 / 6) / 2)
+    assert res["mINP"] == pytest.approx(2 / 6)
+    np.testing.assert_array_equal(res["cmc"], [0, 0, 0, 0, 1, 1])
+
+
+def test_eval_reid_errors_and_clipping():
+    rng = np.random.default_rng(3)
+    dist, q_pids, g_pids, q_cams, g_cams = _random_case(rng, 5, 8, 2, 2)
+    with pytest.warns(UserWarning, match="clipped"):
+        res = evaluate.eval_reid(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50)
+    assert res["cmc"].shape == (8,)
+    with pytest.raises(ValueError, match="no query identity"):
+        evaluate.eval_reid(dist, q_pids + 100, g_pids, q_cams, g_cams, max_rank=5)
+    with pytest.raises(ValueError, match="g_camids"):
+        evaluate.eval_reid(dist, q_pids, g_pids, q_cams, g_cams[:-1], max_rank=5)
+    bad = dist.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate.eval_reid(bad, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+
+
+# ----------------------------------------------------------------------------------------------- distances
+def test_distances_and_normalisation():
+    rng = np.random.default_rng(4)
+    q, g = rng.normal(size=(4, 6)), rng.normal(size=(5, 6))
+    d = evaluate.pairwise_distances(q, g)
+    np.testing.assert_allclose(d, ((q[:, None] - g[None]) ** 2).sum(-1), rtol=1e-5, atol=1e-5)
+    x = evaluate.l2_normalize(np.concatenate([q, np.zeros((1, 6))]))
+    np.testing.assert_allclose(np.linalg.norm(x[:4], axis=1), 1.0, rtol=1e-6)
+    assert np.all(x[4] == 0)  # eps keeps the zero row finite
+
+
+# ----------------------------------------------------------------------------------------------- re-ranking
+@pytest.mark.parametrize("k1,k2,lam", [(5, 3, 0.3), (4, 1, 0.5), (20, 6, 0.3)])
+def test_re_ranking_matches_loop(k1, k2, lam):
+    rng = np.random.default_rng(k1)
+    feats = rng.normal(size=(27, 8)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    q, g = feats[:9], feats[9:]
+    d = evaluate.pairwise_distances
+    args = (d(q, g), d(q, q), d(g, g))
+    ours = evaluate.re_ranking(*args, k1=k1, k2=k2, lambda_value=lam)
+    ref = loop_re_ranking(*args, k1, k2, lam)
+    assert ours.shape == (9, 18) and ours.dtype == np.float32
+    # V is float16 in both; with the reference's accumulation order the results agree far below 1e-3.
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+    # Re-ranking changes the order relative to the plain distances (it is not a no-op).
+    assert np.any(np.argsort(ours, axis=1) != np.argsort(args[0], axis=1))
+
+
+def test_stable_topk_equals_stable_argsort_with_ties():
+    rng = np.random.default_rng(5)
+    d = rng.integers(0, 4, size=(30, 25)).astype(np.float32)
+    for k in (1, 3, 7, 25):
+        np.testing.assert_array_equal(evaluate._stable_topk(d, k), np.argsort(d, axis=1, kind="stable")[:, :k])
+
+
+def test_re_ranking_errors():
+    with pytest.raises(ValueError, match="g_g_dist"):
+        evaluate.re_ranking(np.ones((2, 3)), np.ones((2, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="k1"):
+        evaluate.re_ranking(np.ones((2, 3)), np.ones((2, 2)), np.ones((3, 3)), k1=0)
+
+
+# ----------------------------------------------------------------------------------------------- compute_metrics
+def _eval_cfg(**over):
+    c = ml_collections.ConfigDict(
+        {"feat_norm": True, "max_rank": 10, "rerank": False, "k1": 5, "k2": 3, "lambda_value": 0.3}
+    )
+    for k, v in over.items():
+        c[k] = v
+    return c
+
+
+def test_compute_metrics_pipeline():
+    rng = np.random.default_rng(6)
+    n_ids, d = 6, 16
+    centers = rng.normal(size=(n_ids, d)) * 3
+    pids = np.concatenate([np.arange(n_ids), np.repeat(np.arange(n_ids), 3)])
+    camids = np.concatenate([np.zeros(n_ids, int), np.tile([1, 2, 0], n_ids)])
+    feats = (centers[pids] + rng.normal(size=(len(pids), d)) * 0.5) * rng.uniform(0.5, 5, size=(len(pids), 1))
+    nq = n_ids
+    res = evaluate.compute_metrics(feats, pids, camids, nq, _eval_cfg())
+    fn = evaluate.l2_normalize(feats.astype(np.float32))
+    ref = evaluate.eval_reid(
+        evaluate.pairwise_distances(fn[:nq], fn[nq:]), pids[:nq], pids[nq:], camids[:nq], camids[nq:], 10
+    )
+    assert res["mAP"] == pytest.approx(ref["mAP"]) and res["mINP"] == pytest.approx(ref["mINP"])
+    assert res["rank1"] == ref["cmc"][0] and res["rank5"] == ref["cmc"][4] and res["rank10"] == ref["cmc"][9]
+    assert res["cmc"] == pytest.approx(list(ref["cmc"]))
+    assert all(0 <= res[k] <= 1 for k in ("mAP", "rank1", "rank5", "rank10", "mINP"))
+    # feat_norm matters (features have random scales).
+    raw = evaluate.compute_metrics(feats, pids, camids, nq, _eval_cfg(feat_norm=False))
+    raw_ref = evaluate.eval_reid(
+        evaluate.pairwise_distances(feats[:nq], feats[nq:]), pids[:nq], pids[nq:], camids[:nq], camids[nq:], 10
+    )
+    assert raw["mAP"] == pytest.approx(raw_ref["mAP"])
+    # Re-ranking path.
+    rr = evaluate.compute_metrics(feats, pids, camids, nq, _eval_cfg(rerank=True))
+    d = evaluate.pairwise_distances
+    rr_dist = evaluate.re_ranking(d(fn[:nq], fn[nq:]), d(fn[:nq], fn[:nq]), d(fn[nq:], fn[nq:]), 5, 3, 0.3)
+    rr_ref = evaluate.eval_reid(rr_dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:], 10)
+    assert rr["mAP"] == pytest.approx(rr_ref["mAP"])
+    with pytest.raises(ValueError, match="num_query"):
+        evaluate.compute_metrics(feats, pids, camids, 0, _eval_cfg())
+    with pytest.raises(KeyError, match="eval.max_rank"):
+        evaluate.compute_metrics(feats, pids, camids, nq, ml_collections.ConfigDict({"feat_norm": True, "rerank": False}))

@@ -1,0 +1,298 @@
+"""Re-ID metrics on the host (reference/model.md §6): CMC, mAP, mINP and k-reciprocal re-ranking, in NumPy.
+
+Model-free: features come in as arrays (the feature-extraction loop belongs to the training loop).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+# Elements per chunk of the [queries, gallery] work arrays (bounded memory, still fully vectorised per chunk).
+_CHUNK_ELEMS = 1 << 22
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows divided by ``max(||row||, eps)`` (PyTorch ``F.normalize``)."""
+    x = np.asarray(x)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, eps).astype(x.dtype)
+
+
+def pairwise_distances(qf: np.ndarray, gf: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances ``||q||^2 + ||g||^2 - 2 q.g`` (no sqrt, as the reference), float32 ``[Nq, Ng]``."""
+    qf = np.asarray(qf, np.float32)
+    gf = np.asarray(gf, np.float32)
+    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"pairwise_distances: expected [Nq, D] and [Ng, D], got {qf.shape} and {gf.shape}")
+    qq = np.sum(qf * qf, axis=1, keepdims=True)
+    gg = np.sum(gf * gf, axis=1, keepdims=True).T
+    return qq + gg - 2.0 * (qf @ gf.T)
+
+
+def _check_1d(name: str, x: Any, n: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.shape != (n,):
+        raise ValueError(f"eval_reid: {name} must have shape ({n},) to match distmat, got {x.shape}")
+    return x
+
+
+def eval_reid(
+    distmat: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    max_rank: int = 50,
+) -> dict[str, Any]:
+    """CMC, mAP and mINP with the reference's protocol (market1501-style eval_func).
+
+    Per query the gallery is ranked by ascending distance; gallery items with the same pid AND the same camid are
+    removed; queries with no remaining match are skipped. ``cmc`` = mean over valid queries of the clipped cumulative
+    hits (length ``max_rank``, clipped to the gallery size with a warning); AP = mean of the precision at each hit;
+    INP = (number of hits) / (rank of the last hit), as torchreid / fast-reid define mINP.
+
+    The ranking uses a STABLE argsort: ties are ordered by gallery index. The reference's default quicksort orders
+    ties arbitrarily; stable sorting makes results reproducible and equal to the reference whenever there are no ties.
+    Vectorised over the gallery, queries processed in chunks.
+
+    Returns ``{'cmc': float64 [max_rank], 'mAP': float, 'mINP': float, 'num_valid_queries': int}``.
+    Raises ``ValueError`` on inconsistent shapes, non-finite distances, or when no query has a match.
+    """
+    distmat = np.asarray(distmat)
+    if distmat.ndim != 2 or distmat.shape[0] == 0 or distmat.shape[1] == 0:
+        raise ValueError(f"eval_reid: distmat must be a non-empty [num_query, num_gallery] matrix, got {distmat.shape}")
+    num_q, num_g = distmat.shape
+    q_pids = _check_1d("q_pids", q_pids, num_q)
+    q_camids = _check_1d("q_camids", q_camids, num_q)
+    g_pids = _check_1d("g_pids", g_pids, num_g)
+    g_camids = _check_1d("g_camids", g_camids, num_g)
+    if not np.all(np.isfinite(distmat)):
+        raise ValueError("eval_reid: distmat contains NaN or inf (check the features)")
+    if int(max_rank) < 1:
+        raise ValueError(f"eval_reid: max_rank must be >= 1, got {max_rank}")
+    max_rank = int(max_rank)
+    if num_g < max_rank:
+        warnings.warn(f"eval_reid: gallery has only {num_g} items; max_rank {max_rank} clipped to {num_g}", stacklevel=2)
+        max_rank = num_g
+
+    ranks = np.arange(1, max_rank + 1)
+    cmc_sum = np.zeros(max_rank, np.float64)
+    ap_sum = inp_sum = 0.0
+    num_valid = 0
+    rows = max(1, _CHUNK_ELEMS // num_g)
+    for s in range(0, num_q, rows):
+        e = min(num_q, s + rows)
+        order = np.argsort(distmat[s:e], axis=1, kind="stable")
+        same_pid = g_pids[order] == q_pids[s:e, None]
+        keep = ~(same_pid & (g_camids[order] == q_camids[s:e, None]))
+        hits = same_pid & keep
+        num_rel = hits.sum(axis=1)
+        valid = num_rel > 0
+        if not np.any(valid):
+            continue
+        hits, keep, num_rel = hits[valid], keep[valid], num_rel[valid]
+        pos = np.cumsum(keep, axis=1)  # 1-based rank of each item in the kept list
+        hit_count = np.cumsum(hits, axis=1)
+        precision = np.divide(hit_count, pos, out=np.zeros(hits.shape, np.float64), where=hits)
+        ap_sum += float(np.sum(precision.sum(axis=1) / num_rel))
+        first_hit = np.where(hits, pos, np.iinfo(pos.dtype).max).min(axis=1)
+        last_hit = np.where(hits, pos, 0).max(axis=1)
+        inp_sum += float(np.sum(num_rel / last_hit))
+        cmc_sum += np.sum(first_hit[:, None] <= ranks[None, :], axis=0)
+        num_valid += int(valid.sum())
+    if num_valid == 0:
+        raise ValueError("eval_reid: no query identity appears in the gallery (under another camera); nothing to score")
+    return {
+        "cmc": cmc_sum / num_valid,
+        "mAP": ap_sum / num_valid,
+        "mINP": inp_sum / num_valid,
+        "num_valid_queries": num_valid,
+    }
+
+
+def _stable_topk(d: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` smallest entries per row, in stable-argsort order (ties by index)."""
+    n_rows, n_cols = d.shape
+    out = np.empty((n_rows, k), np.int64)
+    rows = max(1, _CHUNK_ELEMS // n_cols)
+    for s in range(0, n_rows, rows):
+        blk = d[s : s + rows]
+        if k >= n_cols:
+            out[s : s + rows] = np.argsort(blk, axis=1, kind="stable")[:, :k]
+            continue
+        kth = np.partition(blk, k - 1, axis=1)[:, k - 1 : k]
+        lt = blk < kth
+        eq = blk == kth
+        # All entries below the k-th value plus the lowest-index ties: exactly what a stable full sort keeps.
+        sel = lt | (eq & (np.cumsum(eq, axis=1) <= k - lt.sum(axis=1, keepdims=True)))
+        idx = np.nonzero(sel)[1].reshape(-1, k)
+        o = np.argsort(np.take_along_axis(blk, idx, axis=1), axis=1, kind="stable")
+        out[s : s + rows] = np.take_along_axis(idx, o, axis=1)
+    return out
+
+
+def _reciprocal_mask(top: np.ndarray, k: int) -> np.ndarray:
+    """``mask[i, j]``: ``top[i, j]`` is among the first ``k`` of ``i`` and ``i`` among the first ``k`` of it."""
+    r = top[:, :k]
+    n = r.shape[0]
+    mask = np.empty(r.shape, bool)
+    rows = max(1, _CHUNK_ELEMS // (k * k))
+    for s in range(0, n, rows):
+        e = min(n, s + rows)
+        mask[s:e] = np.any(r[r[s:e]] == np.arange(s, e)[:, None, None], axis=-1)
+    return mask
+
+
+def re_ranking(
+    q_g_dist: np.ndarray,
+    q_q_dist: np.ndarray,
+    g_g_dist: np.ndarray,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+) -> np.ndarray:
+    """k-reciprocal re-ranking (Zhong et al., CVPR 2017) as the reference's copy computes it.
+
+    Works on the given distances as they are (the reference passes squared Euclidean distances; no squaring here).
+    The joint ``[q+g, q+g]`` matrix is divided by its column maxima and transposed; k-reciprocal sets use the first
+    ``k1 + 1`` neighbours, expanded by candidates' ``round(k1/2) + 1`` sets that overlap by more than 2/3;
+    V holds ``exp(-d)`` weights normalised per row, stored in float16 as in the reference; query expansion averages
+    V over the first ``k2`` neighbours; the Jaccard distance is ``1 - m / (2 - m)`` with ``m = sum min(V_i, V_j)``
+    accumulated in float16 in the reference's order (the numbers match the reference's, float16 rounding included).
+    Returns ``(1 - lambda) * jaccard + lambda * original`` for query x gallery,
+    float32 ``[Nq, Ng]``. Neighbour lists use a stable sort (ties by index). Memory is O((Nq + Ng)^2).
+    """
+    q_g = np.asarray(q_g_dist, np.float32)
+    q_q = np.asarray(q_q_dist, np.float32)
+    g_g = np.asarray(g_g_dist, np.float32)
+    if q_g.ndim != 2:
+        raise ValueError(f"re_ranking: q_g_dist must be [Nq, Ng], got {q_g.shape}")
+    nq, ng = q_g.shape
+    if q_q.shape != (nq, nq) or g_g.shape != (ng, ng):
+        raise ValueError(
+            f"re_ranking: expected q_q_dist ({nq}, {nq}) and g_g_dist ({ng}, {ng}), got {q_q.shape} and {g_g.shape}"
+        )
+    if int(k1) < 1 or int(k2) < 1 or not 0.0 <= float(lambda_value) <= 1.0:
+        raise ValueError(f"re_ranking: need k1 >= 1, k2 >= 1, 0 <= lambda_value <= 1; got {k1}, {k2}, {lambda_value}")
+    k1, k2 = int(k1), int(k2)
+    n = nq + ng
+    dist = np.block([[q_q, q_g], [q_g.T, g_g]])
+    if not np.all(np.isfinite(dist)):
+        raise ValueError("re_ranking: distances contain NaN or inf")
+    col_max = dist.max(axis=0)
+    if np.any(col_max <= 0):
+        raise ValueError("re_ranking: a column of the joint distance matrix has max <= 0 (all-identical features?)")
+    dist = np.ascontiguousarray((dist / col_max).T)
+
+    k_full = min(k1 + 1, n)
+    k_half = min(int(np.around(k1 / 2)) + 1, n)
+    top = _stable_topk(dist, max(k_full, k_half, min(k2, n)))
+    recip = _reciprocal_mask(top, k_full)  # [n, k_full]
+    half = _reciprocal_mask(top, k_half)  # [n, k_half]
+    r_full, r_half = top[:, :k_full], top[:, :k_half]
+    half_size = half.sum(axis=1)
+
+    v = np.zeros((n, n), np.float16)
+    rows = max(1, _CHUNK_ELEMS // max(n, k_full * k_half * k_full))
+    for s in range(0, n, rows):
+        e = min(n, s + rows)
+        rf, rm = r_full[s:e], recip[s:e]  # [b, K], own k-reciprocal set
+        cand_set = r_half[rf]  # [b, K, Kh]: each candidate's half-size neighbour list
+        cand_mask = half[rf]  # [b, K, Kh]: ... restricted to its reciprocal ones
+        # |cand_set ∩ own set|: an element counts if it equals a member of the own reciprocal set.
+        in_own = np.any((cand_set[..., None] == rf[:, None, None, :]) & rm[:, None, None, :], axis=-1)
+        overlap = np.sum(in_own & cand_mask, axis=-1)
+        take = rm & (overlap > (2.0 / 3.0) * half_size[rf])  # [b, K]
+        member = np.zeros((e - s, n), bool)
+        bi, ji = np.nonzero(rm)
+        member[bi, rf[bi, ji]] = True
+        bi, ji, li = np.nonzero(take[:, :, None] & cand_mask)
+        member[bi, cand_set[bi, ji, li]] = True
+        w = np.where(member, np.exp(-dist[s:e]), np.float32(0))
+        tot = w.sum(axis=1, keepdims=True)
+        v[s:e] = np.divide(w, tot, out=np.zeros_like(w), where=tot > 0).astype(np.float16)
+
+    if k2 != 1:
+        v_qe = np.empty_like(v)
+        kq = min(k2, n)
+        rows = max(1, _CHUNK_ELEMS // (kq * n))
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            v_qe[s:e] = v[top[s:e, :kq]].mean(axis=1, dtype=np.float32).astype(np.float16)
+        v = v_qe
+
+    # Inverted index over gallery rows: for each column k, the gallery rows j with V[j, k] != 0.
+    g_rows, g_cols = np.nonzero(v[nq:])
+    order = np.argsort(g_cols, kind="stable")
+    g_rows, g_cols = g_rows[order], g_cols[order]
+    g_vals = v[nq:][g_rows, g_cols]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(g_cols, minlength=n))])
+    jaccard = np.empty((nq, ng), np.float16)
+    for i in range(nq):
+        temp_min = np.zeros(ng, np.float16)
+        # Accumulate in float16 in the reference's column order so the result matches it bit for bit
+        # (a float64 sum differs by up to ~1e-3). Each step is vectorised over the gallery rows of column k.
+        for k in np.flatnonzero(v[i]):
+            a, b = indptr[k], indptr[k + 1]
+            rows_k = g_rows[a:b]
+            temp_min[rows_k] = temp_min[rows_k] + np.minimum(v[i, k], g_vals[a:b])
+        jaccard[i] = 1 - temp_min / (2 - temp_min)
+    return (jaccard * (1 - lambda_value) + dist[:nq, nq:] * lambda_value).astype(np.float32)
+
+
+def _cfg(eval_cfg: Any, key: str) -> Any:
+    try:
+        return eval_cfg[key] if isinstance(eval_cfg, Mapping) else getattr(eval_cfg, key)
+    except (KeyError, AttributeError):
+        raise KeyError(f"evaluation config is missing key 'eval.{key}' (see configs/common.py)") from None
+
+
+def compute_metrics(
+    features: np.ndarray, pids: np.ndarray, camids: np.ndarray, num_query: int, eval_cfg: Any
+) -> dict[str, Any]:
+    """Re-ID metrics from stacked query-then-gallery features (the reference's R1_mAP_eval.compute).
+
+    ``eval.feat_norm``: L2-normalise rows first (the reference always does); distances are squared Euclidean;
+    ``eval.rerank``: k-reciprocal re-ranking with ``eval.k1``, ``eval.k2``, ``eval.lambda_value``.
+    Returns ``mAP``, ``rank1``, ``rank5``, ``rank10``, ``mINP`` (fractions in [0, 1]) and ``cmc`` (list).
+    """
+    features = np.asarray(features, np.float32)
+    pids = np.asarray(pids)
+    camids = np.asarray(camids)
+    if features.ndim != 2:
+        raise ValueError(f"compute_metrics: features must be [N, D], got {features.shape}")
+    n = features.shape[0]
+    if pids.shape != (n,) or camids.shape != (n,):
+        raise ValueError(f"compute_metrics: pids {pids.shape} and camids {camids.shape} must be ({n},) like features")
+    if not 0 < int(num_query) < n:
+        raise ValueError(f"compute_metrics: num_query must be in (0, {n}), got {num_query}")
+    nq = int(num_query)
+    if bool(_cfg(eval_cfg, "feat_norm")):
+        features = l2_normalize(features)
+    qf, gf = features[:nq], features[nq:]
+    dist = pairwise_distances(qf, gf)
+    if bool(_cfg(eval_cfg, "rerank")):
+        dist = re_ranking(
+            dist,
+            pairwise_distances(qf, qf),
+            pairwise_distances(gf, gf),
+            k1=int(_cfg(eval_cfg, "k1")),
+            k2=int(_cfg(eval_cfg, "k2")),
+            lambda_value=float(_cfg(eval_cfg, "lambda_value")),
+        )
+    res = eval_reid(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:], max_rank=int(_cfg(eval_cfg, "max_rank")))
+    cmc = res["cmc"]
+    # Past the gallery size every valid query has been matched, so the last value carries on.
+    at = lambda r: float(cmc[min(r, len(cmc)) - 1])  # noqa: E731
+    return {
+        "mAP": float(res["mAP"]),
+        "rank1": at(1),
+        "rank5": at(5),
+        "rank10": at(10),
+        "mINP": float(res["mINP"]),
+        "cmc": [float(c) for c in cmc],
+    }
