@@ -40,7 +40,7 @@ def check_against_truth(builder: tfds.core.DatasetBuilder, truth: fixtures.Datas
     md = builder.info.metadata
     if "train" in truth.splits:
         assert md["num_classes"] == truth.stats("train")["ids"]
-        assert md["num_cameras"] == truth.stats("train")["cameras"]
+        assert md["num_cameras"] == max(c for _, _, c in truth.splits["train"]) + 1
     else:
         assert md["num_classes"] == 0 and md["num_cameras"] == 0
 
@@ -80,12 +80,22 @@ def test_dukemtmc_reid(tmp_path, folder):
     check_against_truth(build("dukemtmc_reid", truth.manual_dir, tmp_path / "tfds"), truth)
 
 
+def test_num_cameras_covers_a_camera_gap(tmp_path):
+    truth = fixtures.make_dukemtmc_reid(tmp_path / "raw")
+    extra = "0004_c8_f9999999.jpg"  # camid 7 while the other train images use cameras 0..4
+    fixtures.write_image(tmp_path / "raw" / "DukeMTMC-reID" / "bounding_box_train" / extra, np.random.default_rng(0))
+    truth.splits["train"].append((extra, 1, 7))  # raw pid 4 is label 1 of the train ids (1, 4, 7140)
+    builder = build("dukemtmc_reid", truth.manual_dir, tmp_path / "tfds")
+    check_against_truth(builder, truth)
+    assert builder.info.metadata["splits"]["train"]["cameras"] == 6
+    assert builder.info.metadata["num_cameras"] == 8
+
+
 @pytest.mark.parametrize("folder", ["Occluded_Duke", "occluded_dukemtmc"])
 def test_occluded_duke(tmp_path, folder):
     truth = fixtures.make_occluded_duke(tmp_path / "raw", folder=folder)
     builder = build("occluded_duke", truth.manual_dir, tmp_path / "tfds")
     check_against_truth(builder, truth)
-    assert builder.info.metadata["num_cameras"] == len({c for _, _, c in truth.splits["train"]})
 
 
 def test_synthetic_occluded(tmp_path):

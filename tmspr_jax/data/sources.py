@@ -114,7 +114,7 @@ class ReIDSplit:
 
     @property
     def num_cameras(self) -> int:
-        """Number of training cameras of this dataset (0 for test-only datasets)."""
+        """Rows of the SIE camera table for this dataset's train split: max train camid + 1 (0 for test-only)."""
         return int(self.metadata.get("num_cameras", 0))
 
     def stats(self) -> dict[str, int]:

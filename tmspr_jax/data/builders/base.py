@@ -234,7 +234,9 @@ class ReIDBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         md["splits"] = stats
         md["junk_dropped"] = {split: int(junk.get(split, 0)) for split in splits}
         md["num_classes"] = stats["train"]["ids"] if "train" in stats else 0
-        md["num_cameras"] = stats["train"]["cameras"] if "train" in stats else 0
+        # SIE rows the model needs: max camid + 1. The reference counts distinct train cameras, the same number
+        # whenever they are 0..n-1 (every real release); with a gap the count would leave the top camid unindexable.
+        md["num_cameras"] = max(stats["train"]["camera_ids"]) + 1 if "train" in stats else 0
         md["train_label_map"] = {str(raw): label for raw, label in label_map.items()}
         return {split: self._generate_examples(items) for split, items in splits.items()}
 
