@@ -178,7 +178,7 @@ def _from_folder(path: str, model_cfg: Any, img_size: tuple[int, int], num_class
         for key, asked in (("num_classes", num_classes), ("num_cameras", num_cameras)):
             have = meta.get(key)
             if key == "num_cameras":  # compare what shapes the model: the SIE table rows
-                have_rows = sie_rows(_Counts(int(have or 0), 1 if model_cfg.sie_view else 0))
+                have_rows = sie_rows(_Counts(int(have or 0), int(model.num_views)))
                 if have_rows != sie_rows(model):
                     raise WeightsError(f"{path}/{META_FILE}: trained with num_cameras={have} but {asked} were asked "
                                        "for (the camera embedding cannot be reused)")
