@@ -212,3 +212,67 @@ def test_load_wrong_grid(tmp_path):
 def test_load_no_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"22x11.npz"):
         P.load_targets(_cfg(), _split(["a.jpg"]), (22, 11), str(tmp_path), "synth")
+
+
+# ---------------------------------------------------------------------------------------------- CLI, end to end
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A tiny synthetic dataset with LIP maps, prepared as the TFDS builder 'synthetic_occluded'."""
+    from tmspr_jax.data import sources, synthetic
+
+    root = tmp_path_factory.mktemp("cli")
+    raw, data_dir = str(root / "raw"), str(root / "tfds")
+    synthetic.generate(raw, num_train_ids=4, images_per_id=3, num_test_ids=2, gallery_per_id=2, seed=1)
+    split = sources.open_split("synthetic_occluded", "train", data_dir, manual_dir=raw)
+    return raw, data_dir, split
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "tmspr_jax.data.parsing", *args], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fmt: skip
+
+
+def test_cli_end_to_end(prepared):
+    raw, data_dir, split = prepared
+    r = _cli("--maps_dir", os.path.join(raw, "parsing_lip"), "--data_dir", data_dir, "--dataset", "synthetic_occluded",
+             "--img_size", "128,64", "--patch", "16", "--stride", "12,12")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "images=12 stored=12 missing=0 grid=10x5" in r.stdout
+    out = P.load_targets(_cfg(), split, (10, 5), data_dir, "synthetic_occluded")
+    assert out.targets.shape == (12, 10, 5, 6) and out.num_missing == 0
+    np.testing.assert_allclose(out.targets.sum(-1), 1.0, atol=1e-5)
+    # Each stored target is the pooled label map of the image with that file name (record order != name order).
+    for i, name in enumerate(split.file_names):
+        lab = np.asarray(Image.open(os.path.join(raw, "parsing_lip", str(name)[:-4] + ".png"))).astype(np.int64)
+        want = P.grid_targets(P.merge_lip(lab), (128, 64), 16, (12, 12))
+        np.testing.assert_allclose(out.targets[i], want, atol=1e-6)
+    # head on top, feet at the bottom of the grid (averaged over images)
+    mean = out.targets.mean(0)
+    assert mean[..., 1].sum(1).argmax() <= 2 and mean[..., 5].sum(1).argmax() >= 7
+
+
+def test_cli_missing_maps(prepared, tmp_path):
+    import shutil
+
+    raw, data_dir, split = prepared
+    maps = tmp_path / "maps"
+    shutil.copytree(os.path.join(raw, "parsing_lip"), maps)
+    gone = sorted(str(n) for n in split.file_names)[:3]
+    for n in gone:
+        os.remove(maps / (n[:-4] + ".png"))
+    common = ["--maps_dir", str(maps), "--data_dir", data_dir, "--dataset", "synthetic_occluded",
+              "--img_size", "128,64", "--patch", "16", "--stride", "12,12", "--out", str(tmp_path / "t.npz")]  # fmt: skip
+    r = _cli(*common)
+    assert r.returncode != 0 and "3 of 12" in r.stderr and gone[0] in r.stderr and "Traceback" not in r.stderr
+    r = _cli(*common, "--allow_missing")
+    assert r.returncode == 0, r.stderr
+    assert "stored=9 missing=3" in r.stdout
+    with pytest.raises(ValueError, match="3 of 12"):
+        P.load_targets(_cfg(path=str(tmp_path / "t.npz")), split, (10, 5), data_dir, "synthetic_occluded")
+    out = P.load_targets(_cfg(path=str(tmp_path / "t.npz"), missing="zero_weight"), split, (10, 5), data_dir, "x")
+    assert out.num_missing == 3 and out.weights.sum() == 9

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -259,11 +260,13 @@ def compute_targets(
     image_sizes: Sequence[tuple[int, int]] | None = None,
     allow_missing: bool = False,
     prefer: str = ".npy",
+    progress: bool = False,
 ) -> tuple[list[str], np.ndarray, list[str]]:
     """Targets for every file name whose map is in ``maps_dir``: ``(names, targets [n, gh, gw, 6], missing)``.
 
     ``image_sizes`` (``(h, w)`` per file name, optional) checks that each map has its image's size. Duplicate file
-    names are computed once. Missing maps raise (count and first names) unless ``allow_missing``.
+    names are computed once. Missing maps raise (count and first names) unless ``allow_missing``. ``progress``
+    shows a progress bar.
     """
     if not os.path.isdir(maps_dir):
         raise FileNotFoundError(f"maps_dir {maps_dir!r} is not a directory")
@@ -288,7 +291,13 @@ def compute_targets(
             "Run the parser on every training image (docs/parsing.md) or pass --allow_missing.",
         )  # fmt: skip
     targets = np.zeros((len(jobs), gh, gw, NUM_GROUPS), np.float32)
-    for k, (name, path, size) in enumerate(jobs):
+    if progress:
+        from tqdm import tqdm
+
+        jobs_iter = tqdm(jobs, desc="parsing targets", unit="img")
+    else:
+        jobs_iter = jobs
+    for k, (name, path, size) in enumerate(jobs_iter):
         merged = read_map(path)
         if size is not None and merged.shape[:2] != size:
             raise ValueError(
@@ -423,25 +432,30 @@ def _main(argv: Sequence[str]) -> None:
     data_dir = f.data_dir or (cfg.data.data_dir if cfg else "")
     if not dataset or not data_dir:
         raise _usage_error("--dataset and --data_dir are required (or a --config that sets data.train/data_dir)")
+    method = f.method or (cfg.parsing.get("method", "patch_mean") if cfg else "patch_mean")
     grid = grid_shape(img_size, patch, stride)
     out = f.out or (cfg.parsing.path if cfg and cfg.parsing.path else default_path(data_dir, dataset, grid))
 
     from tmspr_jax.data import sources  # the prepared dataset's record order and file names
 
     t0 = time.perf_counter()
-    split = sources.open_split(dataset, "train", data_dir)
-    file_names = [str(n) for n in split.file_names]
-    sizes = [_image_size(split[i]["image"]) for i in range(len(split))]
-    names, targets, missing = compute_targets(
-        file_names, f.maps_dir, img_size, patch, stride,
-        method=f.method, image_sizes=sizes, allow_missing=f.allow_missing, prefer="." + f.prefer,
-    )  # fmt: skip
-    save_targets(out, names, targets, img_size=img_size, patch=patch, stride=stride, method=f.method,
+    manual_dir = (cfg.data.manual_dir or None) if cfg else None
+    try:
+        split = sources.open_split(dataset, "train", data_dir, manual_dir=manual_dir)
+        file_names = [str(n) for n in split.file_names]
+        sizes = [_image_size(split[i]["image"]) for i in range(len(split))]
+        names, targets, missing = compute_targets(
+            file_names, f.maps_dir, img_size, patch, stride,
+            method=method, image_sizes=sizes, allow_missing=f.allow_missing, prefer="." + f.prefer, progress=True,
+        )  # fmt: skip
+    except (ValueError, OSError) as e:  # user mistakes: the message says what is wrong, no traceback
+        sys.exit(f"error: {e}")
+    save_targets(out, names, targets, img_size=img_size, patch=patch, stride=stride, method=method,
                  source=os.path.abspath(f.maps_dir))  # fmt: skip
     print(
         f"parsing targets: dataset={dataset} images={len(set(file_names))} stored={len(names)} "
         f"missing={len(missing)} grid={grid[0]}x{grid[1]} img_size={img_size[0]}x{img_size[1]} patch={patch} "
-        f"stride={stride[0]},{stride[1]} method={f.method} -> {out} ({time.perf_counter() - t0:.1f}s)"
+        f"stride={stride[0]},{stride[1]} method={method} -> {out} ({time.perf_counter() - t0:.1f}s)"
     )
     if missing:
         print(f"  missing maps (written without them): {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
@@ -473,7 +487,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("img_size", None, "model input 'H,W' (default: config, else 256,128)")
     flags.DEFINE_integer("patch", None, "patch size (default: config, else 16)")
     flags.DEFINE_string("stride", None, "patch stride 'SY,SX' (default: config, else 11,11)")
-    flags.DEFINE_enum("method", "patch_mean", list(METHODS), "pooling onto the grid (docs/parsing.md)")
+    flags.DEFINE_enum("method", None, list(METHODS), "pooling onto the grid (default: config parsing.method, else "
+                      "patch_mean; docs/parsing.md)")
     flags.DEFINE_enum("prefer", "npy", ["npy", "png"], "which map to use when both <stem>.npy and .png exist")
     flags.DEFINE_string("out", None, "output .npz (default: parsing.path or <data_dir>/parsing/<dataset>/<gh>x<gw>.npz)")
     flags.DEFINE_bool("allow_missing", False, "write the targets that exist instead of failing on missing maps")
