@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 # Elements per chunk of the [queries, gallery] work arrays (bounded memory, still fully vectorised per chunk).
-_CHUNK_ELEMS = 1 << 22
+_CHUNK_ELEMS = 1 << 21
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:

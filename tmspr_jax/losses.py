@@ -64,7 +64,9 @@ def triplet_loss(feats: jax.Array, labels: jax.Array, margin: float = 0.0) -> ja
     if margin < 0:
         raise ValueError(f"triplet_loss: margin must be >= 0 (0 = soft margin), got {margin}")
     sq = jnp.sum(f * f, axis=1)
-    dist2 = sq[:, None] + sq[None, :] - 2.0 * (f @ f.T)
+    # HIGHEST: no TF32 on GPU for this tiny [B, B] product; batch-hard mining is sensitive to distance rounding.
+    gram = jnp.matmul(f, f.T, precision=jax.lax.Precision.HIGHEST)
+    dist2 = sq[:, None] + sq[None, :] - 2.0 * gram
     dist = jnp.sqrt(jnp.maximum(dist2, _DIST_CLAMP))
     same = labels[:, None] == labels[None, :]
     d_ap = jnp.max(jnp.where(same, dist, -jnp.inf), axis=1)
