@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
+import pickle
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import fixtures
-from tmspr_jax.data.builders import CorruptImageError
-from tmspr_jax.data.sources import ReIDSplit, decode_image, open_split
+from tmspr_jax.data.builders import CorruptImageError, DatasetLayoutError
+from tmspr_jax.data.sources import ReIDSplit, decode_image, open_split, prepare_dataset
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +105,19 @@ def test_tif_record_decodes_to_source_pixels(tmp_path):
             np.testing.assert_array_equal(decode_image(rec), np.asarray(src.convert("RGB")))
         with Image.open(io.BytesIO(rec["image"])) as im:
             assert im.format == "PNG"
+
+
+def test_split_pickles_for_worker_processes(market):
+    truth, data_dir = market
+    ds = open_split("market1501", "train", data_dir, manual_dir=truth.manual_dir)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert len(clone) == len(ds) and clone[2] == ds[2]
+    np.testing.assert_array_equal(clone.pids, ds.pids)
+
+
+def test_empty_manual_dir_is_named(tmp_path):
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(DatasetLayoutError, match=str(tmp_path / "raw")):
+        prepare_dataset("msmt17", tmp_path / "tfds", tmp_path / "raw")
+    with pytest.raises(DatasetLayoutError, match="list_train.txt"):  # the expected layout is shown
+        prepare_dataset("msmt17", tmp_path / "tfds", tmp_path / "missing")
