@@ -1,0 +1,226 @@
+r"""Model speed: the JAX port against the PyTorch oracle, same weights, same batch, same machine, one run.
+
+    python -m tmspr_jax.tools.benchmark [--config=configs/occ_duke.py] [--depth=12 --embed_dim=768 --num_heads=12]
+        [--batch=32] [--img_size=256x128] [--dtype=float32|bfloat16] [--iters=10 --warmup=2] [--modes=eval,train]
+
+* eval: images/s of the test feature. JAX: ``TMSPR.extract`` under ``jax.jit`` (view 1 only, stacked branches).
+  PyTorch: the oracle computes what the reference computes, the full 4-view graph on 4 copies of the batch.
+* train: ms per step of forward + backward + SGD(momentum 0.9) update on a ``[B, 4, H, W, 3]`` batch. The loss is the
+  sum of the cross-entropies of the 15 logits on both sides (every branch, BNNeck and classifier is in its graph;
+  the reference's triplet/segmentation/recovery terms are small additions on top). Stochastic depth as configured.
+
+Both models hold the same random weights (the JAX ones copied into the oracle); the eval features of the two are
+compared and the relative difference printed, so a timing is never of a broken model. Each measurement runs
+``--warmup`` untimed iterations (compilation, allocator warm-up) then ``--iters`` timed ones and reports the median.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+
+from configs.common import get_base_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config whose model/img_size to use (default: the base "
+                                          "config, i.e. ViT-B/16 at 256x128, stride 11).")
+_DEPTH = flags.DEFINE_integer("depth", None, "Override model.depth.")
+_EMBED_DIM = flags.DEFINE_integer("embed_dim", None, "Override model.embed_dim.")
+_NUM_HEADS = flags.DEFINE_integer("num_heads", None, "Override model.num_heads.")
+_IMG_SIZE = flags.DEFINE_string("img_size", None, "Override img_size as HxW, e.g. 256x128.")
+_BATCH = flags.DEFINE_integer("batch", 32, "Batch size (images per eval batch, samples per training step).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (JAX: model.dtype; "
+                           "PyTorch: autocast to the same dtype).")
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 702, "Classifier width (Occluded-Duke: 702).")
+_NUM_CAMERAS = flags.DEFINE_integer("num_cameras", 8, "Camera-embedding rows (Occluded-Duke: 8).")
+_ITERS = flags.DEFINE_integer("iters", 10, "Timed iterations per measurement.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed iterations before timing.")
+_MODES = flags.DEFINE_list("modes", ["eval", "train"], "What to time: eval, train.")
+_SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Time the JAX port only (no PyTorch needed).")
+_LR = flags.DEFINE_float("lr", 1e-3, "SGD learning rate of the timed training step.")
+
+
+def _config() -> Any:
+    cfg = _CONFIG.value if _CONFIG.value is not None else get_base_config()
+    cfg = cfg.copy_and_resolve_references()  # overrides below change existing keys only
+    if _DEPTH.value is not None:
+        cfg.model.depth = _DEPTH.value
+    if _EMBED_DIM.value is not None:
+        cfg.model.embed_dim = _EMBED_DIM.value
+    if _NUM_HEADS.value is not None:
+        cfg.model.num_heads = _NUM_HEADS.value
+    if _IMG_SIZE.value is not None:
+        try:
+            h, w = (int(v) for v in _IMG_SIZE.value.lower().split("x"))
+        except ValueError:
+            raise app.UsageError(f"--img_size={_IMG_SIZE.value!r}: expected HxW, e.g. 256x128") from None
+        cfg.img_size = (h, w)
+    cfg.model.dtype = _DTYPE.value
+    return cfg
+
+
+def _time(fn: Callable[[], Any], sync: Callable[[Any], Any], warmup: int, iters: int) -> list[float]:
+    """Seconds per call of ``fn`` (after ``warmup`` calls), ``sync`` waiting for the result."""
+    for _ in range(warmup):
+        sync(fn())
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _jax_device() -> str:
+    d = jax.devices()[0]
+    kind = getattr(d, "device_kind", d.platform)
+    return f"{d.platform}: {kind} x{jax.device_count()}" + (f" ({platform.processor() or platform.machine()})"
+                                                            if d.platform == "cpu" else "")
+
+
+def _jax_eval(model, variables, images, camids) -> Callable[[], jax.Array]:
+    from tmspr_jax.models import TMSPR
+
+    fn = jax.jit(lambda v, x, c: model.apply(v, x, c, method=TMSPR.extract))
+    return lambda: fn(variables, images, camids)
+
+
+def _jax_train(model, variables, views, camids, pids, lr: float) -> Callable[[], Any]:
+    tx = optax.sgd(lr, momentum=0.9)
+
+    def loss_fn(params, batch_stats, rng):
+        out, mut = model.apply({"params": params, "batch_stats": batch_stats}, views, camids, train=True,
+                               mutable=["batch_stats"], rngs={"drop_path": rng})
+        loss = sum(optax.softmax_cross_entropy_with_integer_labels(lg, pids).mean() for lg in out.logits)
+        return loss, mut["batch_stats"]
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def step(state, rng):
+        params, batch_stats, opt_state = state
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, rng)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+    params = variables["params"]
+    # private copies: the state is donated and updated in place step after step
+    holder = {"state": jax.tree_util.tree_map(jnp.array, (params, variables["batch_stats"], tx.init(params))),
+              "rng": jax.random.key(0)}
+
+    def run():
+        holder["rng"], r = jax.random.split(holder["rng"])
+        holder["state"], loss = step(holder["state"], r)
+        return loss
+
+    return run
+
+
+def _torch_parts(cfg, variables, images_np, views_np, camids_np, pids_np, dtype: str):
+    import torch
+
+    from convert_weights.mapping import variables_to_reference
+    from tmspr_jax.models.torch_ref import build_torch_model, load_numpy_state
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_torch_model(cfg.model, cfg.img_size, _NUM_CLASSES.value, _NUM_CAMERAS.value)
+    load_numpy_state(model, variables_to_reference(jax.tree_util.tree_map(np.asarray, variables)))
+    model.to(dev)
+    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(dev)
+    images = nchw(images_np)
+    views = [nchw(views_np[:, v]) for v in range(4)]
+    cams = torch.from_numpy(camids_np.astype(np.int64)).to(dev)
+    pids = torch.from_numpy(pids_np.astype(np.int64)).to(dev)
+    amp = dtype != "float32"
+    autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp)
+    sync = (lambda r: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda r: None)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+
+    def eval_fn():
+        model.eval()
+        with torch.no_grad(), autocast():
+            return model.extract(images, cams)
+
+    opt = torch.optim.SGD(model.parameters(), lr=_LR.value, momentum=0.9)
+    ce = torch.nn.functional.cross_entropy
+
+    def train_fn():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            scores, _ = model(*views, cams)
+            loss = sum(ce(s.float(), pids) for s in scores)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return eval_fn, train_fn, sync, name, f"torch {torch.__version__}"
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    from tmspr_jax.models import build_model, init_variables
+
+    cfg = _config()
+    b, (h, w) = _BATCH.value, cfg.img_size
+    model = build_model(cfg.model, cfg.img_size, _NUM_CLASSES.value, _NUM_CAMERAS.value)
+    variables = init_variables(model, jax.random.key(0))
+    rs = np.random.RandomState(0)
+    views_np = rs.randn(b, 4, h, w, 3).astype(np.float32)
+    images_np = views_np[:, 0].copy()
+    camids_np = rs.randint(0, _NUM_CAMERAS.value, b).astype(np.int32)
+    pids_np = rs.randint(0, _NUM_CLASSES.value, b).astype(np.int32)
+    m = cfg.model
+    print(f"model: depth {m.depth}, embed_dim {m.embed_dim}, heads {m.num_heads}, img {h}x{w}, stride "
+          f"{tuple(m.stride)}, grid {model.grid[0]}x{model.grid[1]}, classes {_NUM_CLASSES.value}, batch {b}, "
+          f"dtype {_DTYPE.value}, drop_path {m.drop_path}")
+    print(f"JAX device: {_jax_device()} (jax {jax.__version__})")
+
+    images, camids = jnp.asarray(images_np), jnp.asarray(camids_np)
+    views, pids = jnp.asarray(views_np), jnp.asarray(pids_np)
+    jax_sync = lambda r: jax.block_until_ready(r)
+    torch_fns = None
+    if not _SKIP_TORCH.value:
+        torch_fns = _torch_parts(cfg, variables, images_np, views_np, camids_np, pids_np, _DTYPE.value)
+        print(f"PyTorch device: {torch_fns[3]} ({torch_fns[4]})")
+
+    rows = []
+    if "eval" in _MODES.value:
+        jfn = _jax_eval(model, variables, images, camids)
+        feat_j = np.asarray(jfn(), np.float32)
+        jt = statistics.median(_time(jfn, jax_sync, _WARMUP.value, _ITERS.value))
+        tt = None
+        if torch_fns:
+            feat_t = torch_fns[0]().float().cpu().numpy()
+            rel = np.abs(feat_j - feat_t).max() / max(np.abs(feat_t).max(), 1e-12)
+            print(f"eval feature check: max |JAX - PyTorch| / max |PyTorch| = {rel:.2e}")
+            tt = statistics.median(_time(torch_fns[0], torch_fns[2], _WARMUP.value, _ITERS.value))
+        rows.append(("eval (test feature)", jt, tt))
+    if "train" in _MODES.value:
+        jfn = _jax_train(model, variables, views, camids, pids, _LR.value)
+        jt = statistics.median(_time(jfn, jax_sync, _WARMUP.value, _ITERS.value))
+        tt = statistics.median(_time(torch_fns[1], torch_fns[2], _WARMUP.value, _ITERS.value)) if torch_fns else None
+        rows.append(("train step (fwd+bwd+SGD)", jt, tt))
+
+    print()
+    print(f"{'measurement':<26} {'JAX ms':>10} {'JAX img/s':>10} {'PyTorch ms':>11} {'PyTorch img/s':>14} "
+          f"{'JAX/PyTorch speed':>18}")
+    for name, jt, tt in rows:
+        t_ms = f"{tt * 1e3:11.1f}" if tt else f"{'-':>11}"
+        t_ips = f"{b / tt:14.1f}" if tt else f"{'-':>14}"
+        ratio = f"{tt / jt:17.2f}x" if tt else f"{'-':>18}"
+        print(f"{name:<26} {jt * 1e3:10.1f} {b / jt:10.1f} {t_ms} {t_ips} {ratio}")
+    print(f"(median of {_ITERS.value} timed iterations after {_WARMUP.value} warm-up; img/s = batch / time; "
+          "JAX/PyTorch speed = PyTorch time / JAX time)")
+
+
+if __name__ == "__main__":
+    app.run(main)
