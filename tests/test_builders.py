@@ -62,6 +62,9 @@ def test_market1501(tmp_path, folder):
     assert md["junk_dropped"] == {"train": 1, "query": 1, "gallery": 1}
     assert 0 in {p for _, p, _ in rows(builder, "gallery")}  # distractors kept
     assert md["train_label_map"] == {"2": 0, "7": 1, "11": 2, "1501": 3}
+    for split in ("train", "query", "gallery"):  # records in sorted file order, as the reference lists them
+        names = [r["file_name"].decode() for r in records(builder, split)]
+        assert names == sorted(names) and len(names) > 3
     # The stored bytes are the release's JPEG bytes, untouched.
     rec = records(builder, "query")[0]
     src = truth.manual_dir / folder / "query" / rec["file_name"].decode()
