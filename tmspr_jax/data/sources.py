@@ -2,8 +2,9 @@
 
 ``open_split('occluded_duke', 'train', data_dir)`` gives a :class:`ReIDSplit`: ``len``, ``split[i]`` -> record
 ``{'image': bytes, 'pid': int, 'camid': int, 'file_name': str}``, and per-split NumPy arrays ``pids`` / ``camids`` /
-``file_names`` read from the records themselves (array_record order is not generation order, so nothing else may be
-assumed about it). Builder names may carry a config: ``occluded_reid/half``.
+``file_names`` read from the records themselves. Records are in the builders' generation order (sorted file names per
+folder; tfds shuffling is disabled), but labels are always read from the records, never inferred from that order.
+Builder names may carry a config: ``occluded_reid/half``.
 """
 
 from __future__ import annotations
