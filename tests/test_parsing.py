@@ -122,6 +122,28 @@ def test_patch_mean_follows_the_resized_image():
     assert got.min() >= 0.0
 
 
+@pytest.mark.parametrize("src", [(64, 32), (300, 100), (128, 64)])
+def test_patch_mean_equals_explicit_resize_then_window_mean(src):
+    # Smooth probabilities (no bicubic overshoot below 0): the result must be exactly
+    # "PIL-bicubic-resize each channel to (H, W), then average each patch window".
+    rng = np.random.default_rng(7)
+    small = rng.random((8, 4, 6)).astype(np.float32) + 1.0
+    merged = np.stack([np.asarray(Image.fromarray(small[..., c]).resize(src[::-1], Image.BILINEAR))
+                       for c in range(6)], -1)  # fmt: skip
+    merged /= merged.sum(-1, keepdims=True)
+    img_size, patch, stride = (256, 128), 16, (11, 11)
+    full = np.stack([np.asarray(Image.fromarray(merged[..., c]).resize(img_size[::-1], Image.BICUBIC), np.float64)
+                     for c in range(6)], -1)  # fmt: skip
+    want = np.zeros((22, 11, 6))
+    for y in range(22):
+        for x in range(11):
+            want[y, x] = full[11 * y : 11 * y + 16, 11 * x : 11 * x + 16].mean((0, 1))
+    assert want.min() > 0
+    got = P.grid_targets(merged, img_size, patch, stride)
+    np.testing.assert_allclose(got, want / want.sum(-1, keepdims=True), atol=2e-6)
+    np.testing.assert_allclose(want.sum(-1), 1.0, atol=1e-5)
+
+
 @pytest.mark.parametrize("src", [(37, 19), (10, 5), (128, 64), (22, 11)])
 def test_reference_method_matches_torch(src):
     rng = np.random.default_rng(2)

@@ -24,6 +24,7 @@ CLI::
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import sys
@@ -159,15 +160,30 @@ def grid_shape(img_size: Sequence[int], patch: int, stride: Sequence[int]) -> tu
     return (h - patch) // sy + 1, (w - patch) // sx + 1
 
 
-def _resize_channels(x: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
-    """Resizes each channel of ``x [h, w, c]`` to ``size (H, W)`` with PIL, float32 ('F' mode) throughout."""
-    if x.shape[:2] == tuple(size):
-        return x.astype(np.float32)
-    out = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c], dtype=np.float32)).resize(size[::-1], resample))
-        for c in range(x.shape[-1])
-    ]
-    return np.stack(out, axis=-1)
+def _pil_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``[n_out, n_in]``: PIL's bicubic resize along one axis as a matrix (its response to each unit impulse)."""
+    if n_in == n_out:
+        return np.eye(n_in)
+    impulses = Image.fromarray(np.eye(n_in, dtype=np.float32))  # row i: impulse at column i
+    return np.asarray(impulses.resize((n_out, n_in), Image.BICUBIC), np.float64).T
+
+
+@functools.lru_cache(maxsize=32)
+def _pooling_matrices(
+    src: tuple[int, int], img_size: tuple[int, int], patch: int, stride: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(Ay [gh, h], Ax [gw, w])``: resize to ``img_size`` (PIL bicubic, separable) then average each patch window.
+
+    Both steps are linear and separable, so ``target[..., c] = Ay @ merged[..., c] @ Ax.T``.
+    """
+    out = []
+    for n_in, n_out, s in zip(src, img_size, stride):
+        g = (n_out - patch) // s + 1
+        window = np.zeros((g, n_out))
+        for k in range(g):
+            window[k, s * k : s * k + patch] = 1.0 / patch
+        out.append(window @ _pil_resize_matrix(n_in, n_out))
+    return out[0], out[1]
 
 
 def _bilinear_half_pixel(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -211,16 +227,11 @@ def grid_targets(
         return _bilinear_half_pixel(merged, (gh, gw))
     if method != "patch_mean":
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    full = _resize_channels(merged, (int(img_size[0]), int(img_size[1])), Image.BICUBIC)
-    # Integral image: each window sum is four lookups, for any stride (also overlapping windows).
-    ii = np.zeros((full.shape[0] + 1, full.shape[1] + 1, NUM_GROUPS), np.float64)
-    ii[1:, 1:] = full.astype(np.float64).cumsum(0).cumsum(1)
-    ys = np.arange(gh) * stride[0]
-    xs = np.arange(gw) * stride[1]
-    y0, y1 = ys[:, None], ys[:, None] + patch
-    x0, x1 = xs[None, :], xs[None, :] + patch
-    sums = ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
-    out = np.maximum(sums / (patch * patch), 0.0)
+    ay, ax = _pooling_matrices(merged.shape[:2], (int(img_size[0]), int(img_size[1])), int(patch),
+                               (int(stride[0]), int(stride[1])))  # fmt: skip
+    # einsum's own loops, not BLAS: these products are tiny, and BLAS threads only contend for the cores
+    rows = np.einsum("yi,ijc->yjc", ay, merged.astype(np.float64))
+    out = np.maximum(np.einsum("xj,yjc->yxc", ax, rows), 0.0)
     total = out.sum(-1, keepdims=True)
     out = np.where(total > 0, out / np.where(total > 0, total, 1.0), out)
     return out.astype(np.float32)
