@@ -476,3 +476,24 @@ def test_cli_and_occluder_bank_on_a_prepared_split(tmp_path):
     cell = grid[14 + 4 : 14 + 4 + 64, 4 + 36 : 4 + 36 + 32]
     candidates = [V.denormalize(V.based_view(bank[i], (64, 32), HALF, HALF), HALF, HALF) for i in range(6)]
     assert any(np.array_equal(cell, c) for c in candidates)
+
+
+def test_results_do_not_alias_scratch_buffers_and_threads_agree():
+    # Scratch buffers are reused per thread: earlier results must stay intact, and threads must not interfere.
+    from concurrent.futures import ThreadPoolExecutor
+
+    bank = V.OccluderBank.from_arrays([coord_image(150, 50), coord_image(50, 150)])
+    imgs = [coord_image(100 + 7 * i, 50 + 3 * i) for i in range(8)]
+    run = lambda i: V.train_views(imgs[i], np.random.default_rng(i), bank, (64, 32), HALF, HALF)
+    first = [run(i) for i in range(8)]
+    kept = [f.copy() for f in first]
+    amp = V.amplifying_view(imgs[0], np.random.default_rng(0), (64, 32), HALF, HALF)
+    amp_kept = amp.copy()
+    V.amplifying_view(imgs[1], np.random.default_rng(1), (64, 32), HALF, HALF)
+    np.testing.assert_array_equal(amp, amp_kept)
+    for f, k in zip(first, kept):
+        np.testing.assert_array_equal(f, k)
+    with ThreadPoolExecutor(4) as ex:
+        threaded = list(ex.map(run, list(range(8)) * 3))
+    for i, t in enumerate(threaded):
+        np.testing.assert_array_equal(t, kept[i % 8])
