@@ -86,6 +86,15 @@ def test_grid_shape():
     assert P.grid_shape((8, 8), 4, (2, 2)) == (3, 3)
 
 
+def test_grid_shape_agrees_with_the_model():
+    # parsing.py avoids importing jax/flax; its grid must still be the model's (docs/interfaces.md)
+    from tmspr_jax.models.vit import patch_grid
+
+    for img_size, patch, stride in [((256, 128), 16, (11, 11)), ((256, 128), 16, (12, 12)), ((128, 64), 16, (12, 12)),
+                                    ((384, 128), 16, (16, 16)), ((8, 8), 4, (2, 3))]:  # fmt: skip
+        assert P.grid_shape(img_size, patch, stride) == patch_grid(img_size, patch, stride)
+
+
 def test_patch_mean_hand_computed():
     # 8x8 labels: Face (Head) in rows 0-3, Pants (Legs) in rows 4-7, background in columns 0-1.
     labels = np.where(np.arange(8)[:, None] < 4, 13, 9) * np.ones((1, 8), np.int64)
