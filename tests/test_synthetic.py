@@ -211,3 +211,31 @@ def test_default_build_time(tmp_path):
     n = summary["num_images"]
     print(f"\ndefault synthetic dataset: {n} in {summary['seconds']:.1f}s")
     assert n == {"train": 800, "query": 100, "gallery": 300}
+
+
+def test_camera_shift_and_pose_jitter():
+    ident = _pure_identity()
+    dark = S.Camera(gain=(0.8, 0.8, 0.8), offset=-20.0, contrast=1.0, blur=0.0)
+    bright = S.Camera(gain=(1.2, 1.2, 1.2), offset=20.0, contrast=1.0, blur=0.0)
+    a, lab_a, _ = S.render_image(ident, dark, np.random.default_rng(0))
+    b, lab_b, _ = S.render_image(ident, bright, np.random.default_rng(0))
+    np.testing.assert_array_equal(lab_a, lab_b)  # same scene ...
+    assert b.astype(float).mean() > a.astype(float).mean() + 40  # ... seen brighter
+    cams = S.sample_cameras(np.random.default_rng(0))
+    assert len(cams) == 6 and len({c.gain for c in cams}) == 6
+    geoms = [S.render_image(ident, dark, np.random.default_rng(k))[2] for k in range(6)]
+    for key in ("fig_h", "cx", "top"):
+        assert np.ptp([g[key] for g in geoms]) > 1.0, key  # pixels: scale and position vary per image
+
+
+def test_cli(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "tmspr_jax.data.synthetic", "--out", str(tmp_path / "d"), "--num_ids", "3",
+                        "--images_per_id", "2", "--num_test_ids", "2", "--gallery_per_id", "2", "--seed", "5"],
+                       capture_output=True, text=True, cwd=root)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "train 3 ids / 6 images" in r.stdout and "query 4" in r.stdout and "gallery 4" in r.stdout
+    assert len(os.listdir(tmp_path / "d" / S.LABEL_DIR)) == 6

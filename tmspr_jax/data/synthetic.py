@@ -5,7 +5,8 @@ pattern, sleeves, lower clothes colour and type, shoes, optional hat and bag), d
 figure with per-image pose, scale and position, on a random background texture, then shifted in colour and
 brightness by its camera. Queries are occluded (an object covering 20-50 % of the body, measured and enforced),
 the gallery and the training set are mostly whole (a fraction is occluded the same way), as in Occluded-Duke.
-Every query identity has gallery images in cameras other than its queries'.
+Every query identity has gallery images in cameras other than its queries'. The same seed gives the same bytes
+(with the same NumPy and Pillow versions).
 
 Layout written to ``out_dir`` (read by the ``synthetic_occluded`` TFDS builder)::
 
