@@ -296,8 +296,8 @@ def test_cli_missing_maps(prepared, tmp_path):
     gone = sorted(str(n) for n in split.file_names)[:3]
     for n in gone:
         os.remove(maps / (n[:-4] + ".png"))
-    common = ["--maps_dir", str(maps), "--data_dir", data_dir, "--dataset", "synthetic_occluded",
-              "--img_size", "128,64", "--patch", "16", "--stride", "12,12", "--out", str(tmp_path / "t.npz")]  # fmt: skip
+    common = ["--maps_dir", str(maps), "--data_dir", data_dir, "--dataset", "synthetic_occluded", "--img_size",
+              "128,64", "--patch", "16", "--stride", "12,12", "--out", str(tmp_path / "t.npz")]  # fmt: skip
     r = _cli(*common)
     assert r.returncode != 0 and "3 of 12" in r.stderr and gone[0] in r.stderr and "Traceback" not in r.stderr
     r = _cli(*common, "--allow_missing")

@@ -233,9 +233,10 @@ def test_cli(tmp_path):
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-m", "tmspr_jax.data.synthetic", "--out", str(tmp_path / "d"), "--num_ids", "3",
-                        "--images_per_id", "2", "--num_test_ids", "2", "--gallery_per_id", "2", "--seed", "5"],
-                       capture_output=True, text=True, cwd=root)  # fmt: skip
+    args = ["--out", str(tmp_path / "d"), "--num_ids", "3", "--images_per_id", "2", "--num_test_ids", "2",
+            "--gallery_per_id", "2", "--seed", "5"]  # fmt: skip
+    cmd = [sys.executable, "-m", "tmspr_jax.data.synthetic", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr
     assert "train 3 ids / 6 images" in r.stdout and "query 4" in r.stdout and "gallery 4" in r.stdout
     assert len(os.listdir(tmp_path / "d" / S.LABEL_DIR)) == 6

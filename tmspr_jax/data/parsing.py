@@ -501,7 +501,8 @@ def _define_flags() -> None:
     flags.DEFINE_enum("method", None, list(METHODS), "pooling onto the grid (default: config parsing.method, else "
                       "patch_mean; docs/parsing.md)")
     flags.DEFINE_enum("prefer", "npy", ["npy", "png"], "which map to use when both <stem>.npy and .png exist")
-    flags.DEFINE_string("out", None, "output .npz (default: parsing.path or <data_dir>/parsing/<dataset>/<gh>x<gw>.npz)")
+    flags.DEFINE_string("out", None,
+                        "output .npz (default: parsing.path, else <data_dir>/parsing/<dataset>/<gh>x<gw>.npz)")
     flags.DEFINE_bool("allow_missing", False, "write the targets that exist instead of failing on missing maps")
 
 

@@ -116,10 +116,9 @@ def sample_identities(n: int, rng: np.random.Generator, first_pid: int = 1, min_
         k = np.array([rng.integers(s) for s in sizes])
         # hats on ~25 %: index len(CLOTH_COLOURS) means "no hat"
         k[8] = rng.integers(len(CLOTH_COLOURS)) if rng.random() < 0.25 else len(CLOTH_COLOURS)
-        if k[3] != 0 and k[2] == (c2 := int(rng.integers(len(CLOTH_COLOURS)))):
-            continue  # a pattern needs two colours
-        if k[3] == 0:
-            c2 = int(k[2])
+        c2 = int(rng.integers(len(CLOTH_COLOURS))) if PATTERNS[k[3]] != "plain" else int(k[2])
+        if PATTERNS[k[3]] != "plain" and c2 == k[2]:
+            continue  # a pattern needs two different colours
         if len(keys) and ((keys != k).sum(1) < min_diff).any():
             continue
         keys = np.vstack([keys, k])
@@ -218,7 +217,8 @@ def draw_person(
         _segment(dr, knee, ankle, 0.062 * fh, 0.048 * fh, leg_cls if bare else PANTS)
         if ident.lower_type == "shorts":
             _segment(dr, hip, hip + 0.55 * (knee - hip), 0.09 * fh * b, 0.075 * fh, PANTS)
-    pelvis = [tuple(P(-hw * 1.02, 0.48)), tuple(P(hw * 1.02, 0.48)), tuple(P(hw * 0.85, 0.58)), tuple(P(-hw * 0.85, 0.58))]
+    pelvis = [tuple(P(-hw * 1.02, 0.48)), tuple(P(hw * 1.02, 0.48)), tuple(P(hw * 0.85, 0.58)),
+              tuple(P(-hw * 0.85, 0.58))]  # fmt: skip
     dr.polygon(pelvis, fill=PANTS if lower_cls == PANTS else L_LEG)
     if lower_cls == SKIRT:
         # centre strip below the pelvis stays bare leg only where the skirt does not cover it
@@ -326,7 +326,8 @@ def _colour_person(img: np.ndarray, rid: np.ndarray, ident: Identity, geom: dict
     h, w = rid.shape
     lut = np.zeros((BAG + 1, 3), np.float32)
     lut[[FACE, L_ARM, R_ARM, L_LEG, R_LEG]] = ident.skin
-    lut[HAIR], lut[UPPER], lut[PANTS], lut[SKIRT] = ident.hair_colour, ident.upper_colour, ident.lower_colour, ident.lower_colour
+    lut[HAIR], lut[UPPER] = ident.hair_colour, ident.upper_colour
+    lut[[PANTS, SKIRT]] = ident.lower_colour
     lut[[L_SHOE, R_SHOE]] = ident.shoe_colour
     lut[BAG] = ident.bag_colour
     if ident.hat_colour is not None:
@@ -356,7 +357,7 @@ def _colour_person(img: np.ndarray, rid: np.ndarray, ident: Identity, geom: dict
 # ---------------------------------------------------------------------------------------------- occluders
 
 
-def _occluder_shape(kind: str, s: float, size: tuple[int, int], geom: dict, q: dict) -> Image.Image:
+def _occluder_shape(kind: str, s: float, size: tuple[int, int], q: dict) -> Image.Image:
     """Occluder part ids (1 body, 2 detail, 3 dark detail) for extent ``s`` in (0, 1]; area grows with ``s``."""
     h, w = size
     im = Image.new("L", (w, h), 0)
@@ -427,10 +428,11 @@ def place_occluder(
     for _ in range(max_tries):
         kind = OCCLUDERS[rng.integers(len(OCCLUDERS))]
         q = _occluder_params(kind, size, geom, rng)
-        target = rng.uniform(lo + 0.2 * (hi - lo) / 2, hi - 0.2 * (hi - lo) / 2)
+        margin = 0.1 * (hi - lo)  # aim inside the range: the pixel grid makes the reachable fractions discrete
+        target = rng.uniform(lo + margin, hi - margin)
 
         def frac(s: float) -> tuple[float, np.ndarray]:
-            occ = np.asarray(_occluder_shape(kind, s, size, geom, q))
+            occ = np.asarray(_occluder_shape(kind, s, size, q))
             return float((person & (occ > 0)).sum()) / n, occ
 
         f_max, occ = frac(1.0)
@@ -608,10 +610,12 @@ def generate(
         records.append({"file_name": name, "split": split, "pid": ident.pid, "cam": cam, **meta})
 
     counts = {s: sum(r["split"] == s for r in records) for s in folders}
-    params = dict(num_train_ids=num_train_ids, images_per_id=images_per_id, num_test_ids=num_test_ids,
-                  queries_per_id=queries_per_id, gallery_per_id=gallery_per_id, height=height, width=width,
-                  query_occlusion=list(query_occlusion), train_occluded_fraction=train_occluded_fraction,
-                  gallery_occluded_fraction=gallery_occluded_fraction, jpeg_quality=jpeg_quality, seed=seed)  # fmt: skip
+    params = dict(
+        num_train_ids=num_train_ids, images_per_id=images_per_id, num_test_ids=num_test_ids,
+        queries_per_id=queries_per_id, gallery_per_id=gallery_per_id, height=height, width=width,
+        query_occlusion=list(query_occlusion), train_occluded_fraction=train_occluded_fraction,
+        gallery_occluded_fraction=gallery_occluded_fraction, jpeg_quality=jpeg_quality, seed=seed,
+    )  # fmt: skip
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump({"params": params, "identities": [dataclasses.asdict(x) for x in idents], "images": records}, f)
     return {
