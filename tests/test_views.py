@@ -272,8 +272,10 @@ def test_covering_size_ranges_are_inclusive():
     img = np.zeros((16, 8, 3), np.uint8)
     bank = V.OccluderBank.from_arrays([np.zeros((48, 8, 3), np.uint8), np.zeros((8, 48, 3), np.uint8)])
     seen = {"strip": set(), "band": set(), "crop_h": set()}
+    flips = 0
     for seed in range(300):
         _, p = V.covering_view(img, np.random.default_rng(seed), bank, (H, W), HALF, HALF, return_params=True)
+        flips += p.flipped
         if p.strip:
             seen["strip"].add(p.paste.width)
         else:
@@ -283,6 +285,7 @@ def test_covering_size_ranges_are_inclusive():
     assert seen["strip"] == set(range(W // 4, W // 2 + 1))
     assert seen["band"] == set(range(H // 4, H // 2 + 1))
     assert seen["crop_h"] == set(range(12, 25))
+    assert 0.4 < flips / 300 < 0.6  # RandomHorizontalFlip(p=0.5)
 
 
 def test_occluder_quirk_vs_normalised():
