@@ -240,6 +240,15 @@ def test_load_wrong_grid(tmp_path):
         P.load_targets(_cfg(path=path), _split(["a.jpg"]), (22, 11), "", "synth")
 
 
+def test_load_wrong_method(tmp_path):
+    data_dir, _, targets = _store(tmp_path, ["a.jpg"])  # stored with method 'patch_mean'
+    cfg = ml_collections.ConfigDict({"path": "", "missing": "error", "method": "reference"})
+    with pytest.raises(ValueError, match=r"method 'patch_mean' but parsing.method is 'reference'"):
+        P.load_targets(cfg, _split(["a.jpg"]), (3, 3), data_dir, "synth")
+    cfg.method = "patch_mean"
+    np.testing.assert_array_equal(P.load_targets(cfg, _split(["a.jpg"]), (3, 3), data_dir, "synth").targets, targets)
+
+
 def test_load_no_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"22x11.npz"):
         P.load_targets(_cfg(), _split(["a.jpg"]), (22, 11), str(tmp_path), "synth")

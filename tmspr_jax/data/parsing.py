@@ -363,8 +363,8 @@ def load_targets(
     """Loads the stored targets aligned to ``split.file_names`` (record order).
 
     Args:
-      parsing_cfg: ``config.parsing``: ``path`` ('' = ``<data_dir>/parsing/<dataset>/<gh>x<gw>.npz``) and ``missing``
-        ('error' or 'zero_weight').
+      parsing_cfg: ``config.parsing``: ``path`` ('' = ``<data_dir>/parsing/<dataset>/<gh>x<gw>.npz``), ``missing``
+        ('error' or 'zero_weight') and, if present, ``method`` (must be the one the stored targets were made with).
       split: anything with a ``file_names`` sequence (``tmspr_jax.data.sources.ReIDSplit``).
       grid: the model's ``(gh, gw)``; a file made for another grid is an error.
       data_dir: the TFDS data dir the dataset was prepared in.
@@ -387,6 +387,7 @@ def load_targets(
                 raise ValueError(f"{path}: not a parsing-targets file (no {key!r} array; has {f.files})")
         stored = np.asarray(f["targets"], np.float32)
         names = f["names"].tolist()
+        stored_method = str(f["method"]) if "method" in f.files else None
     stored_grid = tuple(int(v) for v in stored.shape[1:3])
     if stored.ndim != 4 or stored.shape[-1] != NUM_GROUPS or len(names) != stored.shape[0]:
         raise ValueError(f"{path}: targets of shape {stored.shape} with {len(names)} names is not [N, gh, gw, 6]")
@@ -394,6 +395,12 @@ def load_targets(
         raise ValueError(
             f"{path}: targets were made for a {stored_grid[0]}x{stored_grid[1]} patch grid but the model uses "
             f"{grid[0]}x{grid[1]}; regenerate them for this img_size / patch / stride."
+        )
+    want_method = _cfg_get(parsing_cfg, "method", None)
+    if want_method is not None and stored_method is not None and want_method != stored_method:
+        raise ValueError(
+            f"{path}: targets were pooled with method {stored_method!r} but parsing.method is {want_method!r}; "
+            "regenerate them (python -m tmspr_jax.data.parsing --method ...) or change parsing.method."
         )
     index: dict[str, int] = {}
     for i, n in enumerate(names):
