@@ -415,6 +415,11 @@ def test_occluder_bank_from_records_and_callable():
     np.testing.assert_array_equal(bank[1], arrs[1])
     cb = V.OccluderBank(lambda i: arrs[i], 2)
     np.testing.assert_array_equal(cb[0], arrs[0])
+    # A bank, a callable bank and a plain list of arrays give the same covering view.
+    img = coord_image(64, 32)
+    outs = [V.covering_view(img, np.random.default_rng(4), o, (64, 32), HALF, HALF) for o in (bank, cb, arrs)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
     with pytest.raises(IndexError, match="out of range"):
         bank[2]
 
