@@ -128,9 +128,12 @@ def test_train_batches_content_and_order():
             np.testing.assert_array_equal(batch["views"][r, 0], based)
     # per-sample randomness: seeded by (seed, epoch, global position)
     r, j = 5, 1
-    rng = np.random.default_rng([cfg.seed, epoch, j * 8 + r])
+    rng = pipeline.sample_rng(cfg.seed, epoch, j * 8 + r)
     ref = views.train_views(_decode(split, got[j]["index"][r]), rng, OCCLUDERS, IMG, cfg.data.mean, cfg.data.std, False)
     np.testing.assert_array_equal(got[j]["views"][r], ref)
+    # the view streams are not the sampler's stream
+    sampler_draw = np.random.default_rng([cfg.seed, epoch, sampler_lib.SAMPLER_STREAM]).random(4)
+    assert not np.array_equal(pipeline.sample_rng(cfg.seed, epoch, 0).random(4), sampler_draw)
     # the random views differ between samples and epochs
     assert not np.array_equal(got[0]["views"][0, 1], got[0]["views"][1, 1])
     other = next(pipeline.train_batches(cfg, split, tg, epoch=epoch + 1, occluders=OCCLUDERS))

@@ -29,6 +29,14 @@ from tmspr_jax.data import sampler as sampler_lib
 from tmspr_jax.data import sources, views
 
 STATE_VERSION = 1
+VIEWS_STREAM = 2  # tag of the per-sample view generators (the sampler uses sampler.SAMPLER_STREAM)
+
+
+def sample_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    """The generator of the views of the sample at global ``position`` of ``epoch`` (the same on any worker/host)."""
+    if seed < 0 or epoch < 0 or position < 0:
+        raise ValueError(f"config.seed, epoch and position must be >= 0, got {seed}, {epoch}, {position}")
+    return np.random.default_rng([seed, epoch, VIEWS_STREAM, position])
 
 
 class Split(Protocol):
@@ -113,7 +121,7 @@ class _TrainSample:
     def __call__(self, element: np.ndarray) -> dict[str, np.ndarray]:
         position, index = int(element[0]), int(element[1])
         image = _decode(self.split, index)
-        rng = np.random.default_rng([self.seed, self.epoch, position])
+        rng = sample_rng(self.seed, self.epoch, position)
         v = views.train_views(
             image, rng, self.occluders, self.img_size, self.mean, self.std, self.occluder_normalize
         )

@@ -21,6 +21,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+# Random streams are told apart by a tag word: NumPy's SeedSequence ignores trailing zeros ([s, e] == [s, e, 0]), so a
+# plain [seed, epoch] here would equal the view generator of sample 0 ([seed, epoch, 0]).
+SAMPLER_STREAM = 1
+
 
 def _check_pk(pids: np.ndarray, num_ids: int, num_instances: int) -> np.ndarray:
     pids = np.asarray(pids)
@@ -60,8 +64,10 @@ def epoch_batches(pids: np.ndarray, num_ids: int, num_instances: int, *, seed: i
       ``num_batches`` may be 0 when the split has fewer than P identities.
     """
     pids = _check_pk(pids, num_ids, num_instances)
+    if seed < 0 or epoch < 0:
+        raise ValueError(f"seed (config.seed) and epoch must be >= 0, got seed={seed}, epoch={epoch}")
     k = num_instances
-    rng = np.random.default_rng([int(seed), int(epoch)])
+    rng = np.random.default_rng([int(seed), int(epoch), SAMPLER_STREAM])
     # Per identity, in sorted pid order: its shuffled complete chunks of K indices.
     order = np.argsort(pids, kind="stable")  # stable: indices of one pid stay in dataset order
     uniq, starts = np.unique(pids[order], return_index=True)
