@@ -288,3 +288,13 @@ def test_nearest_neighbour_and_recovery_hand_example():
     grad = jax.grad(lambda q: jnp.sum(recover_parts(q, vis, nn_idx)))(q)
     assert float(grad[1, 1, 0]) == 3.0  # sample 1's part 2: itself + sample 0 + sample 2
     assert float(jnp.sum(jax.grad(lambda g: jnp.sum(nearest_neighbour(g).astype(jnp.float32)))(g))) == 0.0
+
+
+def test_package_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import tmspr_jax.models, convert_weights.mapping; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
