@@ -27,20 +27,6 @@ def make_extract_fn(model) -> Callable:
     return jax.jit(extract)
 
 
-def _pad_rows(batch: Mapping[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
-    n = len(batch["images"])
-    pad = (-n) % multiple
-    out = dict(batch)
-    if "valid" not in out:
-        out["valid"] = np.ones((n,), bool)
-    if pad:
-        for k, v in list(out.items()):
-            if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n:
-                filler = np.zeros((pad,) + v.shape[1:], v.dtype)
-                out[k] = np.concatenate([v, filler])
-    return out
-
-
 def extract_features(
     extract_fn: Callable,
     variables: Any,
@@ -48,12 +34,13 @@ def extract_features(
     mesh: jax.sharding.Mesh,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs the model over evaluation batches; returns (features, pids, camids) of the valid rows, in order."""
+    """Runs the model over evaluation batches; returns (features, pids, camids) of the valid rows, in order.
+
+    ``batches`` are this process's parts of global batches that split evenly over the mesh (padding rows have
+    ``valid=False``; see ``pipeline.eval_batches(pad_to=...)``).
+    """
     feats, pids, camids = [], [], []
-    n_dev = mesh.devices.size
-    for batch in batches:
-        # Every process pads its slice the same way so the global batch splits evenly over the devices.
-        local = _pad_rows(batch, max(1, n_dev // jax.process_count()))
+    for local in batches:
         arrays = sharding.shard_batch(
             {"images": local["images"], "camids": local["camids"].astype(np.int32), "valid": local["valid"]}, mesh
         )

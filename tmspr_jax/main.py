@@ -26,7 +26,19 @@ def _demo_config():
     return demo.get_config()
 
 
+class _QuietLibraries:
+    """Drops INFO chatter of orbax / grain / tfds (one line per file written) from the absl log; warnings pass."""
+
+    _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
+
+    def filter(self, record) -> bool:
+        import logging as pylogging
+
+        return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in self._NOISY)
+
+
 def main(argv: list[str]) -> None:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from tmspr_jax import sharding

@@ -80,7 +80,7 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_cfg: ml_collec
         metrics = {k: v for k, v in terms.items() if jnp.ndim(v) == 0}
         metrics["loss"] = loss
         metrics["finite"] = finite
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return new_state, metrics
 
     return train_step
@@ -158,11 +158,11 @@ def make_checkpoint_manager(workdir: str, train_cfg) -> ocp.CheckpointManager:
     )
 
 
-def _save_args(state: TrainState, epoch: int, batch: int) -> ocp.args.Composite:
-    """The train state and the data position to resume from (the next batch to run)."""
-    return ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"epoch": int(epoch), "batch": int(batch)})
-    )
+def _save_args(state: TrainState, pipe: Any, epoch: int, batch: int) -> ocp.args.Composite:
+    """The train state and the data position to resume from: the next batch to run, plus the pipeline's own state
+    (seed, batch size, split size), which refuses a resume whose batches would differ."""
+    data = dict(pipe.get_state(), next_epoch=int(epoch), next_batch=int(batch))
+    return ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
@@ -264,7 +264,11 @@ def run_evaluation(exp: Experiment, variables: Any, extract_fn: Callable | None 
         out = []
         for split in (exp.query_split, exp.gallery_split):
             batches = pipeline.eval_batches(
-                cfg, split, process_index=jax.process_index(), process_count=jax.process_count()
+                cfg,
+                split,
+                pad_to=exp.mesh.devices.size,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
             )
             out.append(inference.extract_features(extract_fn, variables, batches, exp.mesh, progress=bar.update))
     bar.close()
@@ -361,7 +365,8 @@ def train_and_evaluate(
         if latest is not None:
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
             state, data_state = restore_state(manager, latest, abstract)
-            start_epoch, start_batch = int(data_state["epoch"]), int(data_state["batch"])
+            train_pipe.set_state(data_state)
+            start_epoch, start_batch = int(data_state["next_epoch"]), int(data_state["next_batch"])
             logging.info("Resumed from step %d: epoch %d, batch %d", latest, start_epoch, start_batch)
         train_step = jax.jit(make_train_step(exp.model, tx, cfg.loss), donate_argnums=(0,))
         extract_fn = inference.make_extract_fn(exp.model)
@@ -409,7 +414,7 @@ def train_and_evaluate(
                 every = int(cfg.train.checkpoint_every_steps)
                 if every > 0 and host_step % every == 0 and batch_index < n_steps:
                     check(pending)
-                    manager.save(host_step, args=_save_args(state, epoch, batch_index))
+                    manager.save(host_step, args=_save_args(state, train_pipe, epoch, batch_index))
                 if host_step % int(cfg.train.log_every) == 0:
                     check(pending)
                     host = jax.device_get(metrics)
@@ -439,7 +444,7 @@ def train_and_evaluate(
                 logging.info("Epoch %d: %s", epoch, summarize(results))
                 metrics_for_ckpt = {"mAP": float(results["mAP"]), "rank1": float(results["rank1"])}
             if epoch % int(cfg.train.checkpoint_every) == 0 or epoch == total_epochs or metrics_for_ckpt:
-                manager.save(host_step, args=_save_args(state, epoch + 1, 0), metrics=metrics_for_ckpt)
+                manager.save(host_step, args=_save_args(state, train_pipe, epoch + 1, 0), metrics=metrics_for_ckpt)
             epoch += 1
         bar.close()
     manager.wait_until_finished()
