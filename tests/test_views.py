@@ -92,6 +92,12 @@ def test_eval_view_is_pil_bilinear_with_antialias():
     assert out.std() < 0.8 * no_aa.std()
 
 
+def test_amplify_pad_is_the_reference_30px_at_256_and_scales_with_height():
+    assert V.amplify_pad(256) == 30
+    assert V.amplify_pad(128) == 15
+    assert V.amplify_pad(64) == 8
+
+
 def test_sizes_follow_img_size():
     img = coord_image(50, 30)
     occ = V.OccluderBank.from_arrays([coord_image(40, 20)])
@@ -125,7 +131,9 @@ def test_amplifying_border_is_normalised_black():
         black = (0 - np.float32(IMNET_MEAN)) / np.float32(IMNET_STD)
         white = (1 - np.float32(IMNET_MEAN)) / np.float32(IMNET_STD)
         assert np.all(out >= black - 1e-5) and np.all(out <= white + 1e-5)
-        if p.crop.top < 30 - 1:  # the first output row samples fully from the top padding
+        pad = 8  # 30 px at height 256 -> 7.5 -> 8 at height 64
+        assert p.padded_size == (64 + 2 * pad, 32 + 2 * pad)
+        if p.crop.top < pad - 1:  # the first output row samples fully from the top padding
             np.testing.assert_allclose(out[0, 0], black, atol=1e-5)
             seen_border = True
     assert seen_border

@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 VIEW_NAMES = ("based", "amplifying", "covering", "shrinking")
 
 # Reference constants that do not scale with the image size.
-AMPLIFY_PAD = 30  # Pad(30): absolute pixels
+AMPLIFY_PAD = 30  # Pad(30) at the reference's 256-pixel height; scaled with the height for other sizes
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 JITTER_STRENGTH = 0.5  # ColorJitter(brightness=.5, contrast=.5, saturation=.5, hue=0)
@@ -410,9 +410,15 @@ def based_view(image: np.ndarray, img_size: Sequence[int], mean: Sequence[float]
     return normalize(pil_resize(_check_image(image), size, Image.Resampling.BICUBIC), m, s)
 
 
+def amplify_pad(height: int) -> int:
+    """The amplifying view's black border: 30 px at the reference's 256x128, in proportion for other sizes (at
+    128x64 an absolute 30 px would leave the person only a third of the padded canvas)."""
+    return max(1, int(round(AMPLIFY_PAD * height / 256)))
+
+
 def _amplify(resized: np.ndarray, rng: np.random.Generator, m, s, out: np.ndarray) -> AmplifyParams:
     h, w = resized.shape[:2]
-    p = AMPLIFY_PAD
+    p = amplify_pad(h)
     padded = _WS.get("amplify_padded", (h + 2 * p, w + 2 * p, 3), np.uint8)
     padded[:p], padded[-p:], padded[:, :p], padded[:, -p:] = 0, 0, 0, 0  # black border
     padded[p:-p, p:-p] = resized
