@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -138,8 +139,26 @@ def test_jax_and_torch_agree_on_a_real_split(data, tmp_path, monkeypatch):
         return original(self, images, cams)
 
     monkeypatch.setattr(TorchTMSPR, "extract", recording)
+    from tmspr_jax import inference
+
+    precisions = set()  # what the JAX extraction was traced and run under
+    make = inference.make_extract_fn
+
+    def make_recording(model):
+        fn = make(model)
+
+        def run(*args):
+            precisions.add((jax.config.jax_default_matmul_precision, torch.get_float32_matmul_precision(),
+                            torch.backends.cudnn.allow_tf32))
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(inference, "make_extract_fn", make_recording)
     ckpt = _save_pth(_reference_state(), tmp_path / "tmspr.pth")
+    tf32_before = torch.backends.cudnn.allow_tf32
     res = compare.run_compare(_config(data["paths"]), ckpt, device="cpu", show_progress=False)
+    assert torch.backends.cudnn.allow_tf32 == tf32_before, "PyTorch settings are restored"
 
     # after one warm-up call: query then gallery in test_batch_size (4) batches, the smaller last batch kept, so the
     # batch-wise min-max of the parts sees the JAX side's batches
@@ -168,6 +187,8 @@ def test_jax_and_torch_agree_on_a_real_split(data, tmp_path, monkeypatch):
         assert t["images"] == 14 and t["seconds"] > 0 and t["images_per_s"] == pytest.approx(14 / t["seconds"])
         assert t["device"].startswith("cpu")
     assert "highest" in res["precision"]
+    assert precisions == {("highest", "highest", False)}
+    assert jax.config.jax_default_matmul_precision is None, "the precision setting must not leak out of the tool"
 
     out = tmp_path / "sub" / "compare.json"
     compare.write_json(str(out), res)
@@ -176,6 +197,31 @@ def test_jax_and_torch_agree_on_a_real_split(data, tmp_path, monkeypatch):
     assert set(loaded["metrics"]) == {"jax", "torch", "diff"}
     assert set(loaded["metrics"]["jax"]) == set(compare.METRICS)
     assert set(loaded["timing"]) >= {"jax", "torch", "jax_speedup"}
+
+
+def test_transreid_safetensors_without_counters_and_neck_after(data, tmp_path):
+    """A TransReID JPM checkpoint as .safetensors without BatchNorm counters, the 'after' feature, --max_images."""
+    from safetensors.numpy import save_file
+
+    from convert_weights.tmspr import tmspr_only_heads
+
+    heads = tmspr_only_heads()
+    state = {k: v for k, v in _reference_state(seed=5).items()
+             if k.split(".", 1)[0] not in heads and not k.endswith("num_batches_tracked")}
+    ckpt = str(tmp_path / "transreid.safetensors")
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, ckpt)
+    cfg = _config(data["paths"])
+    cfg.model.neck_feat = "after"
+    cfg.eval.max_rank = 3  # the gallery has 3 images
+    res = compare.run_compare(cfg, ckpt, max_images=3, device="cpu", show_progress=False)
+    assert res["kind"] == "transreid" and (res["num_query"], res["num_gallery"]) == (3, 3)
+    assert "classifier_cp.weight" in res["converter"]["initialised"]
+    assert res["converter"]["filled_counters"] == sorted(
+        f"{m}.num_batches_tracked" for m in ("bottleneck", "bottleneck_1", "bottleneck_2", "bottleneck_3",
+                                             "bottleneck_4"))
+    assert list(res["slices"]) == ["global_bn", "jpm1_bn", "jpm2_bn", "jpm3_bn", "jpm4_bn"]
+    assert max(d["max_rel"] for d in res["slices"].values()) <= 1e-5
+    assert res["metrics"]["jax"] == res["metrics"]["torch"]
 
 
 def test_cli_prints_the_table_and_writes_json(data, tmp_path):

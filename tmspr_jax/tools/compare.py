@@ -24,6 +24,7 @@ after a warm-up, JIT compilation and data loading excluded) as images/s, with th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -238,12 +239,26 @@ def _torch_device_name(dev) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _set_torch_fp32() -> None:
+@contextlib.contextmanager
+def fp32_precision() -> Iterator[None]:
+    """Full float32 matmuls/convolutions on both sides for the duration (restored afterwards).
+
+    JAX: ``jax_default_matmul_precision='highest'`` (part of the jit cache key, so it applies to what is compiled
+    inside); PyTorch: TF32 off for matmuls and cuDNN convolutions. Without it GPU TF32 would spoil float32 parity.
+    """
     import torch
 
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
+    try:
+        with jax.default_matmul_precision("highest"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
 
 
 def _run_split(loaded: LoadedModels, split: Any, config: ml_collections.ConfigDict, mesh, extract_fn: Callable,
@@ -336,10 +351,6 @@ def run_compare(config: ml_collections.ConfigDict, checkpoint: str, *, max_image
     if jax.process_count() != 1:
         raise CompareError("the comparison runs in a single process (the oracle needs whole batches); "
                            f"got jax.process_count()={jax.process_count()}")
-    # GPU matmuls/convolutions would otherwise use TF32 and spoil float32 parity.
-    jax.config.update("jax_default_matmul_precision", "highest")
-    _set_torch_fp32()
-
     loaded = load_models(checkpoint, config, device, seed)
     splits = open_test_splits(config, max_images)
     _check_cameras(splits, loaded.jax_model, config.data.test)
@@ -349,7 +360,7 @@ def run_compare(config: ml_collections.ConfigDict, checkpoint: str, *, max_image
     timers = {"jax": _Timer(), "torch": _Timer()}
     total = sum(len(s) for s in splits)
     bar = tqdm(total=total, desc="compare", unit="img", disable=not show_progress, mininterval=2.0, leave=False)
-    with jax.set_mesh(mesh):
+    with fp32_precision(), jax.set_mesh(mesh):
         variables = sharding.replicate(loaded.variables, mesh)
         compile_s = _warm_up(loaded, config, splits, mesh, extract_fn, variables)
         results = [_run_split(loaded, s, config, mesh, extract_fn, variables, timers, bar.update) for s in splits]
@@ -455,11 +466,13 @@ def main(argv: list[str]) -> None:
         print("compare: error: PyTorch is not installed; install the [torch] extra (pip install 'tmspr_jax[torch]')",
               file=sys.stderr)
         sys.exit(1)
+    from tmspr_jax.data.sources import CorruptImageError
+
     logging.set_verbosity(logging.WARNING)
     try:
         results = run_compare(_CONFIG.value, _CKPT.value, max_images=_MAX_IMAGES.value, device=_DEVICE.value,
                               seed=_SEED.value, show_progress=sys.stderr.isatty())
-    except CompareError as e:
+    except (CompareError, CorruptImageError) as e:
         print(f"compare: error: {e}", file=sys.stderr)
         sys.exit(1)
     print(format_report(results))
