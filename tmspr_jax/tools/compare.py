@@ -344,6 +344,7 @@ def run_compare(config: ml_collections.ConfigDict, checkpoint: str, *, max_image
     ``device``, ``seconds``, ``images``, ``images_per_s``; ``jax_compile_s``; ``jax_speedup`` = PyTorch time / JAX
     time), ``converter`` (what the conversion dropped, initialised or filled).
     """
+    import torch
     from tqdm import tqdm
 
     from tmspr_jax import inference, sharding
@@ -393,8 +394,8 @@ def run_compare(config: ml_collections.ConfigDict, checkpoint: str, *, max_image
         "metrics": {"jax": m_jax, "torch": m_torch, "diff": {k: m_jax[k] - m_torch[k] for k in METRICS}},
         "timing": {
             "jax": timing(timers["jax"], f"{_jax_device_name()} (jax {jax.__version__})"),
-            "torch": timing(timers["torch"], f"{_torch_device_name(loaded.torch_device)} (torch "
-                                             f"{__import__('torch').__version__})"),
+            "torch": timing(timers["torch"],
+                            f"{_torch_device_name(loaded.torch_device)} (torch {torch.__version__})"),
             "jax_compile_s": compile_s,
             "jax_speedup": timers["torch"].seconds / timers["jax"].seconds if timers["jax"].seconds > 0 else math.inf,
         },
