@@ -37,6 +37,9 @@ def get_config():
     c.data.test_batch_size = 128
     c.data.num_workers = 1
     c.data.synthetic = True  # generate the dataset into manual_dir on first use
+    c.data.synthetic_options = dict(
+        num_train_ids=300, images_per_id=6, num_test_ids=50, queries_per_id=2, gallery_per_id=6, seed=0
+    )
     c.parsing.maps_dir = os.path.join(c.data.manual_dir, "parsing_lip")
 
     m = c.model

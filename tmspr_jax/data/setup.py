@@ -16,29 +16,40 @@ from absl import logging
 from tmspr_jax.data import parsing, sources
 
 
-def ensure_synthetic_dataset(out_dir: str) -> None:
-    """Generates the synthetic occluded dataset into ``out_dir`` unless a complete one is already there."""
+def ensure_synthetic_dataset(out_dir: str, options: dict | None = None) -> bool:
+    """Generates the synthetic occluded dataset into ``out_dir`` unless one made with the same options is there.
+
+    ``options`` are :func:`tmspr_jax.data.synthetic.generate` keyword arguments. Returns True if it (re)generated.
+    """
+    import json
+    import shutil
+
     from tmspr_jax.data import synthetic
 
+    options = dict(options or {})
     marker = os.path.join(out_dir, "COMPLETE")
     if os.path.exists(marker):
-        return
+        with open(marker) as f:
+            try:
+                made_with = json.load(f)
+            except json.JSONDecodeError:
+                made_with = None
+        if made_with == options:
+            return False
+        logging.info("Synthetic dataset in %s was made with other options (%s): regenerating", out_dir, made_with)
     t0 = time.perf_counter()
     logging.info("Generating the synthetic occluded dataset in %s", out_dir)
     tmp = out_dir.rstrip("/") + ".partial"
     if os.path.exists(tmp):
-        import shutil
-
         shutil.rmtree(tmp)
-    synthetic.generate(tmp)
+    synthetic.generate(tmp, **options)
     if os.path.exists(out_dir):
-        import shutil
-
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     with open(marker, "w") as f:
-        f.write("ok\n")
+        json.dump(options, f)
     logging.info("Synthetic dataset ready in %.1fs", time.perf_counter() - t0)
+    return True
 
 
 def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, int]) -> None:
@@ -74,6 +85,18 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
     )  # fmt: skip
 
 
+def _remove_stale_builds(config: ml_collections.ConfigDict) -> None:
+    """A regenerated synthetic dataset invalidates its TFDS build and parsing targets."""
+    import shutil
+
+    for path in (
+        os.path.join(config.data.data_dir, config.data.train),
+        os.path.join(config.data.data_dir, "parsing", config.data.train),
+    ):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+
+
 def prepare_for_config(config: ml_collections.ConfigDict) -> None:
     """Generates / builds what the config names and is missing (see the module docstring)."""
     from tmspr_jax.models.vit import patch_grid
@@ -82,7 +105,9 @@ def prepare_for_config(config: ml_collections.ConfigDict) -> None:
     if d.get("synthetic", False):
         if not d.manual_dir:
             raise ValueError("data.synthetic=True needs data.manual_dir (where the synthetic dataset is generated).")
-        ensure_synthetic_dataset(d.manual_dir)
+        options = d.synthetic_options.to_dict() if "synthetic_options" in d else {}
+        if ensure_synthetic_dataset(d.manual_dir, options):
+            _remove_stale_builds(config)
     manual = d.manual_dir or None
     for name, split in ((d.train, "train"), (d.test, "query"), (d.test, "gallery")):
         sources.open_split(name, split, d.data_dir, manual_dir=manual)  # builds on first use, or explains what to run
