@@ -18,6 +18,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl, tb/ and results.json go.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (with periodic evaluation, resumes) or eval only.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of input / config errors.")
 
 
 def _demo_config():
@@ -39,6 +40,18 @@ class _QuietLibraries:
 
 def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    try:
+        _run(argv)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        # User mistakes (a missing dataset, a bad checkpoint, a config value) and a NaN loss get one clear line;
+        # --traceback shows where.
+        if _TRACEBACK.value:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _run(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from tmspr_jax import sharding
