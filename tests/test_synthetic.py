@@ -240,3 +240,17 @@ def test_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "train 3 ids / 6 images" in r.stdout and "query 4" in r.stdout and "gallery 4" in r.stdout
     assert len(os.listdir(tmp_path / "d" / S.LABEL_DIR)) == 6
+
+
+def test_camera_strength_scales_the_camera_shifts():
+    import numpy as np
+
+    from tmspr_jax.data.synthetic import sample_cameras
+
+    full = sample_cameras(np.random.default_rng(5))
+    none = sample_cameras(np.random.default_rng(5), strength=0.0)
+    half = sample_cameras(np.random.default_rng(5), strength=0.5)
+    assert all(c.gain == (1.0, 1.0, 1.0) and c.offset == 0.0 and c.contrast == 1.0 for c in none)
+    for f, h in zip(full, half):
+        np.testing.assert_allclose(np.subtract(h.gain, 1), 0.5 * np.subtract(f.gain, 1), atol=1e-12)
+        assert abs(h.offset - 0.5 * f.offset) < 1e-9

@@ -147,13 +147,15 @@ def sample_identities(n: int, rng: np.random.Generator, first_pid: int = 1, min_
     return out
 
 
-def sample_cameras(rng: np.random.Generator) -> list[Camera]:
-    """The six cameras' colour casts, brightness, contrast and blur."""
+def sample_cameras(rng: np.random.Generator, strength: float = 1.0) -> list[Camera]:
+    """The six cameras' colour casts, brightness, contrast and blur (``strength`` scales the shifts)."""
+    if strength < 0:
+        raise ValueError(f"camera_strength must be >= 0, got {strength}")
     return [
         Camera(
-            gain=tuple(float(g) for g in rng.uniform(0.82, 1.18, 3)),
-            offset=float(rng.uniform(-22, 22)),
-            contrast=float(rng.uniform(0.8, 1.15)),
+            gain=tuple(float(1 + strength * (g - 1)) for g in rng.uniform(0.82, 1.18, 3)),
+            offset=float(strength * rng.uniform(-22, 22)),
+            contrast=float(1 + strength * (rng.uniform(0.8, 1.15) - 1)),
             blur=float(rng.choice([0.0, 0.0, 0.6, 0.9])),
         )
         for _ in range(NUM_CAMERAS)
@@ -545,11 +547,15 @@ def generate(
     jpeg_quality: int = 90,
     seed: int = 0,
     overwrite: bool = False,
+    camera_strength: float = 1.0,
+    min_attribute_diff: int = 2,
 ) -> dict[str, Any]:
     """Writes the dataset into ``out_dir`` and returns a summary (counts, seconds, per-image metadata).
 
     Occluded images of every split (all queries; ``train_occluded_fraction`` / ``gallery_occluded_fraction`` of the
     others) have an occluder covering ``query_occlusion`` of the body. The same seed gives the same bytes.
+    ``camera_strength`` scales the cameras' colour cast, brightness and contrast shifts (0 = identical cameras);
+    ``min_attribute_diff`` is how many of the 10 appearance attributes any two identities differ in, at least.
     """
     t0 = time.perf_counter()
     checks = {
@@ -570,8 +576,10 @@ def generate(
         )
     size = (int(height), int(width))
     _prepare_out(out_dir, overwrite)
-    idents = sample_identities(num_train_ids + num_test_ids, np.random.default_rng([seed, 1]))
-    cameras = sample_cameras(np.random.default_rng([seed, 2]))
+    idents = sample_identities(
+        num_train_ids + num_test_ids, np.random.default_rng([seed, 1]), min_diff=min_attribute_diff
+    )
+    cameras = sample_cameras(np.random.default_rng([seed, 2]), strength=camera_strength)
     train_ids, test_ids = idents[:num_train_ids], idents[num_train_ids:]
 
     # (split, identity, camera 1..6, occluded) for every image, in writing order
