@@ -35,6 +35,8 @@ class _QuietLibraries:
     def filter(self, record) -> bool:
         import logging as pylogging
 
+        if "did not provide metrics" in str(record.msg):
+            return False  # orbax, for every checkpoint saved between evaluations (they carry no mAP by design)
         return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in self._NOISY)
 
 
