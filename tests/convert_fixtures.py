@@ -17,7 +17,7 @@ CONFIG_PATH = os.path.join(os.path.dirname(__file__), "convert_tiny_config.py")
 
 
 def tiny_config():
-    from tests.convert_tiny_config import get_config
+    from convert_tiny_config import get_config
 
     return get_config()
 

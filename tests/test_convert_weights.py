@@ -16,7 +16,7 @@ from convert_weights.readers import CheckpointError, read_checkpoint
 from convert_weights.resize import bilinear_resize, resize_pos_embed
 from convert_weights.timm import timm_to_reference, vit_jax_to_timm
 from convert_weights.tmspr import tmspr_only_heads, tmspr_to_reference
-from tests.convert_fixtures import (CONFIG_PATH, D, HEADS, timm_to_vit_jax_layout, timm_vit_state, tiny_config,
+from convert_fixtures import (CONFIG_PATH, D, HEADS, timm_to_vit_jax_layout, timm_vit_state, tiny_config,
                                     write_all_formats)
 from tmspr_jax.models import build_model
 from tmspr_jax.weights import convert_file, load_variables

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from convert_weights.mapping import variables_to_reference
-from tests.convert_fixtures import D, timm_to_vit_jax_layout, timm_vit_state, tiny_config
+from convert_fixtures import D, timm_to_vit_jax_layout, timm_vit_state, tiny_config
 from tmspr_jax.weights import WeightsError, convert_file, load_pretrained, load_variables, save_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
