@@ -1,7 +1,7 @@
-"""A short version of the demo: training on the synthetic occluded dataset must raise mAP well above the untrained model.
+"""The demo in CI: training on the synthetic occluded dataset must raise mAP by at least 0.2 over the untrained model.
 
-The full demo (`python -m tmspr_jax.main`) is measured in the README; this one runs in CI in a few minutes: a smaller
-synthetic set and model, the same code path (data generation, TFDS build, parsing targets, training, evaluation).
+The same code path as `python -m tmspr_jax.main` (data generation, TFDS build, parsing targets, training, evaluation)
+with the demo's data and model, evaluated once at the end (about 8 minutes on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def short_demo_config(cache: str):
     c.data.manual_dir = os.path.join(root, "synthetic")
     c.parsing.maps_dir = os.path.join(c.data.manual_dir, "parsing_lip")
     c.data.num_workers = 0
-    # Two thirds of the demo's 30 epochs (measured: mAP ~0.03 untrained, ~0.28 after 20 epochs, ~0.31 after 30).
-    c.train.epochs = 20
-    c.train.eval_period = 20
+    # The demo's 30 epochs (measured: mAP 0.027 untrained, 0.31 trained; a 20-epoch schedule reached only 0.19),
+    # evaluated once at the end instead of every 10 epochs.
+    c.train.eval_period = c.train.epochs
     c.train.log_every = 50
     return c
 
