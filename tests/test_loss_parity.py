@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-import pytest
 import torch
 
 from configs.common import get_base_config

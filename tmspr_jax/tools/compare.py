@@ -124,7 +124,7 @@ def load_models(path: str, config: ml_collections.ConfigDict, device: str = "aut
     Raises :class:`CompareError` (missing file, unreadable file, wrong keys or shapes, grid mismatch) with the
     converter's message, which names the keys.
     """
-    import torch
+    import torch  # noqa: F401  (fail here, before any work, when the [torch] extra is missing)
 
     from convert_weights.mapping import MappingError, reference_to_variables
     from convert_weights.readers import CheckpointError, read_checkpoint
