@@ -350,19 +350,28 @@ def train_and_evaluate(
 
     manager = make_checkpoint_manager(workdir, cfg.train)
     with jax.set_mesh(exp.mesh):
-        variables = initial_variables(exp, init_rng)
-        tx = optim.make_optimizer(cfg.optim, variables["params"], total_epochs)
-        state = TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=variables["params"],
-            batch_stats=variables["batch_stats"],
-            opt_state=tx.init(variables["params"]),
-        )
-        state = sharding.replicate(state, exp.mesh)
+        # Shapes only: the optimiser's parameter groups depend on the tree, and a resumed run needs no initial weights
+        # (no ImageNet conversion just to throw it away).
+        shapes = jax.eval_shape(lambda: init_variables(exp.model, init_rng))
+        tx = optim.make_optimizer(cfg.optim, shapes["params"], total_epochs)
+
+        def fresh_state(variables) -> TrainState:
+            return TrainState(
+                step=jnp.zeros((), jnp.int32),
+                params=variables["params"],
+                batch_stats=variables["batch_stats"],
+                opt_state=tx.init(variables["params"]),
+            )
+
         start_epoch, start_batch = 1, 0
         latest = manager.latest_step()
-        if latest is not None:
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        if latest is None:
+            state = sharding.replicate(fresh_state(initial_variables(exp, init_rng)), exp.mesh)
+        else:
+            replicated = sharding.replicated(exp.mesh)
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), jax.eval_shape(fresh_state, shapes)
+            )
             state, data_state = restore_state(manager, latest, abstract)
             train_pipe.set_state(data_state)
             start_epoch, start_batch = int(data_state["next_epoch"]), int(data_state["next_batch"])

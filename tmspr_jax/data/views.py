@@ -435,6 +435,16 @@ def _amplify(resized: np.ndarray, rng: np.random.Generator, m, s, out: np.ndarra
     return AmplifyParams(padded_size=padded.shape[:2], crop=box, fallback=fallback)
 
 
+def _single_view(kernel, image, rng, img_size, mean, std, return_params: bool):
+    """Checks the inputs, bicubic-resizes once and runs one view's ``kernel(resized, rng, m, s, out) -> params``."""
+    size = _check_size(img_size)
+    m, s = _check_stats(mean, std)
+    resized = pil_resize(_check_image(image), size, Image.Resampling.BICUBIC)
+    out = np.empty(size + (3,), np.float32)
+    params = kernel(resized, rng, m, s, out)
+    return (out, params) if return_params else out
+
+
 def amplifying_view(
     image: np.ndarray,
     rng: np.random.Generator,
@@ -444,12 +454,7 @@ def amplifying_view(
     return_params: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, AmplifyParams]:
     """View 2: bicubic resize, Pad(30) black, normalise, RandomResizedCrop(0.08..1, 3/4..4/3) back to ``img_size``."""
-    size = _check_size(img_size)
-    m, s = _check_stats(mean, std)
-    resized = pil_resize(_check_image(image), size, Image.Resampling.BICUBIC)
-    out = np.empty(size + (3,), np.float32)
-    params = _amplify(resized, rng, m, s, out)
-    return (out, params) if return_params else out
+    return _single_view(_amplify, image, rng, img_size, mean, std, return_params)
 
 
 def _cover(
@@ -551,12 +556,7 @@ def shrinking_view(
     return_params: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, ShrinkParams]:
     """View 4: bicubic resize, shrink by U(0.8, 1) (bilinear), edge-replicate pad back to ``img_size``, normalise."""
-    size = _check_size(img_size)
-    m, s = _check_stats(mean, std)
-    resized = pil_resize(_check_image(image), size, Image.Resampling.BICUBIC)
-    out = np.empty(size + (3,), np.float32)
-    params = _shrink(resized, rng, m, s, out)
-    return (out, params) if return_params else out
+    return _single_view(_shrink, image, rng, img_size, mean, std, return_params)
 
 
 def train_views(
