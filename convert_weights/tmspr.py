@@ -83,15 +83,10 @@ class ConversionReport:
 
 
 def sie_rows(model: Any) -> int:
-    """Rows of the model's SIE table (0 = none): the table exists only with > 1 cameras or views (model.md §1.3)."""
-    c, v = int(model.num_cameras), int(model.num_views)
-    if c > 1 and v > 1:
-        return c * v
-    if c > 1:
-        return c
-    if v > 1:
-        return v
-    return 0
+    """Rows of the model's SIE table (0 = none), by the backbone's own rule."""
+    from tmspr_jax.models.vit import sie_table_rows
+
+    return sie_table_rows(model.num_cameras, model.num_views)
 
 
 def _normal(rng: jax.Array, name: str, shape: tuple[int, ...], std: float) -> np.ndarray:

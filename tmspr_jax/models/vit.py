@@ -41,6 +41,18 @@ def patch_grid(img_size: Sequence[int], patch: int, stride: Sequence[int] | int)
     return (h - patch) // sy + 1, (w - patch) // sx + 1
 
 
+def sie_table_rows(num_cameras: int, num_views: int) -> int:
+    """Rows of the SIE table (0 = none): it exists only if cameras > 1 or views > 1 (model.md §1.3)."""
+    c, v = int(num_cameras), int(num_views)
+    if c > 1 and v > 1:
+        return c * v
+    if c > 1:
+        return c
+    if v > 1:
+        return v
+    return 0
+
+
 def drop_path_rates(drop_path: float, depth: int) -> list[float]:
     """Per-block stochastic-depth rates, ``linspace(0, drop_path, depth)`` as the reference."""
     return [float(r) for r in np.linspace(0.0, drop_path, depth)]
@@ -153,15 +165,8 @@ class VisionTransformer(nn.Module):
 
     @property
     def num_sie(self) -> int:
-        """Rows of the SIE table (0 = none); it exists only if cameras > 1 or views > 1 (model.md §1.3)."""
-        c, v = self.num_cameras, self.num_views
-        if c > 1 and v > 1:
-            return c * v
-        if c > 1:
-            return c
-        if v > 1:
-            return v
-        return 0
+        """Rows of the SIE table (0 = none)."""
+        return sie_table_rows(self.num_cameras, self.num_views)
 
     def setup(self) -> None:
         d = self.embed_dim
