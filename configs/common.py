@@ -90,6 +90,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     lo.kl_weight = 0.0  # computed and logged; the reference never adds it
     lo.label_smoothing = 0.0  # IF_LABELSMOOTH 'off'
     lo.triplet_margin = 0.0  # 0 = soft margin (NO_MARGIN=True)
+    lo.triplet_norm_feat = False  # L2-normalise features before the triplet distances (fast-reid NORM_FEAT)
 
     # ---------------------------------------------------------------- optimiser (reference/model.md §5)
     o = c.optim = ml_collections.ConfigDict()

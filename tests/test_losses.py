@@ -53,6 +53,18 @@ def test_triplet_matches_reference_boolean_indexing(margin):
         _close(losses.triplet_loss(f, PIDS, margin), ref)
 
 
+def test_triplet_norm_feat_is_the_reference_loss_on_unit_features():
+    rng = np.random.default_rng(5)
+    f = rng.normal(size=(B, D)).astype(np.float32) * rng.uniform(0.1, 10, size=(B, 1)).astype(np.float32)
+    unit = torch.from_numpy(f) / torch.from_numpy(f).norm(dim=1, keepdim=True)
+    ref = torch_losses.reference_triplet(unit, torch.from_numpy(PIDS).long(), None)
+    _close(losses.triplet_loss(f, PIDS, 0.0, norm_feat=True), ref)
+    # Shrinking every feature towards one point lowers the plain loss to its log(2) floor, not the normalised one.
+    small = 1e-4 * f
+    assert float(losses.triplet_loss(small, PIDS)) < float(losses.triplet_loss(f, PIDS))
+    _close(losses.triplet_loss(small, PIDS, norm_feat=True), losses.triplet_loss(f, PIDS, norm_feat=True))
+
+
 def test_triplet_self_positive_and_clamps():
     # Integer-valued features keep the distance arithmetic exact (no cancellation noise on the diagonal).
     rng = np.random.default_rng(2)

@@ -254,3 +254,25 @@ def test_camera_strength_scales_the_camera_shifts():
     for f, h in zip(full, half):
         np.testing.assert_allclose(np.subtract(h.gain, 1), 0.5 * np.subtract(f.gain, 1), atol=1e-12)
         assert abs(h.offset - 0.5 * f.offset) < 1e-9
+
+
+def test_background_saturation_mutes_the_background_only():
+    ident = _pure_identity()
+    cam = S.Camera(gain=(1.0, 1.0, 1.0), offset=0.0, contrast=1.0, blur=0.0)
+    full, lab_full, _ = S.render_image(ident, cam, np.random.default_rng(7))
+    grey, lab_grey, _ = S.render_image(ident, cam, np.random.default_rng(7), background_saturation=0.0)
+    np.testing.assert_array_equal(lab_full, lab_grey)  # same scene and figure
+    bg = lab_grey == 0
+    chroma = lambda img: np.ptp(img.astype(float), axis=-1)  # max - min over RGB: 0 for greys
+    assert chroma(grey)[bg].mean() < 12 < chroma(full)[bg].mean()  # greys up to the per-pixel noise
+    person = lab_grey > 0
+    np.testing.assert_array_equal(grey[person], full[person])  # the person is painted identically
+
+
+def test_options_are_validated_and_recorded(small, tmp_path):
+    out, _ = small
+    params = json.load(open(os.path.join(out, "meta.json")))["params"]
+    assert {"camera_strength", "min_attribute_diff", "background_saturation"} <= set(params)
+    for bad in (dict(background_saturation=1.5), dict(camera_strength=-1.0), dict(min_attribute_diff=11)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            S.generate(str(tmp_path / "bad"), **bad)

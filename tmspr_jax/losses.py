@@ -49,7 +49,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
 
-def triplet_loss(feats: jax.Array, labels: jax.Array, margin: float = 0.0) -> jax.Array:
+def triplet_loss(feats: jax.Array, labels: jax.Array, margin: float = 0.0, norm_feat: bool = False) -> jax.Array:
     """Batch-hard triplet loss on ``feats [B, D]`` (reference TripletLoss + T-MSPR's clamp, model.md §3.3).
 
     Distances are ``sqrt(clamp(|fi|^2 + |fj|^2 - 2 fi.fj, 1e-12))``; the hardest positive includes the sample
@@ -57,10 +57,16 @@ def triplet_loss(feats: jax.Array, labels: jax.Array, margin: float = 0.0) -> ja
     ``mean(softplus(d_ap - d_an))``, otherwise ``mean(relu(d_ap - d_an + margin))``. Mining uses masked max/min, so
     identities need not have equal counts; a sample with no negative in the batch (the reference would crash) gets
     ``d_an = +inf`` and contributes 0 while still counting in the batch mean.
+
+    ``norm_feat=True`` L2-normalises the features first (fast-reid's ``NORM_FEAT``; not in the reference): distances
+    then lie in [0, 2] and the loss cannot be lowered by shrinking every feature towards one point, which is what the
+    unnormalised soft margin does when training from scratch.
     """
     f = _f32(feats)
     if f.ndim != 2:
         raise ValueError(f"triplet_loss: feats must be [B, D], got shape {f.shape}")
+    if norm_feat:
+        f = f / jnp.maximum(jnp.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     if margin < 0:
         raise ValueError(f"triplet_loss: margin must be >= 0 (0 = soft margin), got {margin}")
     sq = jnp.sum(f * f, axis=1)
@@ -177,7 +183,7 @@ def total_loss(
       pids: int ``[B]`` train labels.
       parsing: ``[B, gh, gw, 6]`` parsing targets; parsing_weight: ``[B]`` (0 = no map) or None (all 1).
       loss_cfg: the ``loss`` config (``id_weight``, ``triplet_weight``, ``seg_weight``, ``rec_weight``,
-        ``kl_weight``, ``label_smoothing``, ``triplet_margin``).
+        ``kl_weight``, ``label_smoothing``, ``triplet_margin``, ``triplet_norm_feat``).
 
     Returns:
       ``(loss, terms)``; ``terms`` holds ``id``, ``triplet``, ``seg``, ``rec``, ``kl``, ``total``, ``acc`` (top-1 of
@@ -186,9 +192,10 @@ def total_loss(
     logits, feats = _split_outputs(outputs)
     smoothing = float(_cfg(loss_cfg, "label_smoothing"))
     margin = float(_cfg(loss_cfg, "triplet_margin"))
+    norm_feat = bool(_cfg(loss_cfg, "triplet_norm_feat"))
 
     ce = jnp.stack([cross_entropy(s, pids, smoothing) for s in logits])
-    tri = jnp.stack([triplet_loss(feats[k], pids, margin) for k in TRIPLET_FEATURE_INDICES])
+    tri = jnp.stack([triplet_loss(feats[k], pids, margin, norm_feat) for k in TRIPLET_FEATURE_INDICES])
     t = dict(zip(TRIPLET_FEATURE_INDICES, list(tri)))
 
     # The reference's structure: JPM locals averaged, part/recovery terms summed at 0.5 * 0.6, globals averaged.

@@ -301,11 +301,16 @@ def draw_person(
     return rid, geometry
 
 
-def _background(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A random background ``[H, W, 3]`` float: gradient, stripes, blotches or wall-and-floor."""
+def _background(size: tuple[int, int], rng: np.random.Generator, saturation: float = 1.0) -> np.ndarray:
+    """A random background ``[H, W, 3]`` float: gradient, stripes, blotches or wall-and-floor.
+
+    ``saturation`` scales each colour's distance from its own grey (1 = any RGB colour, 0 = greys only).
+    """
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     c1, c2 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
+    if saturation != 1.0:
+        c1, c2 = (c.mean() + saturation * (c - c.mean()) for c in (c1, c2))
     kind = rng.integers(4)
     if kind == 0:  # linear gradient in a random direction
         t = np.cos(rng.uniform(0, np.pi)) * yy / h + np.sin(rng.uniform(0, np.pi)) * xx / w
@@ -483,13 +488,14 @@ def render_image(
     rng: np.random.Generator,
     size: tuple[int, int] = (128, 64),
     occlusion: tuple[float, float] | None = None,
+    background_saturation: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One image of ``ident`` seen by ``camera``: ``(rgb uint8 [H, W, 3], LIP labels uint8 [H, W], metadata)``.
 
     ``occlusion=(lo, hi)`` places an occluder covering that fraction of the person (labelled 0 underneath).
     """
     rid, geom = draw_person(ident, size, rng)
-    img = _background(size, rng)
+    img = _background(size, rng, background_saturation)
     _colour_person(img, rid, ident, geom, rng)
     labels = np.where(rid == BAG, 0, rid).astype(np.uint8)
     person = labels > 0
@@ -549,13 +555,16 @@ def generate(
     overwrite: bool = False,
     camera_strength: float = 1.0,
     min_attribute_diff: int = 2,
+    background_saturation: float = 1.0,
 ) -> dict[str, Any]:
     """Writes the dataset into ``out_dir`` and returns a summary (counts, seconds, per-image metadata).
 
     Occluded images of every split (all queries; ``train_occluded_fraction`` / ``gallery_occluded_fraction`` of the
     others) have an occluder covering ``query_occlusion`` of the body. The same seed gives the same bytes.
     ``camera_strength`` scales the cameras' colour cast, brightness and contrast shifts (0 = identical cameras);
-    ``min_attribute_diff`` is how many of the 10 appearance attributes any two identities differ in, at least.
+    ``min_attribute_diff`` is how many of the 10 appearance attributes any two identities differ in, at least;
+    ``background_saturation`` in [0, 1] mutes the background colours towards grey (street scenes are mostly muted;
+    1 keeps any RGB colour).
     """
     t0 = time.perf_counter()
     checks = {
@@ -566,13 +575,16 @@ def generate(
         "train_occluded_fraction": 0 <= train_occluded_fraction <= 1,
         "gallery_occluded_fraction": 0 <= gallery_occluded_fraction <= 1,
         "jpeg_quality": 1 <= jpeg_quality <= 100,
+        "camera_strength": camera_strength >= 0, "min_attribute_diff": 0 <= min_attribute_diff <= 10,
+        "background_saturation": 0 <= background_saturation <= 1,
     }  # fmt: skip
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(
             f"invalid synthetic dataset settings {bad}: need num_train_ids, num_test_ids >= 1, images_per_id >= 2, "
             f"1 <= queries_per_id <= {NUM_CAMERAS - 1}, gallery_per_id >= 1, height >= 32, width >= 16, "
-            "at most 9999 ids, fractions in [0, 1], 1 <= jpeg_quality <= 100"
+            "at most 9999 ids, fractions in [0, 1], 1 <= jpeg_quality <= 100, camera_strength >= 0, "
+            "0 <= min_attribute_diff <= 10, 0 <= background_saturation <= 1"
         )
     size = (int(height), int(width))
     _prepare_out(out_dir, overwrite)
@@ -608,7 +620,9 @@ def generate(
         frames[split] += 1
         name = market_name(ident.pid, cam, frames[split])
         img_rng = np.random.default_rng([seed, 5, i])
-        img, labels, meta = render_image(ident, cameras[cam - 1], img_rng, size, query_occlusion if occluded else None)
+        img, labels, meta = render_image(
+            ident, cameras[cam - 1], img_rng, size, query_occlusion if occluded else None, background_saturation
+        )
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="JPEG", quality=jpeg_quality)
         with open(os.path.join(out_dir, folders[split], name), "wb") as f:
@@ -623,6 +637,8 @@ def generate(
         queries_per_id=queries_per_id, gallery_per_id=gallery_per_id, height=height, width=width,
         query_occlusion=list(query_occlusion), train_occluded_fraction=train_occluded_fraction,
         gallery_occluded_fraction=gallery_occluded_fraction, jpeg_quality=jpeg_quality, seed=seed,
+        camera_strength=camera_strength, min_attribute_diff=min_attribute_diff,
+        background_saturation=background_saturation,
     )  # fmt: skip
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump({"params": params, "identities": [dataclasses.asdict(x) for x in idents], "images": records}, f)
