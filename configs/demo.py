@@ -9,7 +9,9 @@ Data: none to download. On first use a synthetic dataset in the Market-1501 layo
 ``$TMSPR_CACHE`` (default ``~/.cache/tmspr_jax``). Queries are occluded (20-50% of the body), the gallery mostly whole.
 
 Model: the same T-MSPR code with a small ViT (width 128, depth 4, 128x64 images) trained from scratch.
-Expected result and run time: see the README's demo section (measured on a 2-core CPU).
+Expected result and run time (measured on a 2-core CPU): untrained mAP 2.6% / Rank-1 0%, trained mAP 43.9% /
+Rank-1 47.0% in about 8 minutes from nothing, deterministic. The demo's target (50% / 70%) is not met yet: see the
+README's demo section for what was measured and tried.
 """
 
 import os
@@ -32,19 +34,25 @@ def get_config():
     c.data.manual_dir = os.path.join(root, "synthetic")
     c.data.mean = common.HALF_MEAN
     c.data.std = common.HALF_STD
-    c.data.batch_size = 32
+    # Batch 16 = 4 identities x 4 images: twice the updates of the reference's 32 for the same images, which a model
+    # learning from scratch uses better (measured: mAP 42.1% against 41.6% for 32, Rank-1 46% against 44%).
+    c.data.batch_size = 16
     c.data.num_instances = 4
     c.data.test_batch_size = 128
     c.data.num_workers = 1
     c.data.synthetic = True  # generate the dataset into manual_dir on first use
+    # 200 training identities: more identities transfer better than more epochs on fewer (100 ids x 30 epochs, 729
+    # steps of 32, gave 31% mAP; 200 ids x 18 epochs, 885 steps, gave 38%). Muted backgrounds, like street scenes (+4 mAP over saturated
+    # RGB backgrounds); identities differing in at least 5 of the 10 attributes.
     c.data.synthetic_options = dict(
-        num_train_ids=100,
+        num_train_ids=200,
         images_per_id=8,
         num_test_ids=50,
         queries_per_id=2,
         gallery_per_id=6,
         camera_strength=0.4,
-        min_attribute_diff=4,
+        min_attribute_diff=5,
+        background_saturation=0.3,
         seed=0,
     )
     c.parsing.maps_dir = os.path.join(c.data.manual_dir, "parsing_lip")
@@ -68,8 +76,8 @@ def get_config():
     c.optim.bias_lr_factor = 1.0
     c.optim.warmup_epochs = 2
 
-    c.train.epochs = 30
-    c.train.eval_period = 10
+    c.train.epochs = 18
+    c.train.eval_period = 6
     c.train.log_every = 10
     c.train.eval_untrained = True
     return c

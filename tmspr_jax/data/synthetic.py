@@ -671,6 +671,9 @@ def _define_flags() -> None:
     flags.DEFINE_float("occlusion_max", 0.5, "largest covered fraction of the body for occluded images")
     flags.DEFINE_float("train_occluded", 0.1, "fraction of training images that are occluded")
     flags.DEFINE_float("gallery_occluded", 0.1, "fraction of gallery images that are occluded")
+    flags.DEFINE_float("camera_strength", 1.0, "scale of the cameras' colour, brightness and contrast shifts (0 = none)")
+    flags.DEFINE_integer("min_attribute_diff", 2, "attributes (of 10) any two identities differ in, at least")
+    flags.DEFINE_float("background_saturation", 1.0, "background colour saturation in [0, 1] (0 = greys)")
     flags.DEFINE_integer("seed", 0, "random seed (same seed, same bytes)")
     flags.DEFINE_bool("overwrite", False, "replace an existing dataset in --out")
 
@@ -686,6 +689,8 @@ def _main(argv: Sequence[str]) -> None:
         queries_per_id=f.queries_per_id, gallery_per_id=f.gallery_per_id, height=f.height, width=f.width,
         query_occlusion=(f.occlusion_min, f.occlusion_max), train_occluded_fraction=f.train_occluded,
         gallery_occluded_fraction=f.gallery_occluded, seed=f.seed, overwrite=f.overwrite,
+        camera_strength=f.camera_strength, min_attribute_diff=f.min_attribute_diff,
+        background_saturation=f.background_saturation,
     )  # fmt: skip
     n, o = s["num_images"], s["num_occluded"]
     cov = [r["coverage"] for r in s["images"] if r["split"] == "query"]
