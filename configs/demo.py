@@ -42,8 +42,8 @@ def get_config():
     c.data.num_workers = 1
     c.data.synthetic = True  # generate the dataset into manual_dir on first use
     # 200 training identities: more identities transfer better than more epochs on fewer (100 ids x 30 epochs, 729
-    # steps of 32, gave 31% mAP; 200 ids x 18 epochs, 885 steps, gave 38%). Muted backgrounds, like street scenes (+4 mAP over saturated
-    # RGB backgrounds); identities differing in at least 5 of the 10 attributes.
+    # steps of 32, gave 31% mAP; 200 ids x 18 epochs, 885 steps, gave 38%). Muted backgrounds, like street scenes
+    # (+4 mAP over saturated RGB backgrounds); identities differing in at least 5 of the 10 attributes.
     c.data.synthetic_options = dict(
         num_train_ids=200,
         images_per_id=8,
@@ -61,7 +61,7 @@ def get_config():
     m.patch_size = 16
     m.stride = (16, 16)
     # Width 96 steps 1.3x faster than 128 on a CPU: 24 epochs fit where 18 did (28 epochs at 96 gave mAP 48.4%
-    # against 43.9% for 18 at 128, but take 9.6 minutes).
+    # against 43.9% for 18 at 128, but take 9.5 minutes).
     m.embed_dim = 96
     m.depth = 4
     m.num_heads = 4

@@ -42,8 +42,10 @@ def test_scores_a_generated_split_above_chance(tmp_path):
     c.data.data_dir = str(tmp_path / "tfds")
     c.data.manual_dir = str(tmp_path / "synthetic")
     c.parsing.maps_dir = str(tmp_path / "synthetic" / "parsing_lip")
-    c.data.synthetic_options = dict(num_train_ids=4, images_per_id=2, num_test_ids=12, queries_per_id=2,
-                                    gallery_per_id=4, camera_strength=0.0, background_saturation=0.0, seed=1)  # fmt: skip
+    c.data.synthetic_options = dict(
+        num_train_ids=4, images_per_id=2, num_test_ids=12, queries_per_id=2, gallery_per_id=4,
+        camera_strength=0.0, background_saturation=0.0, seed=1,
+    )  # fmt: skip
     c.eval.max_rank = 10  # the gallery holds 48 images
     setup.prepare_for_config(c)
     results = cb.evaluate_config(c)
@@ -54,10 +56,10 @@ def test_scores_a_generated_split_above_chance(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "baseline.json"
     cfg = os.path.join(root, "configs", "demo.py")
-    args = [f"--config={cfg}", f"--config.data.data_dir={c.data.data_dir}", f"--config.data.manual_dir={c.data.manual_dir}",
-            f"--out={out}"]  # fmt: skip
-    r = subprocess.run([sys.executable, "-m", "tmspr_jax.tools.colour_baseline", *args], capture_output=True, text=True,
-                       cwd=root)  # fmt: skip
+    args = [f"--config={cfg}", f"--config.data.data_dir={c.data.data_dir}",
+            f"--config.data.manual_dir={c.data.manual_dir}", "--config.eval.max_rank=10", f"--out={out}"]  # fmt: skip
+    cmd = [sys.executable, "-m", "tmspr_jax.tools.colour_baseline", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"mAP {results['mAP']:.1%}" in r.stdout
     assert out.exists()

@@ -65,10 +65,10 @@ def triplet_loss(feats: jax.Array, labels: jax.Array, margin: float = 0.0, norm_
     f = _f32(feats)
     if f.ndim != 2:
         raise ValueError(f"triplet_loss: feats must be [B, D], got shape {f.shape}")
-    if norm_feat:
-        f = f / jnp.maximum(jnp.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     if margin < 0:
         raise ValueError(f"triplet_loss: margin must be >= 0 (0 = soft margin), got {margin}")
+    if norm_feat:
+        f = f / jnp.maximum(jnp.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     sq = jnp.sum(f * f, axis=1)
     # HIGHEST: no TF32 on GPU for this tiny [B, B] product; batch-hard mining is sensitive to distance rounding.
     gram = jnp.matmul(f, f.T, precision=jax.lax.Precision.HIGHEST)

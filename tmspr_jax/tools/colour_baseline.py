@@ -21,6 +21,7 @@ from PIL import Image
 
 from tmspr_jax import evaluate
 from tmspr_jax.data import sources
+from tmspr_jax.data.views import pil_resize
 
 
 def stripe_colour_histograms(images: np.ndarray, stripes: int = 8, bins: int = 4, centre: float = 0.5) -> np.ndarray:
@@ -42,22 +43,19 @@ def stripe_colour_histograms(images: np.ndarray, stripes: int = 8, bins: int = 4
     q = (images[:, :, left:left + keep].astype(np.int64) * bins) // 256  # per-channel bin 0..bins-1
     code = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]  # [N, H, keep]
     edges = np.linspace(0, h, stripes + 1).round().astype(int)
-    out = np.zeros((n, stripes, bins**3), np.float32)
-    for s in range(stripes):
-        band = code[:, edges[s]:edges[s + 1]].reshape(n, -1)
-        for i in range(n):
-            out[i, s] = np.bincount(band[i], minlength=bins**3)
+    row_stripe = np.searchsorted(edges, np.arange(h), side="right") - 1  # stripe of each image row
+    # One bincount over (image, stripe, colour) cells instead of a histogram per image and stripe.
+    cell = (np.arange(n)[:, None, None] * stripes + row_stripe[None, :, None]) * bins**3 + code
+    out = np.bincount(cell.ravel(), minlength=n * stripes * bins**3).reshape(n, stripes, bins**3).astype(np.float32)
     out /= out.sum(axis=2, keepdims=True)
     return np.sqrt(out).reshape(n, -1)
 
 
 def _split_images(split: sources.ReIDSplit, size: tuple[int, int]) -> np.ndarray:
-    h, w = size
-    out = np.empty((len(split), h, w, 3), np.uint8)
-    for i in range(len(split)):
-        img = Image.fromarray(sources.decode_image(split[i]))
-        out[i] = np.asarray(img if img.size == (w, h) else img.resize((w, h), Image.BILINEAR))
-    return out
+    """Every image of the split, decoded and resized like the eval transform (bilinear), ``uint8 [N, H, W, 3]``."""
+    return np.stack(
+        [pil_resize(sources.decode_image(split[i]), size, Image.Resampling.BILINEAR) for i in range(len(split))]
+    )
 
 
 def evaluate_config(config: ml_collections.ConfigDict, stripes: int = 8, bins: int = 4, centre: float = 0.5) -> dict:
