@@ -71,6 +71,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.num_workers = 8  # grain worker processes for the training views (0 = in-process)
     d.prefetch_buffer = 2
     d.occluder_source = ""  # '' = training split in use; or a builder name whose train images give occluders
+    # A folder of occluder images (object crops, e.g. from COCO) instead of training images; '' = not used.
+    d.occluder_dir = ""
     d.occluder_normalize = False  # False = reference quirk: occluder pasted in [0,1], un-normalised
     d.synthetic = False  # generate the synthetic occluded dataset into manual_dir on first use (the demo)
 

@@ -201,6 +201,32 @@ def test_bad_train_settings_are_named():
         _pipe(split, _config()).epoch_iterator(0, num_batches=10_000)
 
 
+def test_occluder_folder_or_source_gives_the_covering_views_occluders(tmp_path):
+    split = _train_split()
+    cfg = _config()
+    assert pipeline._default_occluders(cfg, split).name == "training split"
+    assert len(pipeline._default_occluders(cfg, split)) == len(split)
+    for i, shape in enumerate([(24, 10), (16, 40), (30, 30)]):
+        Image.fromarray(np.full((*shape, 3), 40 * i, np.uint8)).save(tmp_path / f"occ_{i}.png")
+    cfg.data.occluder_dir = str(tmp_path)
+    bank = pipeline._default_occluders(cfg, split)
+    assert len(bank) == 3 and [bank[i].shape[:2] for i in range(3)] == [(24, 10), (16, 40), (30, 30)]
+    # A pipeline built without explicit occluders pastes from the folder: its covering views equal those of a
+    # pipeline handed the folder's bank, and differ from the training split's (the other views do not change).
+    def first_batch(config, **kw):
+        return next(iter(pipeline.TrainPipeline(config, split, _targets(len(split)), **kw).epoch_iterator(0)))
+
+    from_config = first_batch(cfg)
+    np.testing.assert_array_equal(from_config["views"], first_batch(cfg, occluders=views.OccluderBank.from_dir(
+        str(tmp_path)))["views"])
+    default = first_batch(_config())
+    np.testing.assert_array_equal(from_config["views"][:, [0, 1, 3]], default["views"][:, [0, 1, 3]])
+    assert not np.array_equal(from_config["views"][:, 2], default["views"][:, 2])
+    cfg.data.occluder_source = "market1501"
+    with pytest.raises(ValueError, match="occluder_source='market1501' and config.data.occluder_dir="):
+        pipeline._default_occluders(cfg, split)
+
+
 def _eval_split() -> FakeSplit:
     return FakeSplit(np.arange(13) * 7 + 100, np.arange(13) % 4, seed=5)
 

@@ -279,3 +279,35 @@ def test_options_are_validated_and_recorded(small, tmp_path):
     for bad in (dict(background_saturation=1.5), dict(camera_strength=-1.0), dict(min_attribute_diff=11)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             S.generate(str(tmp_path / "bad"), **bad)
+
+
+def test_occluder_images_for_the_covering_view(small, tmp_path):
+    out = str(tmp_path / "with_occluders")
+    summary = S.generate(out, seed=3, num_occluder_images=12, **SMALL)
+    folder = os.path.join(out, S.OCCLUDER_DIR)
+    assert sorted(os.listdir(folder)) == [f"occ_{i:04d}.png" for i in range(12)]
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["params"]["num_occluder_images"] == summary["num_occluder_images"] == 12
+    kinds = meta["occluder_images"]
+    assert len(kinds) == 12 and set(kinds) <= set(S.OCCLUDERS) and len(set(kinds)) >= 3
+    for name in os.listdir(folder):
+        im = np.asarray(Image.open(os.path.join(folder, name)))
+        assert im.dtype == np.uint8 and im.shape[2] == 3
+        assert 8 <= im.shape[0] <= 128 and 8 <= im.shape[1] <= 64
+        assert im.std() > 3  # textured objects, not blank crops
+    # The occluder images have their own random streams: the dataset's images are the same bytes as without them.
+    small_out, _ = small
+    for split in (S.TRAIN_DIR, S.QUERY_DIR, S.GALLERY_DIR):
+        for name in _names(small_out, split):
+            with open(os.path.join(small_out, split, name), "rb") as a, open(os.path.join(out, split, name), "rb") as b:
+                assert a.read() == b.read(), (split, name)
+    assert not os.path.exists(os.path.join(small_out, S.OCCLUDER_DIR))  # none by default
+    # Deterministic per generator state; overwrite replaces the folder too.
+    a, kind_a = S.render_occluder(np.random.default_rng(5))
+    b, kind_b = S.render_occluder(np.random.default_rng(5))
+    np.testing.assert_array_equal(a, b)
+    assert kind_a == kind_b
+    S.generate(out, seed=3, overwrite=True, num_occluder_images=2, **SMALL)
+    assert sorted(os.listdir(folder)) == ["occ_0000.png", "occ_0001.png"]
+    with pytest.raises(ValueError, match="num_occluder_images"):
+        S.generate(str(tmp_path / "bad"), num_occluder_images=-1)

@@ -432,6 +432,31 @@ def test_occluder_bank_from_records_and_callable():
         bank[2]
 
 
+def test_occluder_bank_from_a_folder(tmp_path):
+    arrs = {"b.png": coord_image(40, 20), "a.jpg": np.full((30, 60, 3), 200, np.uint8)}
+    for name, a in arrs.items():
+        Image.fromarray(a).save(tmp_path / name, quality=100)
+    (tmp_path / "notes.txt").write_text("not an image")  # other files are not occluders
+    bank = pickle.loads(pickle.dumps(V.OccluderBank.from_dir(str(tmp_path))))
+    assert len(bank) == 2 and bank.name == str(tmp_path)
+    np.testing.assert_array_equal(bank[1], arrs["b.png"])  # name order: a.jpg, b.png
+    assert bank[0].shape == (30, 60, 3) and np.abs(bank[0].astype(int) - 200).max() <= 2  # JPEG, nearly lossless
+    # The covering view pastes from the folder's images: the recorded occluder is one of them.
+    _, params = V.covering_view(coord_image(64, 32), np.random.default_rng(2), bank, (64, 32), HALF, HALF,
+                                return_params=True)
+    assert params.occluder_size == bank[params.occluder_index].shape[:2]
+
+    with pytest.raises(FileNotFoundError, match="occluder folder.*not a directory"):
+        V.OccluderBank.from_dir(str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="occluder folder: no image files"):
+        V.OccluderBank.from_dir(str(empty))
+    (empty / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png: cannot decode"):
+        V.OccluderBank.from_dir(str(empty))
+
+
 def test_bad_inputs_give_clear_errors():
     img = coord_image(20, 10)
     bank = V.OccluderBank.from_arrays([coord_image(40, 20)])

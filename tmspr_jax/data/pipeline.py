@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, Iterator, Mapping, Protocol
 
 import grain
@@ -347,8 +348,17 @@ def _check_targets(targets: Any, num_records: int) -> tuple[np.ndarray, np.ndarr
 
 
 def _default_occluders(config: ml_collections.ConfigDict, split: Split) -> views.OccluderBank:
-    """The covering view's occluders: the training split in use, or ``config.data.occluder_source``'s train split."""
+    """The covering view's occluders: the training split in use, ``config.data.occluder_source``'s train split, or
+    the image files in ``config.data.occluder_dir``."""
     source = str(config.data.occluder_source)
+    folder = str(config.data.get("occluder_dir", "") or "")
+    if source and folder:
+        raise ValueError(
+            f"config.data.occluder_source={source!r} and config.data.occluder_dir={folder!r} are both set: the "
+            "covering view takes its occluders from one of them, set the other to ''"
+        )
+    if folder:
+        return views.OccluderBank.from_dir(os.path.expanduser(folder))
     if not source:
         return views.OccluderBank.from_records(split, name="training split")
     other = sources.open_split(source, "train", config.data.data_dir, config.data.manual_dir or None)

@@ -14,6 +14,8 @@ Layout written to ``out_dir`` (read by the ``synthetic_occluded`` TFDS builder):
     query/...  bounding_box_test/...             test ids (pids after the train ids), disjoint from train
     parsing_lip/<stem>.png                       LIP label map of each TRAINING image (mode 'L', class 0..19)
     meta.json                                    parameters and per-image metadata (camera, occluder, coverage ...)
+    occluders/occ_NNNN.png                       with num_occluder_images > 0: occluder objects of the same kinds,
+                                                 drawn independently of every dataset image (covering-view bank)
 
 Label maps label exactly what is drawn: hat 1, hair 2, upper clothes and sleeves 5, pants and shorts 9, skirt 12,
 face and neck 13, bare arms and hands 14/15, bare legs 16/17, shoes 18/19. The figure faces the camera, so its left
@@ -40,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 TRAIN_DIR, QUERY_DIR, GALLERY_DIR, LABEL_DIR = "bounding_box_train", "query", "bounding_box_test", "parsing_lip"
+OCCLUDER_DIR = "occluders"  # optional: object crops for the covering view (``num_occluder_images``)
 NUM_CAMERAS = 6
 BAG = 20  # render id of bags: drawn, but LIP label 0 (LIP has no bag class)
 
@@ -479,6 +482,29 @@ def _colour_occluder(img: np.ndarray, occ: np.ndarray, kind: str, rng: np.random
     img[m] = col[m]
 
 
+def render_occluder(
+    rng: np.random.Generator, size: tuple[int, int] = (128, 64), background_saturation: float = 1.0
+) -> tuple[np.ndarray, str]:
+    """One occluder object of a random kind, cropped to its bounding box: ``(rgb uint8 [h, w, 3], kind)``.
+
+    The same kinds, extents and colours as the occluders drawn over people (:func:`place_occluder`), placed in a
+    figure-sized frame of ``size`` without a person; the box's corners keep the frame's background.
+    """
+    h, w = size
+    geom = {"cx": w / 2, "top": 0.1 * h, "fig_h": 0.8 * h}  # where a centred figure would stand
+    for _ in range(20):
+        kind = OCCLUDERS[rng.integers(len(OCCLUDERS))]
+        q = _occluder_params(kind, size, geom, rng)
+        occ = np.asarray(_occluder_shape(kind, float(rng.uniform(0.5, 1.0)), size, q))
+        img = _background(size, rng, background_saturation)
+        _colour_occluder(img, occ, kind, rng)
+        ys, xs = np.nonzero(occ)
+        if len(ys) and ys.max() - ys.min() >= 7 and xs.max() - xs.min() >= 7:  # the covering view needs >= 4 px
+            crop = img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            return np.clip(crop, 0, 255).astype(np.uint8), kind
+    raise RuntimeError(f"no occluder of at least 8x8 px drawn in 20 tries at size {size}")
+
+
 # ---------------------------------------------------------------------------------------------- one image
 
 
@@ -521,7 +547,7 @@ def market_name(pid: int, cam: int, frame: int) -> str:
 
 
 def _prepare_out(out_dir: str, overwrite: bool) -> None:
-    owned = (TRAIN_DIR, QUERY_DIR, GALLERY_DIR, LABEL_DIR, "meta.json")
+    owned = (TRAIN_DIR, QUERY_DIR, GALLERY_DIR, LABEL_DIR, OCCLUDER_DIR, "meta.json")
     present = [p for p in owned if os.path.exists(os.path.join(out_dir, p))]
     if present and not overwrite:
         raise FileExistsError(f"{out_dir} already holds {present}; pass overwrite=True (--overwrite) to replace them")
@@ -556,6 +582,7 @@ def generate(
     camera_strength: float = 1.0,
     min_attribute_diff: int = 2,
     background_saturation: float = 1.0,
+    num_occluder_images: int = 0,
 ) -> dict[str, Any]:
     """Writes the dataset into ``out_dir`` and returns a summary (counts, seconds, per-image metadata).
 
@@ -564,7 +591,8 @@ def generate(
     ``camera_strength`` scales the cameras' colour cast, brightness and contrast shifts (0 = identical cameras);
     ``min_attribute_diff`` is how many of the 10 appearance attributes any two identities differ in, at least;
     ``background_saturation`` in [0, 1] mutes the background colours towards grey (street scenes are mostly muted;
-    1 keeps any RGB colour).
+    1 keeps any RGB colour). ``num_occluder_images`` > 0 also writes that many occluder objects
+    (:func:`render_occluder`) into ``occluders/``, for the covering view (``config.data.occluder_dir``).
     """
     t0 = time.perf_counter()
     checks = {
@@ -577,6 +605,7 @@ def generate(
         "jpeg_quality": 1 <= jpeg_quality <= 100,
         "camera_strength": camera_strength >= 0, "min_attribute_diff": 0 <= min_attribute_diff <= 10,
         "background_saturation": 0 <= background_saturation <= 1,
+        "num_occluder_images": num_occluder_images >= 0,
     }  # fmt: skip
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
@@ -584,7 +613,7 @@ def generate(
             f"invalid synthetic dataset settings {bad}: need num_train_ids, num_test_ids >= 1, images_per_id >= 2, "
             f"1 <= queries_per_id <= {NUM_CAMERAS - 1}, gallery_per_id >= 1, height >= 32, width >= 16, "
             "at most 9999 ids, fractions in [0, 1], 1 <= jpeg_quality <= 100, camera_strength >= 0, "
-            "0 <= min_attribute_diff <= 10, 0 <= background_saturation <= 1"
+            "0 <= min_attribute_diff <= 10, 0 <= background_saturation <= 1, num_occluder_images >= 0"
         )
     size = (int(height), int(width))
     _prepare_out(out_dir, overwrite)
@@ -630,6 +659,13 @@ def generate(
         if split == "train":
             Image.fromarray(labels, mode="L").save(os.path.join(out_dir, LABEL_DIR, name[:-4] + ".png"))
         records.append({"file_name": name, "split": split, "pid": ident.pid, "cam": cam, **meta})
+    occluder_kinds = []
+    if num_occluder_images:
+        os.makedirs(os.path.join(out_dir, OCCLUDER_DIR))
+    for i in range(num_occluder_images):  # their own random streams: the dataset's images do not change
+        occ_img, kind = render_occluder(np.random.default_rng([seed, 6, i]), size, background_saturation)
+        Image.fromarray(occ_img).save(os.path.join(out_dir, OCCLUDER_DIR, f"occ_{i:04d}.png"))
+        occluder_kinds.append(kind)
 
     counts = {s: sum(r["split"] == s for r in records) for s in folders}
     params = dict(
@@ -638,16 +674,18 @@ def generate(
         query_occlusion=list(query_occlusion), train_occluded_fraction=train_occluded_fraction,
         gallery_occluded_fraction=gallery_occluded_fraction, jpeg_quality=jpeg_quality, seed=seed,
         camera_strength=camera_strength, min_attribute_diff=min_attribute_diff,
-        background_saturation=background_saturation,
+        background_saturation=background_saturation, num_occluder_images=num_occluder_images,
     )  # fmt: skip
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump({"params": params, "identities": [dataclasses.asdict(x) for x in idents], "images": records}, f)
+        json.dump({"params": params, "identities": [dataclasses.asdict(x) for x in idents], "images": records,
+                   "occluder_images": occluder_kinds}, f)
     return {
         "out_dir": out_dir,
         "params": params,
         "num_images": counts,
         "num_ids": {"train": len(train_ids), "test": len(test_ids)},
         "num_occluded": {s: sum(r["split"] == s and r["occluder"] is not None for r in records) for s in folders},
+        "num_occluder_images": num_occluder_images,
         "seconds": time.perf_counter() - t0,
         "images": records,
     }
@@ -674,6 +712,7 @@ def _define_flags() -> None:
     flags.DEFINE_float("camera_strength", 1.0, "scale of the cameras' colour, brightness and contrast shifts (0 = none)")
     flags.DEFINE_integer("min_attribute_diff", 2, "attributes (of 10) any two identities differ in, at least")
     flags.DEFINE_float("background_saturation", 1.0, "background colour saturation in [0, 1] (0 = greys)")
+    flags.DEFINE_integer("occluder_images", 0, "occluder objects to write into occluders/ (covering-view bank)")
     flags.DEFINE_integer("seed", 0, "random seed (same seed, same bytes)")
     flags.DEFINE_bool("overwrite", False, "replace an existing dataset in --out")
 
@@ -690,7 +729,7 @@ def _main(argv: Sequence[str]) -> None:
         query_occlusion=(f.occlusion_min, f.occlusion_max), train_occluded_fraction=f.train_occluded,
         gallery_occluded_fraction=f.gallery_occluded, seed=f.seed, overwrite=f.overwrite,
         camera_strength=f.camera_strength, min_attribute_diff=f.min_attribute_diff,
-        background_saturation=f.background_saturation,
+        background_saturation=f.background_saturation, num_occluder_images=f.occluder_images,
     )  # fmt: skip
     n, o = s["num_images"], s["num_occluded"]
     cov = [r["coverage"] for r in s["images"] if r["split"] == "query"]
@@ -698,7 +737,7 @@ def _main(argv: Sequence[str]) -> None:
         f"synthetic dataset -> {s['out_dir']}: train {s['num_ids']['train']} ids / {n['train']} images "
         f"({o['train']} occluded), query {n['query']} (coverage {min(cov):.0%}-{max(cov):.0%}), "
         f"gallery {n['gallery']} ({o['gallery']} occluded), test ids {s['num_ids']['test']}; "
-        f"{n['train']} label maps; {s['seconds']:.1f}s"
+        f"{n['train']} label maps; {s['num_occluder_images']} occluder images; {s['seconds']:.1f}s"
     )
 
 

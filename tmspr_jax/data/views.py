@@ -338,8 +338,9 @@ def decode_rgb(data: bytes, what: str) -> np.ndarray:
 class OccluderBank:
     """Random-access occluder images for the covering view.
 
-    Build it from decoded arrays (:meth:`from_arrays`), from a random-access source of records with encoded image
-    bytes such as a ``ReIDSplit`` (:meth:`from_records`), or from a callable ``index -> array`` plus a length.
+    Build it from decoded arrays (:meth:`from_arrays`), a folder of image files (:meth:`from_dir`), a random-access
+    source of records with encoded image bytes such as a ``ReIDSplit`` (:meth:`from_records`), or a callable
+    ``index -> array`` plus a length.
     Records are decoded on access, so the bank is cheap to build and to pickle into data-loader workers.
     """
 
@@ -370,6 +371,11 @@ class OccluderBank:
         bank = cls.__new__(cls)
         bank._setup("records", source, len(source), name or type(source).__name__, image_key)
         return bank
+
+    @classmethod
+    def from_dir(cls, path: str, name: str | None = None) -> OccluderBank:
+        """A bank over every image file in the folder ``path`` (decoded now; e.g. object crops), in name order."""
+        return cls.from_arrays(read_image_dir(path, "occluder folder"), name=name or path)
 
     def __len__(self) -> int:
         return self._length
@@ -633,12 +639,16 @@ def render_grid(
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def _read_image_dir(path: str) -> list[np.ndarray]:
+def read_image_dir(path: str, what: str = "image folder") -> list[np.ndarray]:
+    """Every image file (``.jpg .jpeg .png .bmp .webp``) in ``path``, in name order, as RGB uint8 arrays.
+
+    A missing or image-less folder, or a file that does not decode, raises an error naming ``what`` and the path.
+    """
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"--images: {path!r} is not a directory")
+        raise FileNotFoundError(f"{what}: {path!r} is not a directory")
     names = sorted(n for n in os.listdir(path) if n.lower().endswith(_IMAGE_EXTS))
     if not names:
-        raise FileNotFoundError(f"--images: no image files ({', '.join(_IMAGE_EXTS)}) in {path!r}")
+        raise FileNotFoundError(f"{what}: no image files ({', '.join(_IMAGE_EXTS)}) in {path!r}")
     out = []
     for n in names:
         with open(os.path.join(path, n), "rb") as f:
@@ -670,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     rng = np.random.default_rng(args.seed)
     if args.images:
-        pool = _read_image_dir(args.images)
+        pool = read_image_dir(args.images, "--images")
         occluders: OccluderSource = OccluderBank.from_arrays(pool, name=args.images)
         picks = rng.choice(len(pool), size=min(args.num, len(pool)), replace=False)
         images = [pool[i] for i in picks]
