@@ -122,6 +122,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     e.feat_norm = True
     e.max_rank = 50
     e.rerank = False
+    e.flip = False  # average each test feature with its mirror image's (fast-reid TEST.FLIP); not in the reference
     e.k1 = 20
     e.k2 = 6
     e.lambda_value = 0.3

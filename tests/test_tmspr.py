@@ -298,3 +298,20 @@ def test_package_imports_without_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("neck_feat", ["before", "after"])
+def test_flip_test_feature_is_mirror_invariant_mean(neck_feat):
+    from tmspr_jax import inference
+
+    m, v = _model(neck_feat=neck_feat), _variables()
+    img = _views(4, seed=5)[:, 0]
+    mirrored = np.ascontiguousarray(img[:, :, ::-1])
+    cams, valid = CAMIDS[:4], np.ones(4, bool)
+    plain = inference.make_extract_fn(m)
+    flip = inference.make_extract_fn(m, flip=True)
+    a, b = np.asarray(plain(v, img, cams, valid)), np.asarray(plain(v, mirrored, cams, valid))
+    assert rel_err(a, b) > 1e-2  # the model itself tells a person from its mirror image
+    f = np.asarray(flip(v, img, cams, valid))
+    np.testing.assert_allclose(f, (a + b) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(flip(v, mirrored, cams, valid)), f, rtol=1e-5, atol=1e-6)

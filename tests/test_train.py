@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import demo
-from tmspr_jax import train
+from tmspr_jax import inference, train
 from tmspr_jax.data import pipeline, setup, synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +27,7 @@ def tiny_config(root: str):
     c.data.manual_dir = os.path.join(root, "synthetic")
     c.data.synthetic = False  # the fixture generates a smaller set itself
     c.parsing.maps_dir = os.path.join(c.data.manual_dir, "parsing_lip")
+    c.data.occluder_dir = ""  # the training split's images (the folder option is tested in test_pipeline/test_demo)
     c.data.batch_size = 8
     c.data.test_batch_size = 16
     c.data.num_workers = 0
@@ -106,6 +107,26 @@ def test_eval_mode_reproduces_the_trained_checkpoint(data_root, tmp_path):
     assert evaluated["cmc"] == pytest.approx(trained["cmc"], abs=1e-9)
 
 
+def test_eval_flip_setting_reaches_the_feature_extractor(data_root, tmp_path, monkeypatch):
+    cfg = tiny_config(data_root)
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(cfg, workdir)
+    seen = []
+    make = inference.make_extract_fn
+
+    def recording(model, flip=False):
+        seen.append(flip)
+        return make(model, flip=flip)
+
+    monkeypatch.setattr(inference, "make_extract_fn", recording)
+    cfg.init_checkpoint = workdir
+    plain = train.evaluate_only(cfg, str(tmp_path / "plain"))
+    cfg.eval.flip = True
+    flipped = train.evaluate_only(cfg, str(tmp_path / "flip"))
+    assert seen == [False, True]
+    assert 0 <= flipped["mAP"] <= 1 and len(flipped["cmc"]) == len(plain["cmc"])
+
+
 def test_killed_and_resumed_run_ends_with_the_same_parameters(data_root, tmp_path):
     cfg = tiny_config(data_root)
     cfg.train.epochs = 3
@@ -164,7 +185,7 @@ import json, os, sys
 sys.path.insert(0, {repo!r}); sys.path.insert(0, os.path.join({repo!r}, "tests"))
 import jax
 from test_train import tiny_config
-from tmspr_jax import train
+from tmspr_jax import inference, train
 cfg = tiny_config({root!r})
 cfg.train.epochs = 1
 cfg.train.max_steps_per_epoch = 3

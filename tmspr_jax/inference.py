@@ -18,11 +18,19 @@ from absl import logging
 from tmspr_jax import evaluate, sharding
 
 
-def make_extract_fn(model) -> Callable:
-    """A jitted ``(variables, images, camids, valid) -> features`` (the eval feature of the model)."""
+def make_extract_fn(model, flip: bool = False) -> Callable:
+    """A jitted ``(variables, images, camids, valid) -> features`` (the eval feature of the model).
+
+    ``flip=True`` returns the mean of the features of the images and of their mirror images (fast-reid's TEST.FLIP;
+    the reference does not do it): a feature that does not change when the person is seen mirrored.
+    """
 
     def extract(variables, images, camids, valid):
-        return model.apply(variables, images, camids, valid=valid, method=model.extract)
+        out = model.apply(variables, images, camids, valid=valid, method=model.extract)
+        if flip:
+            mirrored = model.apply(variables, images[:, :, ::-1], camids, valid=valid, method=model.extract)
+            out = (out + mirrored) / 2
+        return out
 
     return jax.jit(extract)
 

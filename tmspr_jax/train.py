@@ -255,7 +255,7 @@ def load_checkpoint_variables(path: str, exp: Experiment) -> dict:
 def run_evaluation(exp: Experiment, variables: Any, extract_fn: Callable | None = None, desc: str = "eval") -> dict:
     """Features of query then gallery, metrics with the reference's protocol."""
     cfg = exp.config
-    extract_fn = extract_fn or inference.make_extract_fn(exp.model)
+    extract_fn = extract_fn or inference.make_extract_fn(exp.model, flip=bool(cfg.eval.flip))
     total = len(exp.query_split) + len(exp.gallery_split)
     bar = tqdm(total=total, desc=desc, unit="img", disable=jax.process_index() != 0, mininterval=2.0, leave=False)
     with jax.set_mesh(exp.mesh):
@@ -377,7 +377,7 @@ def train_and_evaluate(
             start_epoch, start_batch = int(data_state["next_epoch"]), int(data_state["next_batch"])
             logging.info("Resumed from step %d: epoch %d, batch %d", latest, start_epoch, start_batch)
         train_step = jax.jit(make_train_step(exp.model, tx, cfg.loss), donate_argnums=(0,))
-        extract_fn = inference.make_extract_fn(exp.model)
+        extract_fn = inference.make_extract_fn(exp.model, flip=bool(cfg.eval.flip))
 
         cap = int(cfg.train.max_steps_per_epoch)
 
