@@ -120,6 +120,7 @@ def test_eval_flip_setting_reaches_the_feature_extractor(data_root, tmp_path, mo
 
     monkeypatch.setattr(inference, "make_extract_fn", recording)
     cfg.init_checkpoint = workdir
+    cfg.eval.flip = False  # the demo config turns flip on; set both values explicitly
     plain = train.evaluate_only(cfg, str(tmp_path / "plain"))
     cfg.eval.flip = True
     flipped = train.evaluate_only(cfg, str(tmp_path / "flip"))
