@@ -74,6 +74,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # A folder of occluder images (object crops, e.g. from COCO) instead of training images; '' = not used.
     d.occluder_dir = ""
     d.occluder_normalize = False  # False = reference quirk: occluder pasted in [0,1], un-normalised
+    # Horizontal flip of the training image (all four views, parsing target mirrored) with this probability.
+    # 0 = reference: T-MSPR removed TransReID's RandomHorizontalFlip(0.5) (reference/data.md §2.2).
+    d.flip_prob = 0.0
     d.synthetic = False  # generate the synthetic occluded dataset into manual_dir on first use (the demo)
 
     # ---------------------------------------------------------------- parsing targets (reference/data.md §4)

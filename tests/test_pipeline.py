@@ -227,6 +227,58 @@ def test_occluder_folder_or_source_gives_the_covering_views_occluders(tmp_path):
         pipeline._default_occluders(cfg, split)
 
 
+def test_training_flip_mirrors_all_views_and_the_parsing_target(caplog):
+    split, tg = _train_split(), _targets(len(_train_split()))
+    plain = list(_pipe(split, _config()).epoch_iterator(0, num_batches=2))
+    assert not any(b["flipped"].any() for b in plain)  # flip_prob=0: the reference, no draw taken
+
+    cfg = _config()
+    cfg.data.flip_prob = 1.0
+    flipped = list(_pipe(split, cfg).epoch_iterator(0, num_batches=2))
+    for j, (a, b) in enumerate(zip(plain, flipped)):
+        assert b["flipped"].dtype == np.bool_ and b["flipped"].all()
+        np.testing.assert_array_equal(a["index"], b["index"])  # the sampler is untouched
+        idx = b["index"]
+        # the parsing target's patch columns are reversed, row by row and group by group
+        np.testing.assert_array_equal(b["parsing"], tg.targets[idx][:, :, ::-1])
+        np.testing.assert_array_equal(b["parsing_weight"], tg.weights[idx])
+        for r in range(0, 8, 3):
+            image = _decode(split, idx[r])
+            based = views.based_view(image[:, ::-1], IMG, cfg.data.mean, cfg.data.std)
+            np.testing.assert_array_equal(b["views"][r, 0], based)
+            # the random views are those of the mirrored image from the sample's stream after the flip draw
+            rng = pipeline.sample_rng(cfg.seed, 0, j * 8 + r)
+            rng.random()
+            ref = views.train_views(image[:, ::-1], rng, OCCLUDERS, IMG, cfg.data.mean, cfg.data.std, False)
+            np.testing.assert_array_equal(b["views"][r], ref)
+
+    cfg.data.flip_prob = 0.5
+    half = list(_pipe(split, cfg).epoch_iterator(0))
+    drawn = np.concatenate([b["flipped"] for b in half])
+    assert 0 < drawn.sum() < drawn.size  # both outcomes occur
+    _assert_batches_equal(half, list(_pipe(split, cfg).epoch_iterator(0)))  # and are reproducible
+    for b in half:
+        t = tg.targets[b["index"]]
+        expect = np.where(b["flipped"][:, None, None, None], t[:, :, ::-1], t)
+        np.testing.assert_array_equal(b["parsing"], expect)
+
+    cfg.data.flip_prob = 1.5
+    with pytest.raises(ValueError, match=r"config.data.flip_prob=1.5 must be a probability in \[0, 1\]"):
+        _pipe(split, cfg)
+
+
+def test_flip_misalignment_of_the_patch_grid():
+    cfg = get_base_config()  # 256x128, patch 16, stride 11: windows end 2 px before the right edge
+    assert pipeline.flip_misalignment(cfg) == 2
+    cfg.model.stride = (16, 16)
+    assert pipeline.flip_misalignment(cfg) == 0
+    cfg.model.stride = (11, 14)
+    assert pipeline.flip_misalignment(cfg) == 0
+    cfg.model.stride = (11, 11)
+    cfg.parsing.method = "reference"  # a resize of the whole image mirrors exactly
+    assert pipeline.flip_misalignment(cfg) == 0
+
+
 def _eval_split() -> FakeSplit:
     return FakeSplit(np.arange(13) * 7 + 100, np.arange(13) % 4, seed=5)
 

@@ -22,7 +22,7 @@ import os
 from typing import Any, Iterator, Mapping, Protocol
 
 import grain
-from absl import flags
+from absl import flags, logging
 import ml_collections
 import numpy as np
 
@@ -116,6 +116,7 @@ class _TrainSample:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     occluder_normalize: bool
+    flip_prob: float
     seed: int
     epoch: int
 
@@ -123,6 +124,10 @@ class _TrainSample:
         position, index = int(element[0]), int(element[1])
         image = _decode(self.split, index)
         rng = sample_rng(self.seed, self.epoch, position)
+        # Drawn only when enabled, so flip_prob=0 keeps the reference's views draw for draw.
+        flipped = self.flip_prob > 0 and bool(rng.random() < self.flip_prob)
+        if flipped:
+            image = image[:, ::-1]  # the source image, before all four views (their parsing target is mirrored too)
         v = views.train_views(
             image, rng, self.occluders, self.img_size, self.mean, self.std, self.occluder_normalize
         )
@@ -131,12 +136,15 @@ class _TrainSample:
             "pids": np.int32(self.labels[index]),
             "camids": np.int32(self.camids[index]),
             "index": np.int32(index),
+            "flipped": np.bool_(flipped),
         }
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _AddParsing:
-    """Adds the parsing targets of a batch by record index (runs in the main process: the targets stay unpickled)."""
+    """Adds the parsing targets of a batch by record index (runs in the main process: the targets stay unpickled).
+
+    A horizontally flipped sample gets its target with the patch columns reversed (see :func:`flip_misalignment`)."""
 
     targets: np.ndarray
     weights: np.ndarray
@@ -144,7 +152,11 @@ class _AddParsing:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         index = batch["index"]
         out = dict(batch)
-        out["parsing"] = np.ascontiguousarray(self.targets[index], dtype=np.float32)
+        targets = self.targets[index]
+        flipped = batch.get("flipped")
+        if flipped is not None and flipped.any():
+            targets = np.where(flipped[:, None, None, None], targets[:, :, ::-1], targets)
+        out["parsing"] = np.ascontiguousarray(targets, dtype=np.float32)
         out["parsing_weight"] = np.asarray(self.weights[index], dtype=np.float32)
         return out
 
@@ -236,6 +248,7 @@ class TrainPipeline:
             mean=tuple(float(v) for v in d.mean),
             std=tuple(float(v) for v in d.std),
             occluder_normalize=bool(d.occluder_normalize),
+            flip_prob=_flip_prob(config),
             seed=self.seed,
         )
         self.num_workers = int(d.num_workers)
@@ -347,6 +360,35 @@ def _check_targets(targets: Any, num_records: int) -> tuple[np.ndarray, np.ndarr
     return t, w
 
 
+def _flip_prob(config: ml_collections.ConfigDict) -> float:
+    p = float(config.data.get("flip_prob", 0.0))
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"config.data.flip_prob={p} must be a probability in [0, 1]")
+    if p > 0:
+        shift = flip_misalignment(config)
+        if shift:
+            logging.warning(
+                "data.flip_prob=%s: the patch grid leaves %d pixel column(s) uncovered on the right, so a mirrored "
+                "image's patches sit %d px away from the mirrored parsing cells (grid columns reversed).",
+                p, shift, shift,
+            )  # fmt: skip
+    return p
+
+
+def flip_misalignment(config: ml_collections.ConfigDict) -> int:
+    """Pixels by which a mirrored image's patches miss the column-reversed parsing cells (0 = exact).
+
+    Patch ``x`` covers columns ``[sx*x, sx*x + patch)``; the grid leaves ``r = W - sx*(gw-1) - patch`` columns
+    uncovered on the right and none on the left, so mirroring shifts every window by ``r``. ``parsing.method =
+    'reference'`` targets are a resize of the whole image, which mirrors exactly. Width 128 with patch 16 and a stride
+    dividing 112 (16, 14, 8) gives 0; the paper's stride 11 gives 2 px (of a 16 px window).
+    """
+    if str(config.parsing.get("method", "patch_mean")) == "reference":
+        return 0
+    width, patch, sx = int(config.img_size[1]), int(config.model.patch_size), int(config.model.stride[1])
+    return (width - patch) % sx
+
+
 def _default_occluders(config: ml_collections.ConfigDict, split: Split) -> views.OccluderBank:
     """The covering view's occluders: the training split in use, ``config.data.occluder_source``'s train split, or
     the image files in ``config.data.occluder_dir``."""
@@ -378,7 +420,8 @@ def train_batches(
     """This process's slice of every PK batch of ``epoch``, as NumPy dicts.
 
     Each batch: ``views f32 [b,4,H,W,3]``, ``pids i32 [b]`` (train labels), ``camids i32 [b]``,
-    ``parsing f32 [b,gh,gw,6]``, ``parsing_weight f32 [b]``, ``index i32 [b]`` (record index), with
+    ``parsing f32 [b,gh,gw,6]``, ``parsing_weight f32 [b]``, ``index i32 [b]`` (record index), ``flipped bool [b]`` (mirrored by
+    ``data.flip_prob``), with
     ``b = config.data.batch_size // process_count``. For resumable iteration use :class:`TrainPipeline`.
     """
     pipe = TrainPipeline(
