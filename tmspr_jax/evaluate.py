@@ -251,6 +251,28 @@ def _cfg(eval_cfg: Any, key: str) -> Any:
         raise KeyError(f"evaluation config is missing key 'eval.{key}' (see configs/common.py)") from None
 
 
+def distance_matrix(qf: np.ndarray, gf: np.ndarray, eval_cfg: Any) -> np.ndarray:
+    """Query x gallery distances ``[Nq, Ng]`` as the metrics rank them: rows L2-normalised first (``eval.feat_norm``),
+    squared Euclidean, then k-reciprocal re-ranking when ``eval.rerank`` (``eval.k1``, ``eval.k2``,
+    ``eval.lambda_value``)."""
+    qf, gf = np.asarray(qf, np.float32), np.asarray(gf, np.float32)
+    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"distance_matrix: expected [Nq, D] and [Ng, D] features, got {qf.shape} and {gf.shape}")
+    if bool(_cfg(eval_cfg, "feat_norm")):
+        qf, gf = l2_normalize(qf), l2_normalize(gf)
+    dist = pairwise_distances(qf, gf)
+    if bool(_cfg(eval_cfg, "rerank")):
+        dist = re_ranking(
+            dist,
+            pairwise_distances(qf, qf),
+            pairwise_distances(gf, gf),
+            k1=int(_cfg(eval_cfg, "k1")),
+            k2=int(_cfg(eval_cfg, "k2")),
+            lambda_value=float(_cfg(eval_cfg, "lambda_value")),
+        )
+    return dist
+
+
 def compute_metrics(
     features: np.ndarray, pids: np.ndarray, camids: np.ndarray, num_query: int, eval_cfg: Any
 ) -> dict[str, Any]:
@@ -271,19 +293,7 @@ def compute_metrics(
     if not 0 < int(num_query) < n:
         raise ValueError(f"compute_metrics: num_query must be in (0, {n}), got {num_query}")
     nq = int(num_query)
-    if bool(_cfg(eval_cfg, "feat_norm")):
-        features = l2_normalize(features)
-    qf, gf = features[:nq], features[nq:]
-    dist = pairwise_distances(qf, gf)
-    if bool(_cfg(eval_cfg, "rerank")):
-        dist = re_ranking(
-            dist,
-            pairwise_distances(qf, qf),
-            pairwise_distances(gf, gf),
-            k1=int(_cfg(eval_cfg, "k1")),
-            k2=int(_cfg(eval_cfg, "k2")),
-            lambda_value=float(_cfg(eval_cfg, "lambda_value")),
-        )
+    dist = distance_matrix(features[:nq], features[nq:], eval_cfg)
     res = eval_reid(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:], max_rank=int(_cfg(eval_cfg, "max_rank")))
     cmc = res["cmc"]
     # Past the gallery size every valid query has been matched, so the last value carries on.

@@ -254,6 +254,15 @@ def load_checkpoint_variables(path: str, exp: Experiment) -> dict:
 
 def run_evaluation(exp: Experiment, variables: Any, extract_fn: Callable | None = None, desc: str = "eval") -> dict:
     """Features of query then gallery, metrics with the reference's protocol."""
+    query, gallery = extract_test_features(exp, variables, extract_fn, desc)
+    return inference.evaluate_features(query, gallery, exp.config.eval)
+
+
+def extract_test_features(
+    exp: Experiment, variables: Any, extract_fn: Callable | None = None, desc: str = "eval"
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(features, pids, camids)`` of the query split and of the gallery split, in record order (``eval.flip``
+    applies unless ``extract_fn`` is given)."""
     cfg = exp.config
     extract_fn = extract_fn or inference.make_extract_fn(exp.model, flip=bool(cfg.eval.flip))
     total = len(exp.query_split) + len(exp.gallery_split)
@@ -271,7 +280,7 @@ def run_evaluation(exp: Experiment, variables: Any, extract_fn: Callable | None 
             )
             out.append(inference.extract_features(extract_fn, variables, batches, exp.mesh, progress=bar.update))
     bar.close()
-    return inference.evaluate_features(out[0], out[1], cfg.eval)
+    return out[0], out[1]
 
 
 def summarize(results: Mapping[str, Any]) -> str:

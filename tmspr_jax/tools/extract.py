@@ -1,0 +1,151 @@
+"""Test features of a trained or converted checkpoint, written to one ``.npz`` for analysis outside the framework.
+
+    python -m tmspr_jax.tools.extract --config=configs/occ_duke.py --checkpoint=WORKDIR [--out=FILE.npz]
+        [--config.eval.flip=True]
+
+``--checkpoint`` is what ``--mode=eval`` takes as ``--config.init_checkpoint``: a training workdir (its best checkpoint
+by mAP) or a converted weights folder. The features are the evaluation's (same batches, same ``eval.flip``), before
+any normalisation. The file (default ``<checkpoint>/features.npz``) holds, for ``split`` in ``query`` and ``gallery``,
+in the dataset's record order:
+
+* ``<split>_features`` float32 ``[N, D]``;
+* ``<split>_pids``, ``<split>_camids`` int64 ``[N]`` (0-based cameras);
+* ``<split>_file_names`` str ``[N]``;
+
+and ``dataset`` (the test builder, e.g. ``occluded_duke``), ``checkpoint`` and ``config`` (the config as JSON text).
+``python -m tmspr_jax.tools.visualize`` draws ranked lists from it; ``load_features`` reads it back, checked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+SPLITS = ("query", "gallery")
+_PER_SPLIT = ("features", "pids", "camids", "file_names")
+
+
+def save_features(
+    path: str,
+    query: tuple[np.ndarray, np.ndarray, np.ndarray],
+    gallery: tuple[np.ndarray, np.ndarray, np.ndarray],
+    query_names: Sequence[str],
+    gallery_names: Sequence[str],
+    *,
+    dataset: str,
+    checkpoint: str = "",
+    config_json: str = "",
+) -> str:
+    """Writes ``(features, pids, camids)`` of query and gallery with their file names; returns the path written."""
+    arrays: dict[str, Any] = {"dataset": np.str_(dataset), "checkpoint": np.str_(checkpoint),
+                              "config": np.str_(config_json)}  # fmt: skip
+    for split, (feats, pids, camids), names in (("query", query, query_names), ("gallery", gallery, gallery_names)):
+        arrays[f"{split}_features"] = np.asarray(feats, np.float32)
+        arrays[f"{split}_pids"] = np.asarray(pids, np.int64)
+        arrays[f"{split}_camids"] = np.asarray(camids, np.int64)
+        arrays[f"{split}_file_names"] = np.asarray([str(n) for n in names], dtype=np.str_)
+    _check(arrays, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:  # a file object: np.savez would append '.npz' to a name without it
+        np.savez(f, **arrays)
+    return path
+
+
+def load_features(path: str) -> dict[str, Any]:
+    """Reads a file written by :func:`save_features`; a missing key or mismatched lengths raise naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no features file at {path!r} (write one with python -m tmspr_jax.tools.extract)")
+    with np.load(path, allow_pickle=False) as f:
+        out = {k: f[k] for k in f.files}
+    for key in ("dataset",) + tuple(f"{s}_{k}" for s in SPLITS for k in _PER_SPLIT):
+        if key not in out:
+            raise ValueError(f"{path}: not a features file from tmspr_jax.tools.extract (no {key!r}; has {sorted(out)})")
+    for key in ("dataset", "checkpoint", "config"):
+        if key in out:
+            out[key] = str(out[key])
+    _check(out, path)
+    return out
+
+
+def _check(arrays: dict[str, Any], path: str) -> None:
+    dims = set()
+    for split in SPLITS:
+        feats = arrays[f"{split}_features"]
+        if feats.ndim != 2:
+            raise ValueError(f"{path}: {split}_features must be [N, D], got shape {feats.shape}")
+        dims.add(feats.shape[1])
+        for key in _PER_SPLIT[1:]:
+            if arrays[f"{split}_{key}"].shape != (feats.shape[0],):
+                raise ValueError(
+                    f"{path}: {split}_{key} has shape {arrays[f'{split}_{key}'].shape}, expected ({feats.shape[0]},) "
+                    f"like {split}_features"
+                )
+    if len(dims) != 1:
+        raise ValueError(f"{path}: query and gallery features have different widths {sorted(dims)}")
+
+
+def extract_to_file(config: ml_collections.ConfigDict, checkpoint: str, out: str = "") -> str:
+    """Extracts the test features of ``checkpoint`` on the config's test split and saves them (see module doc)."""
+    import jax
+
+    from tmspr_jax import train
+
+    exp = train.setup_experiment(config)
+    variables = train.load_checkpoint_variables(checkpoint, exp)
+    query, gallery = train.extract_test_features(exp, variables, desc="extract")
+    out = out or os.path.join(os.path.abspath(os.path.expanduser(checkpoint)), "features.npz")
+    if jax.process_index() == 0:
+        save_features(
+            out, query, gallery, exp.query_split.file_names, exp.gallery_split.file_names,
+            dataset=str(config.data.test), checkpoint=os.path.abspath(checkpoint), config_json=config.to_json(),
+        )  # fmt: skip
+    return out
+
+
+def _main(argv: Sequence[str]) -> None:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    if not f.checkpoint:
+        raise app.UsageError("--checkpoint is required: a training workdir or a converted weights folder")
+    config = f.config
+    if config is None:  # as tmspr_jax.main: the demo when --config is omitted
+        from configs import demo
+
+        config = demo.get_config()
+    from tmspr_jax.data import setup
+
+    setup.prepare_for_config(config)
+    path = extract_to_file(config, f.checkpoint, f.out)
+    data = load_features(path)
+    print(
+        f"{data['query_features'].shape[0]} query and {data['gallery_features'].shape[0]} gallery features "
+        f"({data['query_features'].shape[1]}-d) of {config.data.test} written to {path}"
+    )
+
+
+def _cli(argv: Sequence[str]) -> None:
+    """User mistakes (a missing file, a checkpoint of another dataset) get one line, not a traceback."""
+    import sys
+
+    try:
+        _main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config of the checkpoint (default: the demo).")
+    flags.DEFINE_string("checkpoint", None, "Training workdir or converted weights folder.")
+    flags.DEFINE_string("out", "", "Output .npz (default: <checkpoint>/features.npz).")
+    app.run(_cli)
