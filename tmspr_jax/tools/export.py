@@ -1,0 +1,160 @@
+"""A checkpoint's test-feature function as one serialized StableHLO program (``jax.export``), weights included.
+
+    python -m tmspr_jax.tools.export --config=configs/occ_duke.py --checkpoint=DIR --out=tmspr.jax_exported \
+        [--platforms=cpu,cuda] [--batch=0]
+
+``--checkpoint`` is a converted weights folder (with ``meta.json``: no dataset needed) or a training workdir (the
+config's training split is opened for its identity and camera counts). The program maps
+
+* ``images`` float32 ``[b, H, W, 3]``, normalised as the evaluation transform does (resize to ``img_size``, then
+  ``(x/255 - mean)/std``), and
+* ``camids`` int32 ``[b]`` (0-based cameras; any value when the model has no camera embedding)
+
+to the evaluation feature float32 ``[b, D]`` (``eval.flip`` included; L2-normalise it before ranking, as the
+evaluation does). ``--batch=0`` exports a symbolic batch size: one file serves every batch size. With
+``model.part_norm='batch'`` (the reference's default) a feature depends on the rest of its batch, as in the reference.
+Anywhere JAX runs, without this package::
+
+    exported = jax.export.deserialize(open("tmspr.jax_exported", "rb").read())
+    features = exported.call(images, camids)
+
+``<out>.json`` records what a caller needs: ``img_size``, ``mean``, ``std``, ``feature_dim``, ``flip``, ``platforms``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from tmspr_jax import inference
+
+
+def export_features_fn(
+    model: Any, variables: Any, img_size: Sequence[int], *, flip: bool = False, batch: int = 0,
+    platforms: Sequence[str] | None = None,
+) -> jax.export.Exported:
+    """``jax.export`` of ``(images [b,H,W,3], camids [b]) -> features [b, D]`` with ``variables`` as constants.
+
+    ``batch=0`` makes ``b`` symbolic; ``platforms`` (e.g. ``('cpu', 'cuda')``) defaults to the current backend.
+    """
+    if batch < 0:
+        raise ValueError(f"batch must be >= 0 (0 = any batch size), got {batch}")
+    extract = inference.make_extract_fn(model, flip=flip)
+    variables = jax.tree.map(jnp.asarray, variables)
+
+    def features(images: jax.Array, camids: jax.Array) -> jax.Array:
+        valid = jnp.ones(images.shape[:1], bool)
+        return extract(variables, images, camids, valid)
+
+    b = jax.export.symbolic_shape("b")[0] if batch == 0 else int(batch)
+    h, w = int(img_size[0]), int(img_size[1])
+    args = (jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32))
+    return jax.export.export(jax.jit(features), platforms=tuple(platforms) if platforms else None)(*args)
+
+
+def _model_and_variables(config: ml_collections.ConfigDict, checkpoint: str) -> tuple[Any, Any]:
+    from tmspr_jax import train, weights
+    from tmspr_jax.models import build_model
+
+    path = os.path.abspath(os.path.expanduser(checkpoint))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--checkpoint {path!r} is not a folder (a converted weights folder or a workdir)")
+    if os.path.exists(os.path.join(path, "meta.json")):  # converted weights: their meta gives the head sizes
+        variables, meta = weights.load_variables(path)
+        for key in ("num_classes", "num_cameras"):
+            if key not in meta:
+                raise ValueError(f"{path}/meta.json has no {key!r}; re-convert the weights with convert_weights")
+        model = build_model(config.model, tuple(config.img_size), int(meta["num_classes"]), int(meta["num_cameras"]))
+        return model, variables
+    exp = train.setup_experiment(config)
+    return exp.model, train.load_checkpoint_variables(path, exp)
+
+
+def export_to_file(
+    config: ml_collections.ConfigDict, checkpoint: str, out: str, *, batch: int = 0,
+    platforms: Sequence[str] | None = None,
+) -> str:
+    """Exports ``checkpoint``'s feature function to ``out`` and its description to ``out + '.json'``."""
+    model, variables = _model_and_variables(config, checkpoint)
+    flip = bool(config.eval.flip)
+    exported = export_features_fn(model, variables, config.img_size, flip=flip, batch=batch, platforms=platforms)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "wb") as f:
+        f.write(exported.serialize())
+    info = {
+        "img_size": [int(s) for s in config.img_size],
+        "mean": [float(v) for v in config.data.mean],
+        "std": [float(v) for v in config.data.std],
+        "feature_dim": int(exported.out_avals[0].shape[-1]),
+        "flip": flip,
+        "neck_feat": str(config.model.neck_feat),
+        "part_norm": str(config.model.part_norm),
+        "batch": batch or "any",
+        "platforms": list(exported.platforms),
+        "checkpoint": os.path.abspath(checkpoint),
+    }
+    with open(out + ".json", "w") as f:
+        json.dump(info, f, indent=1)
+    return out
+
+
+def load_exported(path: str) -> jax.export.Exported:
+    """Reads a file written by :func:`export_to_file` (``exported.call(images, camids)`` runs it)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no exported model at {path!r} (write one with python -m tmspr_jax.tools.export)")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return jax.export.deserialize(bytearray(data))
+    except Exception as e:  # flatbuffers / version errors come in several types
+        raise ValueError(f"{path}: not a jax.export serialization ({type(e).__name__}: {e})") from e
+
+
+def _main(argv: Sequence[str]) -> None:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    if not f.checkpoint or not f.out:
+        raise app.UsageError("--checkpoint (converted weights folder or workdir) and --out are required")
+    config = f.config
+    if config is None:
+        from configs import demo
+
+        config = demo.get_config()
+    platforms = [p for p in f.platforms.split(",") if p] if f.platforms else None
+    path = export_to_file(config, f.checkpoint, f.out, batch=f.batch, platforms=platforms)
+    exported = load_exported(path)
+    shape = exported.in_avals[0].shape
+    print(f"exported {config.data.test} features ({exported.out_avals[0].shape[-1]}-d) for images {shape} on "
+          f"{', '.join(exported.platforms)} to {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")  # fmt: skip
+
+
+def _cli(argv: Sequence[str]) -> None:
+    """User mistakes (a missing folder, a checkpoint of another model) get one line, not a traceback."""
+    import sys
+
+    try:
+        _main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config of the checkpoint (default: the demo).")
+    flags.DEFINE_string("checkpoint", None, "Converted weights folder or training workdir.")
+    flags.DEFINE_string("out", None, "Output file (the description goes to <out>.json).")
+    flags.DEFINE_integer("batch", 0, "Batch size of the program; 0 = symbolic (any batch size).")
+    flags.DEFINE_string("platforms", "", "Comma-separated: cpu, cuda, rocm, tpu (default: the current backend).")
+    app.run(_cli)
