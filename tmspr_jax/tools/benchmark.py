@@ -31,40 +31,45 @@ from ml_collections import config_flags
 
 from configs.common import get_base_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config whose model/img_size to use (default: the base "
-                                          "config, i.e. ViT-B/16 at 256x128, stride 11).")
-_DEPTH = flags.DEFINE_integer("depth", None, "Override model.depth.")
-_EMBED_DIM = flags.DEFINE_integer("embed_dim", None, "Override model.embed_dim.")
-_NUM_HEADS = flags.DEFINE_integer("num_heads", None, "Override model.num_heads.")
-_IMG_SIZE = flags.DEFINE_string("img_size", None, "Override img_size as HxW, e.g. 256x128.")
-_BATCH = flags.DEFINE_integer("batch", 32, "Batch size (images per eval batch, samples per training step).")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (JAX: model.dtype; "
-                           "PyTorch: autocast to the same dtype).")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", 702, "Classifier width (Occluded-Duke: 702).")
-_NUM_CAMERAS = flags.DEFINE_integer("num_cameras", 8, "Camera-embedding rows (Occluded-Duke: 8).")
-_ITERS = flags.DEFINE_integer("iters", 10, "Timed iterations per measurement.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed iterations before timing.")
-_MODES = flags.DEFINE_list("modes", ["eval", "train"], "What to time: eval, train.")
-_SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Time the JAX port only (no PyTorch needed).")
-_LR = flags.DEFINE_float("lr", 1e-3, "SGD learning rate of the timed training step.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags (defined only when run as a program, so that importing this module defines none)."""
+    config_flags.DEFINE_config_file("config", None, "Config whose model/img_size to use (default: the base "
+                                   "config, i.e. ViT-B/16 at 256x128, stride 11).")
+    flags.DEFINE_integer("depth", None, "Override model.depth.")
+    flags.DEFINE_integer("embed_dim", None, "Override model.embed_dim.")
+    flags.DEFINE_integer("num_heads", None, "Override model.num_heads.")
+    flags.DEFINE_string("img_size", None, "Override img_size as HxW, e.g. 256x128.")
+    flags.DEFINE_integer("batch", 32, "Batch size (images per eval batch, samples per training step).")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (JAX: model.dtype; "
+                      "PyTorch: autocast to the same dtype).")
+    flags.DEFINE_integer("num_classes", 702, "Classifier width (Occluded-Duke: 702).")
+    flags.DEFINE_integer("num_cameras", 8, "Camera-embedding rows (Occluded-Duke: 8).")
+    flags.DEFINE_integer("iters", 10, "Timed iterations per measurement.")
+    flags.DEFINE_integer("warmup", 2, "Untimed iterations before timing.")
+    flags.DEFINE_list("modes", ["eval", "train"], "What to time: eval, train.")
+    flags.DEFINE_bool("skip_torch", False, "Time the JAX port only (no PyTorch needed).")
+    flags.DEFINE_float("lr", 1e-3, "SGD learning rate of the timed training step.")
 
 
 def _config() -> Any:
-    cfg = _CONFIG.value if _CONFIG.value is not None else get_base_config()
+    cfg = FLAGS.config if FLAGS.config is not None else get_base_config()
     cfg = cfg.copy_and_resolve_references()  # overrides below change existing keys only
-    if _DEPTH.value is not None:
-        cfg.model.depth = _DEPTH.value
-    if _EMBED_DIM.value is not None:
-        cfg.model.embed_dim = _EMBED_DIM.value
-    if _NUM_HEADS.value is not None:
-        cfg.model.num_heads = _NUM_HEADS.value
-    if _IMG_SIZE.value is not None:
+    if FLAGS.depth is not None:
+        cfg.model.depth = FLAGS.depth
+    if FLAGS.embed_dim is not None:
+        cfg.model.embed_dim = FLAGS.embed_dim
+    if FLAGS.num_heads is not None:
+        cfg.model.num_heads = FLAGS.num_heads
+    if FLAGS.img_size is not None:
         try:
-            h, w = (int(v) for v in _IMG_SIZE.value.lower().split("x"))
+            h, w = (int(v) for v in FLAGS.img_size.lower().split("x"))
         except ValueError:
-            raise app.UsageError(f"--img_size={_IMG_SIZE.value!r}: expected HxW, e.g. 256x128") from None
+            raise app.UsageError(f"--img_size={FLAGS.img_size!r}: expected HxW, e.g. 256x128") from None
         cfg.img_size = (h, w)
-    cfg.model.dtype = _DTYPE.value
+    cfg.model.dtype = FLAGS.dtype
     return cfg
 
 
@@ -130,7 +135,7 @@ def _torch_parts(cfg, variables, images_np, views_np, camids_np, pids_np, dtype:
     from tmspr_jax.models.torch_ref import build_torch_model, load_numpy_state
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_torch_model(cfg.model, cfg.img_size, _NUM_CLASSES.value, _NUM_CAMERAS.value)
+    model = build_torch_model(cfg.model, cfg.img_size, FLAGS.num_classes, FLAGS.num_cameras)
     load_numpy_state(model, variables_to_reference(jax.tree_util.tree_map(np.asarray, variables)))
     model.to(dev)
     nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(dev)
@@ -148,7 +153,7 @@ def _torch_parts(cfg, variables, images_np, views_np, camids_np, pids_np, dtype:
         with torch.no_grad(), autocast():
             return model.extract(images, cams)
 
-    opt = torch.optim.SGD(model.parameters(), lr=_LR.value, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=FLAGS.lr, momentum=0.9)
     ce = torch.nn.functional.cross_entropy
 
     def train_fn():
@@ -170,44 +175,44 @@ def main(argv: list[str]) -> None:
     from tmspr_jax.models import build_model, init_variables
 
     cfg = _config()
-    b, (h, w) = _BATCH.value, cfg.img_size
-    model = build_model(cfg.model, cfg.img_size, _NUM_CLASSES.value, _NUM_CAMERAS.value)
+    b, (h, w) = FLAGS.batch, cfg.img_size
+    model = build_model(cfg.model, cfg.img_size, FLAGS.num_classes, FLAGS.num_cameras)
     variables = init_variables(model, jax.random.key(0))
     rs = np.random.RandomState(0)
     views_np = rs.randn(b, 4, h, w, 3).astype(np.float32)
     images_np = views_np[:, 0].copy()
-    camids_np = rs.randint(0, _NUM_CAMERAS.value, b).astype(np.int32)
-    pids_np = rs.randint(0, _NUM_CLASSES.value, b).astype(np.int32)
+    camids_np = rs.randint(0, FLAGS.num_cameras, b).astype(np.int32)
+    pids_np = rs.randint(0, FLAGS.num_classes, b).astype(np.int32)
     m = cfg.model
     print(f"model: depth {m.depth}, embed_dim {m.embed_dim}, heads {m.num_heads}, img {h}x{w}, stride "
-          f"{tuple(m.stride)}, grid {model.grid[0]}x{model.grid[1]}, classes {_NUM_CLASSES.value}, batch {b}, "
-          f"dtype {_DTYPE.value}, drop_path {m.drop_path}")
+          f"{tuple(m.stride)}, grid {model.grid[0]}x{model.grid[1]}, classes {FLAGS.num_classes}, batch {b}, "
+          f"dtype {FLAGS.dtype}, drop_path {m.drop_path}")
     print(f"JAX device: {_jax_device()} (jax {jax.__version__})")
 
     images, camids = jnp.asarray(images_np), jnp.asarray(camids_np)
     views, pids = jnp.asarray(views_np), jnp.asarray(pids_np)
     jax_sync = lambda r: jax.block_until_ready(r)
     torch_fns = None
-    if not _SKIP_TORCH.value:
-        torch_fns = _torch_parts(cfg, variables, images_np, views_np, camids_np, pids_np, _DTYPE.value)
+    if not FLAGS.skip_torch:
+        torch_fns = _torch_parts(cfg, variables, images_np, views_np, camids_np, pids_np, FLAGS.dtype)
         print(f"PyTorch device: {torch_fns[3]} ({torch_fns[4]})")
 
     rows = []
-    if "eval" in _MODES.value:
+    if "eval" in FLAGS.modes:
         jfn = _jax_eval(model, variables, images, camids)
         feat_j = np.asarray(jfn(), np.float32)
-        jt = statistics.median(_time(jfn, jax_sync, _WARMUP.value, _ITERS.value))
+        jt = statistics.median(_time(jfn, jax_sync, FLAGS.warmup, FLAGS.iters))
         tt = None
         if torch_fns:
             feat_t = torch_fns[0]().float().cpu().numpy()
             rel = np.abs(feat_j - feat_t).max() / max(np.abs(feat_t).max(), 1e-12)
             print(f"eval feature check: max |JAX - PyTorch| / max |PyTorch| = {rel:.2e}")
-            tt = statistics.median(_time(torch_fns[0], torch_fns[2], _WARMUP.value, _ITERS.value))
+            tt = statistics.median(_time(torch_fns[0], torch_fns[2], FLAGS.warmup, FLAGS.iters))
         rows.append(("eval (test feature)", jt, tt))
-    if "train" in _MODES.value:
-        jfn = _jax_train(model, variables, views, camids, pids, _LR.value)
-        jt = statistics.median(_time(jfn, jax_sync, _WARMUP.value, _ITERS.value))
-        tt = statistics.median(_time(torch_fns[1], torch_fns[2], _WARMUP.value, _ITERS.value)) if torch_fns else None
+    if "train" in FLAGS.modes:
+        jfn = _jax_train(model, variables, views, camids, pids, FLAGS.lr)
+        jt = statistics.median(_time(jfn, jax_sync, FLAGS.warmup, FLAGS.iters))
+        tt = statistics.median(_time(torch_fns[1], torch_fns[2], FLAGS.warmup, FLAGS.iters)) if torch_fns else None
         rows.append(("train step (fwd+bwd+SGD)", jt, tt))
 
     print()
@@ -218,9 +223,10 @@ def main(argv: list[str]) -> None:
         t_ips = f"{b / tt:14.1f}" if tt else f"{'-':>14}"
         ratio = f"{tt / jt:17.2f}x" if tt else f"{'-':>18}"
         print(f"{name:<26} {jt * 1e3:10.1f} {b / jt:10.1f} {t_ms} {t_ips} {ratio}")
-    print(f"(median of {_ITERS.value} timed iterations after {_WARMUP.value} warm-up; img/s = batch / time; "
+    print(f"(median of {FLAGS.iters} timed iterations after {FLAGS.warmup} warm-up; img/s = batch / time; "
           "JAX/PyTorch speed = PyTorch time / JAX time)")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
