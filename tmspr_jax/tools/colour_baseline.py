@@ -22,6 +22,7 @@ from PIL import Image
 from tmspr_jax import evaluate
 from tmspr_jax.data import sources
 from tmspr_jax.data.views import pil_resize
+from tmspr_jax.tools import cli
 
 
 def stripe_colour_histograms(images: np.ndarray, stripes: int = 8, bins: int = 4, centre: float = 0.5) -> np.ndarray:
@@ -80,11 +81,7 @@ def _main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    config = f.config
-    if config is None:  # as tmspr_jax.main: the demo when --config is omitted
-        from configs import demo
-
-        config = demo.get_config()
+    config = cli.config_or_demo(f.config)
     if f.prepare:
         from tmspr_jax.data import setup
 

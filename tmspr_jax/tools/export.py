@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from tmspr_jax import inference
+from tmspr_jax.tools import cli
 
 
 def export_features_fn(
@@ -124,11 +125,7 @@ def _main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     if not f.checkpoint or not f.out:
         raise app.UsageError("--checkpoint (converted weights folder or workdir) and --out are required")
-    config = f.config
-    if config is None:
-        from configs import demo
-
-        config = demo.get_config()
+    config = cli.config_or_demo(f.config)
     platforms = [p for p in f.platforms.split(",") if p] if f.platforms else None
     path = export_to_file(config, f.checkpoint, f.out, batch=f.batch, platforms=platforms)
     exported = load_exported(path)
@@ -137,19 +134,9 @@ def _main(argv: Sequence[str]) -> None:
           f"{', '.join(exported.platforms)} to {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")  # fmt: skip
 
 
-def _cli(argv: Sequence[str]) -> None:
-    """User mistakes (a missing folder, a checkpoint of another model) get one line, not a traceback."""
-    import sys
-
-    try:
-        _main(argv)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Config of the checkpoint (default: the demo).")
@@ -157,4 +144,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Output file (the description goes to <out>.json).")
     flags.DEFINE_integer("batch", 0, "Batch size of the program; 0 = symbolic (any batch size).")
     flags.DEFINE_string("platforms", "", "Comma-separated: cpu, cuda, rocm, tpu (default: the current backend).")
-    app.run(_cli)
+    cli.run(_main)

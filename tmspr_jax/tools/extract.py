@@ -25,6 +25,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from tmspr_jax.tools import cli
+
 SPLITS = ("query", "gallery")
 _PER_SPLIT = ("features", "pids", "camids", "file_names")
 
@@ -114,11 +116,7 @@ def _main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     if not f.checkpoint:
         raise app.UsageError("--checkpoint is required: a training workdir or a converted weights folder")
-    config = f.config
-    if config is None:  # as tmspr_jax.main: the demo when --config is omitted
-        from configs import demo
-
-        config = demo.get_config()
+    config = cli.config_or_demo(f.config)
     from tmspr_jax.data import setup
 
     setup.prepare_for_config(config)
@@ -130,22 +128,12 @@ def _main(argv: Sequence[str]) -> None:
     )
 
 
-def _cli(argv: Sequence[str]) -> None:
-    """User mistakes (a missing file, a checkpoint of another dataset) get one line, not a traceback."""
-    import sys
-
-    try:
-        _main(argv)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Config of the checkpoint (default: the demo).")
     flags.DEFINE_string("checkpoint", None, "Training workdir or converted weights folder.")
     flags.DEFINE_string("out", "", "Output .npz (default: <checkpoint>/features.npz).")
-    app.run(_cli)
+    cli.run(_main)

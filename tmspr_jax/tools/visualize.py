@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tmspr_jax import evaluate
+from tmspr_jax.tools import cli
 
 MATCH, MISMATCH, QUERY = (40, 170, 60), (210, 40, 40), (90, 90, 90)
 
@@ -175,11 +176,7 @@ def _main(argv: Sequence[str]) -> None:
     if not f.features or not f.out:
         raise app.UsageError("--features (from python -m tmspr_jax.tools.extract) and --out are required")
     feats = extract.load_features(f.features)
-    config = f.config
-    if config is None:
-        from configs import demo
-
-        config = demo.get_config()
+    config = cli.config_or_demo(f.config)
     if feats["dataset"] != str(config.data.test):
         raise app.UsageError(f"{f.features} holds features of {feats['dataset']!r} but the config tests on "
                              f"{config.data.test!r}; pass the config they were extracted with")  # fmt: skip
@@ -197,19 +194,9 @@ def _main(argv: Sequence[str]) -> None:
     print(f"{len(paths)} ranked lists written to {f.out} (ranks.json lists each query's first correct rank)")
 
 
-def _cli(argv: Sequence[str]) -> None:
-    """User mistakes (a missing file, a checkpoint of another dataset) get one line, not a traceback."""
-    import sys
-
-    try:
-        _main(argv)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Config of the features' dataset (default: the demo).")
@@ -218,4 +205,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("topk", 10, "gallery images per query")
     flags.DEFINE_integer("num_queries", 40, "queries to draw (0 = all)")
     flags.DEFINE_enum("order", "hardest", ["hardest", "index"], "which queries first")
-    app.run(_cli)
+    cli.run(_main)
