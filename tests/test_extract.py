@@ -78,8 +78,10 @@ def test_save_and_load_round_trip_with_checks(tmp_path):
 
 def test_extracted_features_are_the_evaluations(prepared, tmp_path):
     cfg, ckpt = prepared
-    path = extract.extract_to_file(cfg, ckpt, str(tmp_path / "features.npz"))
-    f = extract.load_features(path)
+    done = extract.extract_to_file(cfg, ckpt, str(tmp_path / "features.npz"))
+    f = extract.load_features(done.path)
+    nq, dim = f["query_features"].shape
+    assert (done.num_query, done.num_gallery, done.feature_dim) == (nq, f["gallery_features"].shape[0], dim)
     exp = train.setup_experiment(cfg)
     assert f["query_features"].shape[0] == len(exp.query_split) and f["gallery_features"].shape[0] == len(exp.gallery_split)
     assert f["query_file_names"].tolist() == [str(n) for n in exp.query_split.file_names]

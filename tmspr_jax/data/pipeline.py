@@ -153,8 +153,8 @@ class _AddParsing:
         index = batch["index"]
         out = dict(batch)
         targets = self.targets[index]
-        flipped = batch.get("flipped")
-        if flipped is not None and flipped.any():
+        flipped = batch["flipped"]
+        if flipped.any():
             targets = np.where(flipped[:, None, None, None], targets[:, :, ::-1], targets)
         out["parsing"] = np.ascontiguousarray(targets, dtype=np.float32)
         out["parsing_weight"] = np.asarray(self.weights[index], dtype=np.float32)

@@ -128,10 +128,11 @@ def _main(argv: Sequence[str]) -> None:
     config = cli.config_or_demo(f.config)
     platforms = [p for p in f.platforms.split(",") if p] if f.platforms else None
     path = export_to_file(config, f.checkpoint, f.out, batch=f.batch, platforms=platforms)
-    exported = load_exported(path)
-    shape = exported.in_avals[0].shape
-    print(f"exported {config.data.test} features ({exported.out_avals[0].shape[-1]}-d) for images {shape} on "
-          f"{', '.join(exported.platforms)} to {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")  # fmt: skip
+    with open(path + ".json") as fh:  # the description, not the (possibly large) program
+        info = json.load(fh)
+    shape = (info["batch"], *info["img_size"], 3)
+    print(f"exported {config.data.test} features ({info['feature_dim']}-d) for images {shape} on "
+          f"{', '.join(info['platforms'])} to {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")  # fmt: skip
 
 
 

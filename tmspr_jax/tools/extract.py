@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
@@ -90,7 +90,16 @@ def _check(arrays: dict[str, Any], path: str) -> None:
         raise ValueError(f"{path}: query and gallery features have different widths {sorted(dims)}")
 
 
-def extract_to_file(config: ml_collections.ConfigDict, checkpoint: str, out: str = "") -> str:
+class Extracted(NamedTuple):
+    """Where :func:`extract_to_file` wrote, and what."""
+
+    path: str
+    num_query: int
+    num_gallery: int
+    feature_dim: int
+
+
+def extract_to_file(config: ml_collections.ConfigDict, checkpoint: str, out: str = "") -> Extracted:
     """Extracts the test features of ``checkpoint`` on the config's test split and saves them (see module doc)."""
     import jax
 
@@ -105,7 +114,7 @@ def extract_to_file(config: ml_collections.ConfigDict, checkpoint: str, out: str
             out, query, gallery, exp.query_split.file_names, exp.gallery_split.file_names,
             dataset=str(config.data.test), checkpoint=os.path.abspath(checkpoint), config_json=config.to_json(),
         )  # fmt: skip
-    return out
+    return Extracted(out, len(query[0]), len(gallery[0]), int(query[0].shape[1]))
 
 
 def _main(argv: Sequence[str]) -> None:
@@ -120,11 +129,10 @@ def _main(argv: Sequence[str]) -> None:
     from tmspr_jax.data import setup
 
     setup.prepare_for_config(config)
-    path = extract_to_file(config, f.checkpoint, f.out)
-    data = load_features(path)
+    done = extract_to_file(config, f.checkpoint, f.out)
     print(
-        f"{data['query_features'].shape[0]} query and {data['gallery_features'].shape[0]} gallery features "
-        f"({data['query_features'].shape[1]}-d) of {config.data.test} written to {path}"
+        f"{done.num_query} query and {done.num_gallery} gallery features ({done.feature_dim}-d) of {config.data.test} "
+        f"written to {done.path}"
     )
 
 
