@@ -44,16 +44,16 @@ def ranked_lists(
         raise ValueError(f"topk must be >= 1, got {topk}")
     order = np.argsort(dist, axis=1, kind="stable")
     same = (g_pids[order] == q_pids[:, None]) & (g_camids[order] == q_camids[:, None])  # excluded, as eval_reid
+    # A stable sort on the exclusion flag moves excluded entries to the end and keeps the ranking of the rest.
+    kept = np.take_along_axis(order, np.argsort(same, axis=1, kind="stable"), axis=1)
+    valid = np.arange(ng)[None, :] < (~same).sum(axis=1, keepdims=True)
+    hit = (g_pids[kept] == q_pids[:, None]) & valid
     k = min(topk, ng)
     out = np.full((nq, topk), -1, np.int64)
+    out[:, :k] = np.where(valid[:, :k], kept[:, :k], -1)
     matches = np.zeros((nq, topk), bool)
-    first = np.zeros(nq, np.int64)
-    for i in range(nq):
-        kept = order[i][~same[i]]
-        hit = g_pids[kept] == q_pids[i]
-        out[i, : min(k, kept.size)] = kept[:k]
-        matches[i, : min(k, kept.size)] = hit[:k]
-        first[i] = int(np.argmax(hit)) + 1 if hit.any() else 0
+    matches[:, :k] = hit[:, :k]
+    first = np.where(hit.any(axis=1), np.argmax(hit, axis=1) + 1, 0).astype(np.int64)
     return out, matches, first
 
 
