@@ -16,6 +16,7 @@ def loop_eval(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
     num_q, num_g = distmat.shape
     max_rank = min(max_rank, num_g)
     all_cmc, all_ap, all_inp = [], [], []
+    loop_eval.per_query = []  # (query index, AP, INP, 1-based rank of the first match) of each valid query
     for q in range(num_q):
         order = np.argsort(distmat[q], kind="stable")
         remove = [(g_pids[g] == q_pids[q]) and (g_camids[g] == q_camids[q]) for g in order]
@@ -37,6 +38,7 @@ def loop_eval(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
                 last = k
         all_ap.append(sum(precs) / hits)
         all_inp.append(hits / last)
+        loop_eval.per_query.append((q, all_ap[-1], all_inp[-1], raw.index(1) + 1))
     return np.mean(np.array(all_cmc, np.float64), axis=0), float(np.mean(all_ap)), float(np.mean(all_inp)), len(all_ap)
 
 
@@ -101,6 +103,13 @@ def test_eval_reid_matches_loop(integer, monkeypatch):
         assert res["mAP"] == pytest.approx(ap, rel=1e-12)
         assert res["mINP"] == pytest.approx(inp, rel=1e-12)
         assert res["num_valid_queries"] == nv
+        per = evaluate.eval_reid(*case, max_rank=15, per_query=True)["per_query"]
+        index, ap_q, inp_q, first = (np.array(c) for c in zip(*loop_eval.per_query))
+        np.testing.assert_array_equal(per["index"], index)
+        np.testing.assert_array_equal(per["pid"], case[1][index])
+        np.testing.assert_allclose(per["ap"], ap_q, rtol=1e-12)
+        np.testing.assert_allclose(per["inp"], inp_q, rtol=1e-12)
+        np.testing.assert_array_equal(per["first_hit"], first)
 
 
 def test_eval_reid_skips_queries_and_cmc_properties():
@@ -199,7 +208,8 @@ def test_re_ranking_errors():
 # ----------------------------------------------------------------------------------------------- compute_metrics
 def _eval_cfg(**over):
     c = ml_collections.ConfigDict(
-        {"feat_norm": True, "max_rank": 10, "rerank": False, "k1": 5, "k2": 3, "lambda_value": 0.3}
+        {"feat_norm": True, "max_rank": 10, "rerank": False, "k1": 5, "k2": 3, "lambda_value": 0.3,
+         "bootstrap_samples": 0}
     )
     for k, v in over.items():
         c[k] = v
@@ -239,3 +249,72 @@ def test_compute_metrics_pipeline():
         evaluate.compute_metrics(feats, pids, camids, 0, _eval_cfg())
     with pytest.raises(KeyError, match="eval.max_rank"):
         evaluate.compute_metrics(feats, pids, camids, nq, ml_collections.ConfigDict({"feat_norm": True, "rerank": False}))
+
+
+# ----------------------------------------------------------------------------------------------- bootstrap
+def loop_bootstrap(per_query, num_samples, level, seed):
+    """One draw at a time: draw identities with replacement, pool all their queries, take percentiles."""
+    ids = np.unique(per_query["pid"])
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(num_samples, len(ids)))
+    stats = []
+    for draw in draws:
+        rows = np.concatenate([np.flatnonzero(per_query["pid"] == ids[i]) for i in draw])
+        first = per_query["first_hit"][rows]
+        stats.append([per_query["ap"][rows].mean(), np.mean(first <= 1), np.mean(first <= 5), np.mean(first <= 10),
+                      per_query["inp"][rows].mean()])
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(np.array(stats), [tail, 1 - tail], axis=0)
+    return {name: [lo[i], hi[i]] for i, name in enumerate(evaluate.BOOTSTRAP_METRICS)}
+
+
+def test_bootstrap_intervals_resample_identities_like_a_loop():
+    rng = np.random.default_rng(3)
+    case = _random_case(rng, 60, 90, 12, 3)
+    per = evaluate.eval_reid(*case, per_query=True)["per_query"]
+    got = evaluate.bootstrap_intervals(per, num_samples=300, level=0.9, seed=5)
+    want = loop_bootstrap(per, 300, 0.9, 5)
+    assert set(got) == set(evaluate.BOOTSTRAP_METRICS)
+    for name in evaluate.BOOTSTRAP_METRICS:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, err_msg=name)
+    # The same seed gives the same intervals; the point estimates lie inside them.
+    assert evaluate.bootstrap_intervals(per, 300, 0.9, 5) == got
+    res = evaluate.eval_reid(*case, per_query=True)
+    assert got["mAP"][0] <= res["mAP"] <= got["mAP"][1]
+    assert got["rank1"][0] <= res["cmc"][0] <= got["rank1"][1]
+
+
+def test_bootstrap_intervals_width_follows_the_number_of_identities():
+    def per_query(num_ids, seed):
+        r = np.random.default_rng(seed)
+        pid = np.repeat(np.arange(num_ids), 2)
+        first = r.choice([1, 2, 8, 30], size=pid.size)
+        return {"pid": pid, "first_hit": first, "ap": 1.0 / first, "inp": 1.0 / first}
+
+    def width(num_ids):
+        ci = evaluate.bootstrap_intervals(per_query(num_ids, 0), num_samples=500)
+        return ci["rank1"][1] - ci["rank1"][0]
+
+    assert width(400) < 0.5 * width(25)  # 16 times the identities: about a quarter of the width
+    # Identities that all score the same leave nothing to resample: a zero-width interval at that value.
+    same = {"pid": np.arange(10), "first_hit": np.full(10, 3), "ap": np.full(10, 0.25), "inp": np.full(10, 0.5)}
+    ci = evaluate.bootstrap_intervals(same, num_samples=50)
+    assert ci["mAP"] == pytest.approx([0.25, 0.25]) and ci["rank1"] == [0.0, 0.0] and ci["rank5"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="num_samples"):
+        evaluate.bootstrap_intervals(same, num_samples=0)
+    with pytest.raises(ValueError, match="level"):
+        evaluate.bootstrap_intervals(same, level=1.0)
+
+
+def test_compute_metrics_reports_intervals_when_asked():
+    rng = np.random.default_rng(8)
+    pids = np.concatenate([np.arange(20), np.repeat(np.arange(20), 3)])
+    camids = np.concatenate([np.zeros(20, int), np.tile([1, 2, 0], 20)])
+    feats = rng.normal(size=(20, 8))[pids] + rng.normal(size=(len(pids), 8))
+    off = evaluate.compute_metrics(feats, pids, camids, 20, _eval_cfg())
+    on = evaluate.compute_metrics(feats, pids, camids, 20, _eval_cfg(bootstrap_samples=200))
+    assert "ci95" not in off
+    assert {k: v for k, v in on.items() if k != "ci95"} == off  # the figures themselves do not change
+    for name in evaluate.BOOTSTRAP_METRICS:
+        lo, hi = on["ci95"][name]
+        assert 0.0 <= lo <= on[name] <= hi <= 1.0, name
+    assert on["ci95"]["mAP"][1] > on["ci95"]["mAP"][0]

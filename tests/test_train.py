@@ -89,8 +89,9 @@ def test_training_writes_metrics_results_and_checkpoints(data_root, tmp_path):
     assert [r["epoch"] for r in eval_rows] == [1, 2]
     with open(os.path.join(workdir, "results.json")) as f:
         saved = json.load(f)
-    assert set(saved) >= {"mAP", "rank1", "rank5", "rank10", "mINP", "cmc"}
+    assert set(saved) >= {"mAP", "rank1", "rank5", "rank10", "mINP", "cmc", "ci95"}
     assert 0.0 <= saved["mAP"] <= 1.0 and saved["mAP"] == pytest.approx(results["mAP"])
+    assert saved["ci95"]["mAP"][0] <= saved["mAP"] <= saved["ci95"]["mAP"][1]
     assert os.listdir(os.path.join(workdir, "tb"))
     step, variables = latest_variables(workdir)
     assert step == 4

@@ -47,6 +47,7 @@ def eval_reid(
     q_camids: np.ndarray,
     g_camids: np.ndarray,
     max_rank: int = 50,
+    per_query: bool = False,
 ) -> dict[str, Any]:
     """CMC, mAP and mINP with the reference's protocol (market1501-style eval_func).
 
@@ -59,7 +60,9 @@ def eval_reid(
     ties arbitrarily; stable sorting makes results reproducible and equal to the reference whenever there are no ties.
     Vectorised over the gallery, queries processed in chunks.
 
-    Returns ``{'cmc': float64 [max_rank], 'mAP': float, 'mINP': float, 'num_valid_queries': int}``.
+    Returns ``{'cmc': float64 [max_rank], 'mAP': float, 'mINP': float, 'num_valid_queries': int}``; with
+    ``per_query`` also ``'per_query': {'index', 'pid', 'ap', 'inp', 'first_hit'}``, one entry per valid query
+    (``first_hit`` is the 1-based rank of the first match), in query order.
     Raises ``ValueError`` on inconsistent shapes, non-finite distances, or when no query has a match.
     """
     distmat = np.asarray(distmat)
@@ -83,6 +86,7 @@ def eval_reid(
     cmc_sum = np.zeros(max_rank, np.float64)
     ap_sum = inp_sum = 0.0
     num_valid = 0
+    collected: dict[str, list[np.ndarray]] = {"index": [], "ap": [], "inp": [], "first_hit": []}
     rows = max(1, _CHUNK_ELEMS // num_g)
     for s in range(0, num_q, rows):
         e = min(num_q, s + rows)
@@ -98,20 +102,67 @@ def eval_reid(
         pos = np.cumsum(keep, axis=1)  # 1-based rank of each item in the kept list
         hit_count = np.cumsum(hits, axis=1)
         precision = np.divide(hit_count, pos, out=np.zeros(hits.shape, np.float64), where=hits)
-        ap_sum += float(np.sum(precision.sum(axis=1) / num_rel))
+        ap = precision.sum(axis=1) / num_rel
+        ap_sum += float(np.sum(ap))
         first_hit = np.where(hits, pos, np.iinfo(pos.dtype).max).min(axis=1)
         last_hit = np.where(hits, pos, 0).max(axis=1)
-        inp_sum += float(np.sum(num_rel / last_hit))
+        inp = num_rel / last_hit
+        inp_sum += float(np.sum(inp))
         cmc_sum += np.sum(first_hit[:, None] <= ranks[None, :], axis=0)
         num_valid += int(valid.sum())
+        if per_query:
+            for key, value in (("index", s + np.flatnonzero(valid)), ("ap", ap), ("inp", inp), ("first_hit", first_hit)):
+                collected[key].append(value)
     if num_valid == 0:
         raise ValueError("eval_reid: no query identity appears in the gallery (under another camera); nothing to score")
-    return {
+    out = {
         "cmc": cmc_sum / num_valid,
         "mAP": ap_sum / num_valid,
         "mINP": inp_sum / num_valid,
         "num_valid_queries": num_valid,
     }
+    if per_query:
+        values = {k: np.concatenate(v) for k, v in collected.items()}
+        values["first_hit"] = values["first_hit"].astype(np.int64)
+        values["pid"] = q_pids[values["index"]]
+        out["per_query"] = values
+    return out
+
+
+BOOTSTRAP_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+
+
+def bootstrap_intervals(
+    per_query: Mapping[str, np.ndarray], num_samples: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of mAP, Rank-1/5/10 and mINP over the test identities.
+
+    Identities, not queries, are drawn with replacement (all of a drawn identity's queries count), because the queries
+    of one person are not independent. The interval says how much the figure depends on which people happen to be in
+    the test set; it says nothing of run-to-run training noise. ``per_query`` is ``eval_reid(..., per_query=True)``'s.
+    """
+    if int(num_samples) < 1:
+        raise ValueError(f"bootstrap_intervals: num_samples must be >= 1, got {num_samples}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"bootstrap_intervals: level must be in (0, 1), got {level}")
+    first_hit = np.asarray(per_query["first_hit"])
+    values = np.stack([
+        np.asarray(per_query["ap"], np.float64),
+        first_hit <= 1,
+        first_hit <= 5,
+        first_hit <= 10,
+        np.asarray(per_query["inp"], np.float64),
+    ], axis=1).astype(np.float64)
+    _, identity = np.unique(np.asarray(per_query["pid"]), return_inverse=True)
+    num_ids = int(identity.max()) + 1
+    sums = np.zeros((num_ids, values.shape[1]))
+    np.add.at(sums, identity, values)
+    counts = np.bincount(identity, minlength=num_ids).astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, num_ids, size=(int(num_samples), num_ids))
+    stats = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)[:, None]  # [num_samples, metrics]
+    tail = (1.0 - float(level)) / 2.0
+    lo, hi = np.quantile(stats, [tail, 1.0 - tail], axis=0)
+    return {name: [float(lo[i]), float(hi[i])] for i, name in enumerate(BOOTSTRAP_METRICS)}
 
 
 def _stable_topk(d: np.ndarray, k: int) -> np.ndarray:
@@ -280,7 +331,8 @@ def compute_metrics(
 
     ``eval.feat_norm``: L2-normalise rows first (the reference always does); distances are squared Euclidean;
     ``eval.rerank``: k-reciprocal re-ranking with ``eval.k1``, ``eval.k2``, ``eval.lambda_value``.
-    Returns ``mAP``, ``rank1``, ``rank5``, ``rank10``, ``mINP`` (fractions in [0, 1]) and ``cmc`` (list).
+    Returns ``mAP``, ``rank1``, ``rank5``, ``rank10``, ``mINP`` (fractions in [0, 1]) and ``cmc`` (list); with
+    ``eval.bootstrap_samples > 0`` also ``ci95``: ``{metric: [low, high]}`` from :func:`bootstrap_intervals`.
     """
     features = np.asarray(features, np.float32)
     pids = np.asarray(pids)
@@ -294,11 +346,13 @@ def compute_metrics(
         raise ValueError(f"compute_metrics: num_query must be in (0, {n}), got {num_query}")
     nq = int(num_query)
     dist = distance_matrix(features[:nq], features[nq:], eval_cfg)
-    res = eval_reid(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:], max_rank=int(_cfg(eval_cfg, "max_rank")))
+    max_rank = int(_cfg(eval_cfg, "max_rank"))
+    samples = int(_cfg(eval_cfg, "bootstrap_samples"))
+    res = eval_reid(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:], max_rank=max_rank, per_query=samples > 0)
     cmc = res["cmc"]
     # Past the gallery size every valid query has been matched, so the last value carries on.
     at = lambda r: float(cmc[min(r, len(cmc)) - 1])  # noqa: E731
-    return {
+    out = {
         "mAP": float(res["mAP"]),
         "rank1": at(1),
         "rank5": at(5),
@@ -306,3 +360,6 @@ def compute_metrics(
         "mINP": float(res["mINP"]),
         "cmc": [float(c) for c in cmc],
     }
+    if samples > 0:
+        out["ci95"] = bootstrap_intervals(res["per_query"], samples, level=0.95)
+    return out

@@ -284,10 +284,15 @@ def extract_test_features(
 
 
 def summarize(results: Mapping[str, Any]) -> str:
-    return (
+    line = (
         f"mAP {results['mAP']:.1%}  Rank-1 {results['rank1']:.1%}  Rank-5 {results['rank5']:.1%}  "
         f"Rank-10 {results['rank10']:.1%}  mINP {results['mINP']:.1%}"
     )
+    ci = results.get("ci95")
+    if ci:
+        line += f"  (95% intervals over test identities: mAP {ci['mAP'][0]:.1%}-{ci['mAP'][1]:.1%}, " \
+                f"Rank-1 {ci['rank1'][0]:.1%}-{ci['rank1'][1]:.1%})"
+    return line
 
 
 def write_results(workdir: str, results: Mapping[str, Any], name: str = "results.json") -> str:
