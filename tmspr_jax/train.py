@@ -290,8 +290,10 @@ def summarize(results: Mapping[str, Any]) -> str:
     )
     ci = results.get("ci95")
     if ci:
-        line += f"  (95% intervals over test identities: mAP {ci['mAP'][0]:.1%}-{ci['mAP'][1]:.1%}, " \
-                f"Rank-1 {ci['rank1'][0]:.1%}-{ci['rank1'][1]:.1%})"
+        line += (
+            f"  (95% intervals over test identities: mAP {ci['mAP'][0]:.1%}-{ci['mAP'][1]:.1%}, "
+            f"Rank-1 {ci['rank1'][0]:.1%}-{ci['rank1'][1]:.1%})"
+        )
     return line
 
 

@@ -19,13 +19,19 @@ def config_or_demo(config: Any) -> Any:
     return demo.get_config()
 
 
-def run(main: Callable[[Sequence[str]], None]) -> None:
-    """``absl.app.run(main)``, printing ``error: <message>`` and exiting with status 1 on a user mistake."""
-    from absl import app
+def run(main: Callable[[], None], required: Sequence[str] = ()) -> None:
+    """``absl.app.run`` for a tool's ``main()``: the ``required`` flags must be given (absl checks them), positional
+    arguments are refused, and a user mistake prints ``error: <message>`` and exits with status 1."""
+    from absl import app, flags
+
+    if required:
+        flags.mark_flags_as_required(list(required))
 
     def guarded(argv: Sequence[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         try:
-            main(argv)
+            main()
         except USER_ERRORS as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)

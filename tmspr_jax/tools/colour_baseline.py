@@ -13,7 +13,6 @@ The dataset must already be prepared (for the demo: run the demo once, or ``--pr
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -75,11 +74,9 @@ def evaluate_config(config: ml_collections.ConfigDict, stripes: int = 8, bins: i
     return evaluate.compute_metrics(feats, pids, camids, len(query), config.eval)
 
 
-def _main(argv: Sequence[str]) -> None:
-    from absl import app, flags
+def _main() -> None:
+    from absl import flags
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     config = cli.config_or_demo(f.config)
     if f.prepare:
@@ -98,7 +95,7 @@ def _main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Config whose test split and img_size to use (default: the demo).")
@@ -107,4 +104,4 @@ if __name__ == "__main__":
     flags.DEFINE_float("centre", 0.5, "fraction of the width (central columns) histogrammed")
     flags.DEFINE_bool("prepare", False, "generate / build the config's dataset first if needed")
     flags.DEFINE_string("out", "", "write the metrics as JSON here")
-    app.run(_main)
+    cli.run(_main)

@@ -117,14 +117,10 @@ def load_exported(path: str) -> jax.export.Exported:
         raise ValueError(f"{path}: not a jax.export serialization ({type(e).__name__}: {e})") from e
 
 
-def _main(argv: Sequence[str]) -> None:
-    from absl import app, flags
+def _main() -> None:
+    from absl import flags
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    if not f.checkpoint or not f.out:
-        raise app.UsageError("--checkpoint (converted weights folder or workdir) and --out are required")
     config = cli.config_or_demo(f.config)
     platforms = [p for p in f.platforms.split(",") if p] if f.platforms else None
     path = export_to_file(config, f.checkpoint, f.out, batch=f.batch, platforms=platforms)
@@ -145,4 +141,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Output file (the description goes to <out>.json).")
     flags.DEFINE_integer("batch", 0, "Batch size of the program; 0 = symbolic (any batch size).")
     flags.DEFINE_string("platforms", "", "Comma-separated: cpu, cuda, rocm, tpu (default: the current backend).")
-    cli.run(_main)
+    cli.run(_main, required=["checkpoint", "out"])

@@ -117,14 +117,10 @@ def extract_to_file(config: ml_collections.ConfigDict, checkpoint: str, out: str
     return Extracted(out, len(query[0]), len(gallery[0]), int(query[0].shape[1]))
 
 
-def _main(argv: Sequence[str]) -> None:
-    from absl import app, flags
+def _main() -> None:
+    from absl import flags
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    if not f.checkpoint:
-        raise app.UsageError("--checkpoint is required: a training workdir or a converted weights folder")
     config = cli.config_or_demo(f.config)
     from tmspr_jax.data import setup
 
@@ -144,4 +140,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Config of the checkpoint (default: the demo).")
     flags.DEFINE_string("checkpoint", None, "Training workdir or converted weights folder.")
     flags.DEFINE_string("out", "", "Output .npz (default: <checkpoint>/features.npz).")
-    cli.run(_main)
+    cli.run(_main, required=["checkpoint"])

@@ -165,16 +165,12 @@ def _split_reader(config: ml_collections.ConfigDict, split: str, file_names: np.
     return lambda i: sources.decode_image(source[index[i]])
 
 
-def _main(argv: Sequence[str]) -> None:
+def _main() -> None:
     from absl import app, flags
 
     from tmspr_jax.tools import extract
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    if not f.features or not f.out:
-        raise app.UsageError("--features (from python -m tmspr_jax.tools.extract) and --out are required")
     feats = extract.load_features(f.features)
     config = cli.config_or_demo(f.config)
     if feats["dataset"] != str(config.data.test):
@@ -205,4 +201,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("topk", 10, "gallery images per query")
     flags.DEFINE_integer("num_queries", 40, "queries to draw (0 = all)")
     flags.DEFINE_enum("order", "hardest", ["hardest", "index"], "which queries first")
-    cli.run(_main)
+    cli.run(_main, required=["features", "out"])
