@@ -186,6 +186,39 @@ def test_resume_mid_epoch_gives_the_same_next_batches():
         _pipe(split, changed).set_state(state)
 
 
+def test_run_iterator_gives_each_epochs_batches_through_one_pipeline(parsed_flags):
+    split, cfg = _train_split(), _config()
+    per_epoch = {e: list(_pipe(split, cfg).epoch_iterator(e)) for e in (1, 2, 3)}
+    pipe = _pipe(split, cfg)
+    run = pipe.run_iterator(1, 3)
+    for e in (1, 2, 3):
+        assert run.epoch == e
+        got = []
+        for batch in run.epoch_batches(e):
+            got.append(batch)
+            assert (pipe.position.epoch, pipe.position.batch) == (e, len(got))  # what a checkpoint saves
+        _assert_batches_equal(per_epoch[e], got)
+    assert run.epoch is None and list(run) == []
+
+    # a resumed run: from batch 2 of epoch 2, each epoch capped at 3 batches; worker processes give the same arrays
+    cap = lambda e: 3
+    expected = per_epoch[2][2:3] + per_epoch[3][:3]
+    _assert_batches_equal(expected, list(_pipe(split, cfg).run_iterator(2, 3, start_batch=2, num_batches=cap)))
+    with _pipe(split, _config(2)).run_iterator(2, 3, start_batch=2, num_batches=cap) as run:
+        _assert_batches_equal(expected, list(run))
+
+
+def test_run_iterator_refuses_to_skip_an_unfinished_epoch():
+    run = _pipe(_train_split(), _config()).run_iterator(0, 1)
+    next(run)
+    with pytest.raises(ValueError, match="asked for epoch 1 but epoch 0 is not finished"):
+        next(run.epoch_batches(1))
+    with pytest.raises(ValueError, match="start_batch must be >= 0"):
+        _pipe(_train_split(), _config()).run_iterator(0, 1, start_batch=-1)
+    with pytest.raises(ValueError, match="out of range"):
+        _pipe(_train_split(), _config()).run_iterator(0, 1, num_batches=lambda e: 10_000)
+
+
 def test_bad_train_settings_are_named():
     split = _train_split()
     if not flags.FLAGS.is_parsed():

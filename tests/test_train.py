@@ -166,15 +166,15 @@ def test_mid_epoch_checkpoint_resumes_at_the_saved_batch(data_root, tmp_path):
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data_root, tmp_path, monkeypatch):
     cfg = tiny_config(data_root)
     workdir = str(tmp_path / "run")
-    original = pipeline.TrainPipeline.epoch_iterator
+    original = pipeline.TrainIterator.epoch_batches
 
-    def poisoned(self, epoch, **kwargs):
-        for i, batch in enumerate(original(self, epoch, **kwargs)):
+    def poisoned(self, epoch):
+        for i, batch in enumerate(original(self, epoch)):
             if epoch == 2 and i == 1:  # global step 4
                 batch = dict(batch, views=np.full_like(batch["views"], np.nan))
             yield batch
 
-    monkeypatch.setattr(pipeline.TrainPipeline, "epoch_iterator", poisoned)
+    monkeypatch.setattr(pipeline.TrainIterator, "epoch_batches", poisoned)
     with pytest.raises(train.NonFiniteLossError, match=r"at step 4.*last good checkpoint.*step 2"):
         train.train_and_evaluate(cfg, workdir)
     step, variables = latest_variables(workdir)

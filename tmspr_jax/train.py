@@ -418,58 +418,61 @@ def train_and_evaluate(
                     f"the state; the last good checkpoint in {manager.directory} is step {manager.latest_step()}."
                 )
 
-        epoch = start_epoch
-        while epoch <= total_epochs:
-            lrs = optim.learning_rates(epoch, cfg.optim, total_epochs)
-            state = state.replace(opt_state=optim.set_epoch(state.opt_state, epoch, cfg.optim, total_epochs))
-            state = sharding.replicate(state, exp.mesh)
-            n_steps = epoch_steps(epoch)
-            batch_index = start_batch if epoch == start_epoch else 0
-            for batch in train_pipe.epoch_iterator(epoch, start_batch=batch_index, num_batches=n_steps):
-                arrays = sharding.shard_batch(batch, exp.mesh)
-                state, metrics = train_step(state, arrays, step_rng)
+        # One data pipeline for the whole run: its worker processes start once (about a second each time on the demo).
+        with train_pipe.run_iterator(start_epoch, total_epochs, start_batch=start_batch,
+                                     num_batches=epoch_steps) as batches:
+            epoch = start_epoch
+            while epoch <= total_epochs:
+                lrs = optim.learning_rates(epoch, cfg.optim, total_epochs)
+                state = state.replace(opt_state=optim.set_epoch(state.opt_state, epoch, cfg.optim, total_epochs))
+                state = sharding.replicate(state, exp.mesh)
+                n_steps = epoch_steps(epoch)
+                batch_index = start_batch if epoch == start_epoch else 0
+                for batch in batches.epoch_batches(epoch):
+                    arrays = sharding.shard_batch(batch, exp.mesh)
+                    state, metrics = train_step(state, arrays, step_rng)
+                    if pending is not None:
+                        check(pending)
+                    host_step += 1
+                    batch_index += 1
+                    steps_this_call += 1
+                    pending = (host_step, metrics)
+                    bar.update(1)
+                    every = int(cfg.train.checkpoint_every_steps)
+                    if every > 0 and host_step % every == 0 and batch_index < n_steps:
+                        check(pending)
+                        manager.save(host_step, args=_save_args(state, train_pipe, epoch, batch_index))
+                    if host_step % int(cfg.train.log_every) == 0:
+                        check(pending)
+                        host = jax.device_get(metrics)
+                        now = time.perf_counter()
+                        rate = (host_step - last_log_step) * cfg.data.batch_size / max(now - last_log_time, 1e-9)
+                        last_log_time, last_log_step = now, host_step
+                        record = {k: v for k, v in host.items() if k != "finite"}
+                        record.update(epoch=epoch, lr_weight=lrs["weight"], lr_bias=lrs["bias"], samples_per_s=rate)
+                        logger.write("train", host_step, record)
+                        bar.set_postfix(loss=f"{float(host['loss']):.3f}", acc=f"{float(host.get('acc', 0.0)):.2f}")
+                    if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                        check(pending)
+                        manager.wait_until_finished()
+                        bar.close()
+                        logger.close()
+                        return results
                 if pending is not None:
                     check(pending)
-                host_step += 1
-                batch_index += 1
-                steps_this_call += 1
-                pending = (host_step, metrics)
-                bar.update(1)
-                every = int(cfg.train.checkpoint_every_steps)
-                if every > 0 and host_step % every == 0 and batch_index < n_steps:
-                    check(pending)
-                    manager.save(host_step, args=_save_args(state, train_pipe, epoch, batch_index))
-                if host_step % int(cfg.train.log_every) == 0:
-                    check(pending)
-                    host = jax.device_get(metrics)
-                    now = time.perf_counter()
-                    rate = (host_step - last_log_step) * cfg.data.batch_size / max(now - last_log_time, 1e-9)
-                    last_log_time, last_log_step = now, host_step
-                    record = {k: v for k, v in host.items() if k != "finite"}
-                    record.update(epoch=epoch, lr_weight=lrs["weight"], lr_bias=lrs["bias"], samples_per_s=rate)
-                    logger.write("train", host_step, record)
-                    bar.set_postfix(loss=f"{float(host['loss']):.3f}", acc=f"{float(host.get('acc', 0.0)):.2f}")
-                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-                    check(pending)
-                    manager.wait_until_finished()
-                    bar.close()
-                    logger.close()
-                    return results
-            if pending is not None:
-                check(pending)
-                pending = None
-            # ---- end of epoch: evaluation, checkpoint
-            metrics_for_ckpt = None
-            if epoch % int(cfg.train.eval_period) == 0 or epoch == total_epochs:
-                results = run_evaluation(exp, state.variables, extract_fn, desc=f"eval epoch {epoch}")
-                results["epoch"] = epoch
-                logger.write("eval", int(state.step), results)
-                write_results(workdir, results)
-                logging.info("Epoch %d: %s", epoch, summarize(results))
-                metrics_for_ckpt = {"mAP": float(results["mAP"]), "rank1": float(results["rank1"])}
-            if epoch % int(cfg.train.checkpoint_every) == 0 or epoch == total_epochs or metrics_for_ckpt:
-                manager.save(host_step, args=_save_args(state, train_pipe, epoch + 1, 0), metrics=metrics_for_ckpt)
-            epoch += 1
+                    pending = None
+                # ---- end of epoch: evaluation, checkpoint
+                metrics_for_ckpt = None
+                if epoch % int(cfg.train.eval_period) == 0 or epoch == total_epochs:
+                    results = run_evaluation(exp, state.variables, extract_fn, desc=f"eval epoch {epoch}")
+                    results["epoch"] = epoch
+                    logger.write("eval", int(state.step), results)
+                    write_results(workdir, results)
+                    logging.info("Epoch %d: %s", epoch, summarize(results))
+                    metrics_for_ckpt = {"mAP": float(results["mAP"]), "rank1": float(results["rank1"])}
+                if epoch % int(cfg.train.checkpoint_every) == 0 or epoch == total_epochs or metrics_for_ckpt:
+                    manager.save(host_step, args=_save_args(state, train_pipe, epoch + 1, 0), metrics=metrics_for_ckpt)
+                epoch += 1
         bar.close()
     manager.wait_until_finished()
     best = manager.best_step()

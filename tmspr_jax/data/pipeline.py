@@ -1,7 +1,8 @@
 """grain pipelines: PK training batches with four views, and fixed-order evaluation batches.
 
-Training (per epoch): the PK sampler's ``[num_batches, B]`` index array -> this process's rows of every global batch ->
-per-sample record decode + four views (``MapDataset.map``) -> ``.batch(b)`` -> ``to_iter_dataset`` -> ``mp_prefetch``
+Training: the PK sampler's ``[num_batches, B]`` index array of each epoch -> this process's rows of every global batch
+-> (epoch, position, record) elements of all the epochs to run, concatenated (:meth:`TrainPipeline.run_iterator`: the
+worker processes start once per run, not once per epoch) -> per-sample record decode + four views (``MapDataset.map``) -> ``.batch(b)`` -> ``to_iter_dataset`` -> ``mp_prefetch``
 -> parsing targets added in the main process. Batching happens *before* ``mp_prefetch``: grain then hands whole batches
 round-robin to the workers and interleaves them back in order, so each batch's composition and the batch order do not
 depend on the number of workers (``grain.DataLoader`` with workers would reorder PK batches). Every sample's random views
@@ -9,8 +10,8 @@ come from a generator seeded by ``(seed, epoch, global position in the epoch)``,
 the number of workers and of processes.
 
 Resuming: a batch is a pure function of ``(config, split, epoch, batch index)``, so the pipeline's JSON-able state is
-just that position (plus what must not change for it to mean the same thing); restoring rebuilds the epoch's dataset
-sliced at the saved batch. See :class:`TrainPipeline`.
+just that position (plus what must not change for it to mean the same thing); restoring rebuilds the dataset from the
+saved batch on. See :class:`TrainPipeline`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import grain
 from absl import flags, logging
@@ -106,7 +107,8 @@ def _decode(split: Split, index: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _TrainSample:
-    """(global position, record index) -> one sample's views and labels. Picklable for grain workers."""
+    """(epoch, global position in the epoch, record index) -> one sample's views and labels. Picklable for grain
+    workers."""
 
     split: Split
     labels: np.ndarray
@@ -118,12 +120,11 @@ class _TrainSample:
     occluder_normalize: bool
     flip_prob: float
     seed: int
-    epoch: int
 
     def __call__(self, element: np.ndarray) -> dict[str, np.ndarray]:
-        position, index = int(element[0]), int(element[1])
+        epoch, position, index = int(element[0]), int(element[1]), int(element[2])
         image = _decode(self.split, index)
-        rng = sample_rng(self.seed, self.epoch, position)
+        rng = sample_rng(self.seed, epoch, position)
         # Drawn only when enabled, so flip_prob=0 keeps the reference's views draw for draw.
         flipped = self.flip_prob > 0 and bool(rng.random() < self.flip_prob)
         if flipped:
@@ -161,29 +162,55 @@ class _AddParsing:
         return out
 
 
-class TrainEpochIterator(Iterator[dict[str, np.ndarray]]):
-    """One epoch's batches (this process's slice); advances the owning :class:`TrainPipeline`'s position."""
+class TrainIterator(Iterator[dict[str, np.ndarray]]):
+    """Batches of one or more epochs (this process's slice) from one grain pipeline, so worker processes start once
+    rather than once per epoch; advances the owning :class:`TrainPipeline`'s position.
 
-    def __init__(self, pipeline: "TrainPipeline", epoch: int, start: int, ds: grain.IterDataset):
+    ``schedule`` lists the ``(epoch, batch index)`` of every batch in order; :meth:`epoch_batches` walks one epoch.
+    """
+
+    def __init__(self, pipeline: "TrainPipeline", schedule: list[tuple[int, int]], ds: grain.IterDataset):
         self._pipeline = pipeline
-        self.epoch = epoch
-        self._next = start
+        self._schedule = schedule
+        self._cursor = 0
         self._it = iter(ds)
 
-    def __iter__(self) -> "TrainEpochIterator":
+    @property
+    def epoch(self) -> int | None:
+        """Epoch of the next batch (None when exhausted)."""
+        return self._schedule[self._cursor][0] if self._cursor < len(self._schedule) else None
+
+    def __iter__(self) -> "TrainIterator":
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
+        if self._cursor >= len(self._schedule):
+            raise StopIteration
         batch = next(self._it)
-        self._next += 1
-        self._pipeline._position = sampler_lib.SamplerPosition(self.epoch, self._next)
+        epoch, index = self._schedule[self._cursor]
+        self._cursor += 1
+        self._pipeline._position = sampler_lib.SamplerPosition(epoch, index + 1)
         return batch
+
+    def epoch_batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        """The remaining batches of ``epoch``, which must be the epoch of the next batch (or already finished)."""
+        if self.epoch is not None and self.epoch < epoch:
+            raise ValueError(f"TrainIterator: asked for epoch {epoch} but epoch {self.epoch} is not finished")
+        while self.epoch == epoch:
+            yield next(self)
 
     def close(self) -> None:
         """Stops grain's worker processes (also happens on garbage collection)."""
         close = getattr(self._it, "close", None)
         if close is not None:
             close()
+
+    def __enter__(self) -> "TrainIterator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
 
 
 class TrainPipeline:
@@ -194,8 +221,9 @@ class TrainPipeline:
         pipe = TrainPipeline(config, split, targets, process_index=jax.process_index(),
                              process_count=jax.process_count())
         pipe.set_state(saved)                       # optional: resume
-        for epoch in range(pipe.resume_epoch(), epochs):
-            for batch in pipe.epoch_iterator(epoch):
+        run = pipe.run_iterator(pipe.resume_epoch(), epochs, start_batch=pipe.position.batch)
+        for epoch in range(pipe.resume_epoch(), epochs + 1):
+            for batch in run.epoch_batches(epoch):
                 ...                                  # save pipe.get_state() beside the model
 
     ``epoch_iterator(epoch)`` starts at batch 0, or at the restored/reached batch when ``epoch`` is the epoch of the
@@ -265,25 +293,59 @@ class TrainPipeline:
     # -- datasets
     def epoch_dataset(self, epoch: int, start: int = 0, stop: int | None = None) -> grain.IterDataset:
         """The grain dataset of this process's batches ``start..stop-1`` of ``epoch`` (no position bookkeeping)."""
-        batches = self.sampler.epoch_batches(epoch)
-        n, b = batches.shape[0], self.local_batch_size
-        stop = n if stop is None else stop
+        return self._dataset([self._span(epoch, start, stop)])
+
+    def _span(self, epoch: int, start: int, stop: int | None) -> tuple[int, int, int]:
+        n = self.num_batches(epoch)
+        stop = n if stop is None else int(stop)
         if not 0 <= start <= stop <= n:
             raise ValueError(f"batches [{start}, {stop}) out of range: epoch {epoch} has {n} batches")
+        return epoch, int(start), stop
+
+    def _dataset(self, spans: list[tuple[int, int, int]]) -> grain.IterDataset:
+        """Batches ``start..stop-1`` of each ``(epoch, start, stop)`` in turn, through one grain pipeline."""
+        b = self.local_batch_size
         lo = self.process_index * b
-        rows = np.arange(n, dtype=np.int64)[:, None]
         cols = np.arange(lo, lo + b, dtype=np.int64)[None, :]
-        positions = rows * self.batch_size + cols  # global position of each sample in the epoch
-        elements = np.stack([positions, batches[:, lo : lo + b].astype(np.int64)], axis=-1).reshape(n * b, 2)
-        ds = grain.MapDataset.source(elements).map(self._sample(epoch=epoch))
-        ds = ds.batch(b, drop_remainder=True)[start:stop]
+        parts = [np.zeros((0, 3), np.int64)]
+        for epoch, start, stop in spans:
+            batches = self.sampler.epoch_batches(epoch)[start:stop, lo : lo + b].astype(np.int64)
+            rows = np.arange(start, stop, dtype=np.int64)[:, None]
+            positions = rows * self.batch_size + cols  # global position of each sample in the epoch
+            epochs = np.full_like(positions, epoch)
+            parts.append(np.stack([epochs, positions, batches], axis=-1).reshape(-1, 3))
+        elements = np.concatenate(parts)
+        ds = grain.MapDataset.source(elements).map(self._sample()).batch(b, drop_remainder=True)
         it = ds.to_iter_dataset(_read_options(self.num_workers, self.prefetch_buffer))
         it = _maybe_mp_prefetch(it, self.num_workers, self.prefetch_buffer)
         return it.map(_AddParsing(*self._targets))
 
+    def run_iterator(
+        self, start_epoch: int, end_epoch: int, *, start_batch: int = 0,
+        num_batches: Callable[[int], int] | None = None,
+    ) -> TrainIterator:
+        """Every batch from ``(start_epoch, start_batch)`` to the end of ``end_epoch``, through one grain pipeline.
+
+        Args:
+          start_epoch, end_epoch: the first and last epoch (inclusive).
+          start_batch: first batch of ``start_epoch`` (a resumed run's saved position).
+          num_batches: batches to take of each epoch (a cap such as ``train.max_steps_per_epoch``); default: all.
+        """
+        if start_batch < 0:
+            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+        spans = []
+        for epoch in range(int(start_epoch), int(end_epoch) + 1):
+            stop = None if num_batches is None else int(num_batches(epoch))
+            span = self._span(epoch, 0, stop)
+            spans.append((epoch, min(int(start_batch), span[2]) if epoch == start_epoch else 0, span[2]))
+        schedule = [(e, j) for e, start, stop in spans for j in range(start, stop)]
+        if spans:
+            self._position = sampler_lib.SamplerPosition(spans[0][0], spans[0][1])
+        return TrainIterator(self, schedule, self._dataset(spans))
+
     def epoch_iterator(
         self, epoch: int, *, start_batch: int | None = None, num_batches: int | None = None
-    ) -> TrainEpochIterator:
+    ) -> TrainIterator:
         """Iterator over ``epoch``'s batches.
 
         Args:
@@ -303,7 +365,7 @@ class TrainPipeline:
         if start < 0:
             raise ValueError(f"start_batch must be >= 0, got {start_batch}")
         self._position = sampler_lib.SamplerPosition(epoch, start)
-        return TrainEpochIterator(self, epoch, start, self.epoch_dataset(epoch, start, stop))
+        return TrainIterator(self, [(epoch, j) for j in range(start, stop)], self.epoch_dataset(epoch, start, stop))
 
     # -- state
     @property
@@ -416,7 +478,7 @@ def train_batches(
     process_index: int = 0,
     process_count: int = 1,
     occluders: Any = None,
-) -> TrainEpochIterator:
+) -> TrainIterator:
     """This process's slice of every PK batch of ``epoch``, as NumPy dicts.
 
     Each batch: ``views f32 [b,4,H,W,3]``, ``pids i32 [b]`` (train labels), ``camids i32 [b]``,
