@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -311,3 +312,58 @@ def test_occluder_images_for_the_covering_view(small, tmp_path):
     assert sorted(os.listdir(folder)) == ["occ_0000.png", "occ_0001.png"]
     with pytest.raises(ValueError, match="num_occluder_images"):
         S.generate(str(tmp_path / "bad"), num_occluder_images=-1)
+
+
+def test_query_ambiguity_counts_identities_consistent_with_the_visible_attributes(small):
+    out, _ = small
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    queries = [r for r in meta["images"] if r["split"] == "query"]
+    everything = S.query_ambiguity(out, visible_fraction=0.0)  # every attribute counts as visible
+    assert everything["file_names"] == [r["file_name"] for r in queries]
+    assert everything["consistent"].tolist() == [1] * len(queries)  # identities differ in >= min_attribute_diff
+    assert everything["unique_fraction"] == everything["expected_rank1"] == 1.0
+    previous = everything["consistent"]
+    for fraction in (0.5, 0.8, 0.95, 1.0):
+        got = S.query_ambiguity(out, visible_fraction=fraction)
+        assert np.all(got["consistent"] >= previous)  # a stricter reading sees fewer attributes
+        assert np.all(got["consistent"] <= SMALL["num_test_ids"])
+        assert got["expected_rank1"] == pytest.approx(np.mean(1.0 / got["consistent"]))
+        previous = got["consistent"]
+    assert previous.max() > 1  # at 1.0 a partly covered region counts as hidden, and every query is partly covered
+
+
+def test_query_ambiguity_redraws_each_query_exactly(small):
+    out, _ = small
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    p = meta["params"]
+    drawn = S.sample_identities(
+        p["num_train_ids"] + p["num_test_ids"], np.random.default_rng([p["seed"], 1]), min_diff=p["min_attribute_diff"]
+    )
+    idents = {i.pid: i for i in drawn}
+    cameras = S.sample_cameras(np.random.default_rng([p["seed"], 2]), strength=p["camera_strength"])
+    size = (p["height"], p["width"])
+    for i, r in enumerate(meta["images"]):
+        if r["split"] == "query":
+            rng = np.random.default_rng([p["seed"], 5, i])
+            img, _, _, rid, occ = S._render(idents[r["pid"]], cameras[r["cam"] - 1], rng, size,
+                                            tuple(p["query_occlusion"]), p["background_saturation"])
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=p["jpeg_quality"])
+            assert buf.getvalue() == open(os.path.join(out, S.QUERY_DIR, r["file_name"]), "rb").read()
+            person = np.isin(rid, [c for regions in S.ATTRIBUTE_REGIONS for c in regions])
+            assert (person & (occ > 0)).sum() / (rid > 0).sum() > 0.1  # the occluder is over the body
+
+
+def test_query_ambiguity_errors_name_the_file(small, tmp_path):
+    out, _ = small
+    with pytest.raises(ValueError, match=r"visible_fraction must be in \[0, 1\], got 1.5"):
+        S.query_ambiguity(out, visible_fraction=1.5)
+    with pytest.raises(FileNotFoundError, match="no meta.json"):
+        S.query_ambiguity(str(tmp_path))
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    q = next(r for r in meta["images"] if r["split"] == "query")
+    q["occluder"] = "car" if q["occluder"] != "car" else "box"
+    with open(tmp_path / "meta.json", "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(ValueError, match=f"meta.json: query {q['file_name']} records occluder"):
+        S.query_ambiguity(str(tmp_path))

@@ -64,6 +64,14 @@ SLEEVES = ("long", "short")
 LOWER_TYPES = ("pants", "shorts", "skirt")
 BAGS = ("none", "backpack", "shoulder")
 OCCLUDERS = ("box", "side", "pole", "car", "bush", "top")
+# The 10 categorical attributes two identities must differ in (``min_attribute_diff``), in Identity.attributes order,
+# and the drawn regions (render ids) that show each one.
+ATTRIBUTES = ("hair colour", "hair style", "upper colour", "pattern", "sleeves", "lower colour", "lower type",
+              "shoe colour", "hat", "bag")  # fmt: skip
+ATTRIBUTE_REGIONS = (
+    (HAIR,), (HAIR,), (UPPER,), (UPPER,), (UPPER, L_ARM, R_ARM), (PANTS, SKIRT), (PANTS, SKIRT, L_LEG, R_LEG),
+    (L_SHOE, R_SHOE), (HAT, HAIR, FACE), (BAG, UPPER),
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +96,7 @@ class Identity:
     bag_side: int  # +1 image right, -1 image left
     build: float  # width factor
     height: float  # height factor
+    attributes: tuple[int, ...] = ()  # the categorical draw behind the fields above, one index per ATTRIBUTES entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +154,7 @@ def sample_identities(n: int, rng: np.random.Generator, first_pid: int = 1, min_
                 bag_side=int(rng.choice([-1, 1])),
                 build=float(rng.uniform(0.88, 1.12)),
                 height=float(rng.uniform(0.94, 1.04)),
+                attributes=tuple(int(v) for v in k),
             )
         )
     return out
@@ -520,12 +530,19 @@ def render_image(
 
     ``occlusion=(lo, hi)`` places an occluder covering that fraction of the person (labelled 0 underneath).
     """
+    img, labels, meta, _, _ = _render(ident, camera, rng, size, occlusion, background_saturation)
+    return img, labels, meta
+
+
+def _render(ident, camera, rng, size, occlusion, background_saturation):
+    """:func:`render_image` plus the render ids (bags included) and the occluder mask (zeros when none)."""
     rid, geom = draw_person(ident, size, rng)
     img = _background(size, rng, background_saturation)
     _colour_person(img, rid, ident, geom, rng)
     labels = np.where(rid == BAG, 0, rid).astype(np.uint8)
     person = labels > 0
     meta: dict[str, Any] = {"occluder": None, "coverage": 0.0, "person_pixels": int(person.sum()), **geom}
+    occ = np.zeros(size, np.uint8)
     if occlusion is not None:
         occ, kind, frac = place_occluder(person, geom, occlusion, rng)
         _colour_occluder(img, occ, kind, rng)
@@ -535,7 +552,7 @@ def render_image(
     img = np.clip(img * np.asarray(camera.gain, np.float32), 0, 255).astype(np.uint8)
     if camera.blur > 0:
         img = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(camera.blur)))
-    return img, labels, meta
+    return img, labels, meta, rid, occ
 
 
 # ---------------------------------------------------------------------------------------------- the dataset
@@ -688,6 +705,68 @@ def generate(
         "num_occluder_images": num_occluder_images,
         "seconds": time.perf_counter() - t0,
         "images": records,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+
+
+def query_ambiguity(out_dir: str, visible_fraction: float = 0.7) -> dict[str, Any]:
+    """How well a generated dataset's queries can be told apart at all, from what their occluders leave visible.
+
+    Each query is drawn again from its recorded random stream (checked against ``meta.json``'s occluder kind and
+    coverage) to find which attributes stay visible: an attribute counts as visible when at least
+    ``visible_fraction`` of the pixels of its body regions (:data:`ATTRIBUTE_REGIONS`) are uncovered. A test identity
+    is *consistent* with the query when it has the query identity's value in every visible attribute.
+
+    Returns ``{'file_names', 'consistent' (int per query, >= 1: the identity itself), 'unique_fraction' (queries only
+    their own identity is consistent with), 'expected_rank1' (mean of 1/consistent: the Rank-1 of a reader that sees
+    the visible attributes exactly and guesses among the consistent identities)}``.
+    """
+    if not 0 <= visible_fraction <= 1:
+        raise ValueError(f"visible_fraction must be in [0, 1], got {visible_fraction}")
+    meta_path = os.path.join(out_dir, "meta.json")
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"{meta_path}: no meta.json; is {out_dir!r} a folder written by synthetic.generate?")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    p = meta["params"]
+    seed, size = int(p["seed"]), (int(p["height"]), int(p["width"]))
+    idents = sample_identities(
+        p["num_train_ids"] + p["num_test_ids"], np.random.default_rng([seed, 1]), min_diff=p["min_attribute_diff"]
+    )
+    cameras = sample_cameras(np.random.default_rng([seed, 2]), strength=p["camera_strength"])
+    by_pid = {ident.pid: ident for ident in idents}
+    test = np.array([ident.attributes for ident in idents[p["num_train_ids"]:]])  # [num_test_ids, 10]
+    names, consistent = [], []
+    for i, record in enumerate(meta["images"]):
+        if record["split"] != "query":
+            continue
+        ident = by_pid[record["pid"]]
+        _, _, drawn, rid, occ = _render(
+            ident, cameras[record["cam"] - 1], np.random.default_rng([seed, 5, i]), size,
+            tuple(p["query_occlusion"]), p["background_saturation"],
+        )  # fmt: skip
+        if drawn["occluder"] != record["occluder"] or abs(drawn["coverage"] - record["coverage"]) > 1e-9:
+            raise ValueError(
+                f"{meta_path}: query {record['file_name']} records occluder {record['occluder']!r} covering "
+                f"{record['coverage']:.4f}, but its random stream draws {drawn['occluder']!r} covering "
+                f"{drawn['coverage']:.4f}: the file does not match this generator"
+            )
+        visible = []
+        for regions in ATTRIBUTE_REGIONS:
+            region = np.isin(rid, regions)
+            visible.append(region.any() and (region & (occ == 0)).sum() >= visible_fraction * region.sum())
+        own = np.asarray(ident.attributes)
+        agree = (test[:, visible] == own[visible]).all(axis=1)
+        names.append(record["file_name"])
+        consistent.append(int(agree.sum()))
+    counts = np.asarray(consistent, np.int64)
+    return {
+        "file_names": names,
+        "consistent": counts,
+        "unique_fraction": float(np.mean(counts == 1)),
+        "expected_rank1": float(np.mean(1.0 / counts)),
     }
 
 
