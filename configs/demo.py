@@ -11,7 +11,7 @@ Data: none to download. On first use a synthetic dataset in the Market-1501 layo
 Model: the same T-MSPR code with a small ViT (width 96, depth 4, 128x64 images) trained from scratch; the covering
 view pastes rendered street objects (``occluders/``, drawn independently of the queries' occluders).
 Expected result and run time (measured on a 2-core CPU): untrained mAP 2.4% / Rank-1 0%; trained mAP 53.3% /
-Rank-1 59.0% with flip test features (48.1% / 53.0% without), in 8 minutes from nothing, deterministic. The demo's
+Rank-1 59.0% with flip test features (48.1% / 53.0% without), in 8-9 minutes from nothing, deterministic. The demo's
 Rank-1 target (70%) is not met yet: see the README's demo section for what was measured and tried.
 """
 
