@@ -91,6 +91,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     lo.id_weight = 1.0
     lo.triplet_weight = 1.0
     lo.seg_weight = 0.25
+    # 'minmax_mse' = the reference (MSE of per-channel min-max-normalised maps); 'soft_ce' = per-patch cross-entropy
+    # with the parts' shares, which a constant map cannot satisfy (the demo's part head learns nothing under the former)
+    lo.seg_loss = "minmax_mse"
     lo.rec_weight = 1.0
     lo.kl_weight = 0.0  # computed and logged; the reference never adds it
     lo.label_smoothing = 0.0  # IF_LABELSMOOTH 'off'

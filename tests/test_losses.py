@@ -118,6 +118,51 @@ def test_segmentation_loss_matches_reference_and_weights():
         losses.segmentation_loss(o, targets, np.ones(3))
 
 
+def test_soft_segmentation_loss_is_per_patch_cross_entropy_with_the_part_shares():
+    _, feats, targets = _outputs(9)
+    o = feats[1]
+    targets[0, 0, 0] = 0.0  # a patch without any share: a uniform target
+
+    def oracle(o, t):  # torch's cross-entropy with class-probability targets, per patch, then per sample
+        t = t / t.sum(-1, keepdims=True).clip(min=1e-30)
+        t[t.sum(-1) == 0] = 1.0 / t.shape[-1]
+        ce = F.cross_entropy(torch.from_numpy(o.reshape(-1, 6)), torch.from_numpy(t.reshape(-1, 6)), reduction="none")
+        return ce.reshape(o.shape[0], -1).mean(1).numpy()
+
+    per_sample = oracle(o, targets.copy())
+    _close(losses.soft_segmentation_loss(o, targets), per_sample.mean())
+    w = np.array([1, 0, 2, 1, 0, 1, 1, 0.5], np.float32)
+    _close(losses.soft_segmentation_loss(o, targets, w), (w * per_sample).sum() / w.sum())
+    # Scale-free in the targets (shares or counts), and its minimum is the targets' own distribution.
+    _close(losses.soft_segmentation_loss(o, 7.0 * targets, w), (w * per_sample).sum() / w.sum())
+    t = targets / targets.sum(-1, keepdims=True).clip(1e-30)
+    t[0, 0, 0] = 1.0 / 6
+    assert float(losses.soft_segmentation_loss(np.log(t), targets)) < float(losses.soft_segmentation_loss(o, targets))
+    # Unlike the reference's min-max MSE, a constant map is far from the minimum.
+    const = np.zeros_like(o)
+    assert float(losses.soft_segmentation_loss(const, targets)) > float(losses.soft_segmentation_loss(np.log(t), targets)) + 0.1
+    val, grad = jax.value_and_grad(losses.soft_segmentation_loss)(jnp.asarray(o), targets, jnp.zeros(B))
+    assert float(val) == 0.0 and np.all(np.asarray(grad) == 0.0)
+    with pytest.raises(ValueError, match="equal shapes"):
+        losses.soft_segmentation_loss(o, targets[:, :2])
+    with pytest.raises(ValueError, match="weights"):
+        losses.soft_segmentation_loss(o, targets, np.ones(3))
+
+
+def test_total_loss_selects_the_segmentation_loss():
+    logits, feats, targets = _outputs(10)
+    cfg = ml_collections.ConfigDict(get_base_config().loss.to_dict())
+    assert cfg.seg_loss == "minmax_mse"  # the reference's
+    _, t = losses.total_loss((logits, feats), PIDS, targets, None, cfg)
+    _close(t["seg"], losses.segmentation_loss(feats[1], targets))
+    cfg.seg_loss = "soft_ce"
+    _, t = losses.total_loss((logits, feats), PIDS, targets, None, cfg)
+    _close(t["seg"], losses.soft_segmentation_loss(feats[1], targets))
+    cfg.seg_loss = "dice"
+    with pytest.raises(ValueError, match=r"config.loss.seg_loss='dice': expected one of \['minmax_mse', 'soft_ce'\]"):
+        losses.total_loss((logits, feats), PIDS, targets, None, cfg)
+
+
 def test_reconstruction_and_kl_match_torch():
     logits, feats, _ = _outputs(5)
     _close(losses.reconstruction_loss(feats[2], feats[3]), F.l1_loss(torch.from_numpy(feats[2]), torch.from_numpy(feats[3])))

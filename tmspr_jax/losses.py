@@ -127,6 +127,36 @@ def segmentation_loss(part_logits: jax.Array, targets: jax.Array, weights: jax.A
     return jnp.where(any_valid, jnp.sum(w * per_sample) / jnp.where(any_valid, denom, 1.0), 0.0)
 
 
+def soft_segmentation_loss(
+    part_logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """Cross-entropy between each patch's softmax over the part logits and its parsing target (not the reference).
+
+    Each patch's target ``[K]`` (the parts' shares of the patch) is normalised to sum to 1; the loss is the mean over
+    patches, the weight-weighted mean over samples (``weights [B]``, 0 = no parsing map). Unlike the reference's
+    min-max-normalised MSE, a constant map does not come close to its minimum, so the head learns where the parts are
+    (see the README's demo section).
+    """
+    o = _f32(part_logits)
+    y = _f32(targets)
+    if o.ndim != 4 or o.shape != y.shape:
+        raise ValueError(
+            f"soft_segmentation_loss: part_logits and targets must both be [B, gh, gw, K] with equal shapes, "
+            f"got {o.shape} and {y.shape}"
+        )
+    w = jnp.ones((o.shape[0],), jnp.float32) if weights is None else _f32(weights)
+    if w.shape != (o.shape[0],):
+        raise ValueError(f"soft_segmentation_loss: weights must be [B] = ({o.shape[0]},), got shape {w.shape}")
+    total = jnp.sum(y, axis=-1, keepdims=True)
+    y = jnp.where(total > 0, y / jnp.where(total > 0, total, 1.0), 1.0 / y.shape[-1])
+    per_sample = -jnp.mean(jnp.sum(y * jax.nn.log_softmax(o, axis=-1), axis=-1), axis=(1, 2))
+    w = jnp.where(w > 0, w, 0.0)
+    return jnp.sum(w * per_sample) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+SEG_LOSSES = {"minmax_mse": segmentation_loss, "soft_ce": soft_segmentation_loss}
+
+
 def reconstruction_loss(q: jax.Array, qc: jax.Array) -> jax.Array:
     """``mean |Q - Qc|`` between part features and their recovered version (model.md §3.5)."""
     q, qc = _f32(q), _f32(qc)
@@ -182,7 +212,7 @@ def total_loss(
       outputs: model outputs with ``logits`` (15 x ``[B, C]``) and ``feats`` (18 entries, model.md §2.3).
       pids: int ``[B]`` train labels.
       parsing: ``[B, gh, gw, 6]`` parsing targets; parsing_weight: ``[B]`` (0 = no map) or None (all 1).
-      loss_cfg: the ``loss`` config (``id_weight``, ``triplet_weight``, ``seg_weight``, ``rec_weight``,
+      loss_cfg: the ``loss`` config (``id_weight``, ``triplet_weight``, ``seg_weight``, ``seg_loss``, ``rec_weight``,
         ``kl_weight``, ``label_smoothing``, ``triplet_margin``, ``triplet_norm_feat``).
 
     Returns:
@@ -208,7 +238,10 @@ def total_loss(
         + t[5]
         + t[6]
     )
-    l_seg = segmentation_loss(feats[1], parsing, parsing_weight)
+    seg_name = str(_cfg(loss_cfg, "seg_loss"))
+    if seg_name not in SEG_LOSSES:
+        raise ValueError(f"config.loss.seg_loss={seg_name!r}: expected one of {sorted(SEG_LOSSES)}")
+    l_seg = SEG_LOSSES[seg_name](feats[1], parsing, parsing_weight)
     l_rec = reconstruction_loss(feats[2], feats[3])
     l_kl = kl_term(logits[0], logits[4])
 
