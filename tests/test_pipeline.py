@@ -206,6 +206,13 @@ def test_run_iterator_gives_each_epochs_batches_through_one_pipeline(parsed_flag
     _assert_batches_equal(expected, list(_pipe(split, cfg).run_iterator(2, 3, start_batch=2, num_batches=cap)))
     with _pipe(split, _config(2)).run_iterator(2, 3, start_batch=2, num_batches=cap) as run:
         _assert_batches_equal(expected, list(run))
+    # restored from a saved position, the run starts there by default
+    restored = _pipe(split, cfg)
+    restored.set_state(dict(pipe.get_state(), epoch=2, batch=2))
+    _assert_batches_equal(expected, list(restored.run_iterator(restored.resume_epoch(), 3, num_batches=cap)))
+    finished = _pipe(split, cfg)
+    finished.set_state(dict(pipe.get_state(), epoch=1, batch=finished.num_batches(1)))  # epoch 1 done: 2 from 0
+    _assert_batches_equal(per_epoch[2] + per_epoch[3], list(finished.run_iterator(finished.resume_epoch(), 3)))
 
 
 def test_run_iterator_refuses_to_skip_an_unfinished_epoch():

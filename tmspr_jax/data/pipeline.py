@@ -2,8 +2,8 @@
 
 Training: the PK sampler's ``[num_batches, B]`` index array of each epoch -> this process's rows of every global batch
 -> (epoch, position, record) elements of all the epochs to run, concatenated (:meth:`TrainPipeline.run_iterator`: the
-worker processes start once per run, not once per epoch) -> per-sample record decode + four views (``MapDataset.map``) -> ``.batch(b)`` -> ``to_iter_dataset`` -> ``mp_prefetch``
--> parsing targets added in the main process. Batching happens *before* ``mp_prefetch``: grain then hands whole batches
+worker processes start once per run, not once per epoch) -> per-sample record decode + four views (``MapDataset.map``)
+-> ``.batch(b)`` -> ``to_iter_dataset`` -> ``mp_prefetch`` -> parsing targets added in the main process. Batching happens *before* ``mp_prefetch``: grain then hands whole batches
 round-robin to the workers and interleaves them back in order, so each batch's composition and the batch order do not
 depend on the number of workers (``grain.DataLoader`` with workers would reorder PK batches). Every sample's random views
 come from a generator seeded by ``(seed, epoch, global position in the epoch)``, so the arrays are also independent of
@@ -212,7 +212,6 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         self.close()
 
 
-
 class TrainPipeline:
     """Training batches epoch by epoch, with a JSON-able position for checkpoints.
 
@@ -221,7 +220,7 @@ class TrainPipeline:
         pipe = TrainPipeline(config, split, targets, process_index=jax.process_index(),
                              process_count=jax.process_count())
         pipe.set_state(saved)                       # optional: resume
-        run = pipe.run_iterator(pipe.resume_epoch(), epochs, start_batch=pipe.position.batch)
+        run = pipe.run_iterator(pipe.resume_epoch(), epochs)  # from the restored position
         for epoch in range(pipe.resume_epoch(), epochs + 1):
             for batch in run.epoch_batches(epoch):
                 ...                                  # save pipe.get_state() beside the model
@@ -321,16 +320,19 @@ class TrainPipeline:
         return it.map(_AddParsing(*self._targets))
 
     def run_iterator(
-        self, start_epoch: int, end_epoch: int, *, start_batch: int = 0,
+        self, start_epoch: int, end_epoch: int, *, start_batch: int | None = None,
         num_batches: Callable[[int], int] | None = None,
     ) -> TrainIterator:
         """Every batch from ``(start_epoch, start_batch)`` to the end of ``end_epoch``, through one grain pipeline.
 
         Args:
           start_epoch, end_epoch: the first and last epoch (inclusive).
-          start_batch: first batch of ``start_epoch`` (a resumed run's saved position).
+          start_batch: first batch of ``start_epoch``; default: the current position's batch if it is in
+            ``start_epoch`` (after :meth:`set_state`), else 0.
           num_batches: batches to take of each epoch (a cap such as ``train.max_steps_per_epoch``); default: all.
         """
+        if start_batch is None:
+            start_batch = self._position.batch if self._position.epoch == start_epoch else 0
         if start_batch < 0:
             raise ValueError(f"start_batch must be >= 0, got {start_batch}")
         spans = []
