@@ -84,6 +84,21 @@ def triplet_loss(feats: jax.Array, labels: jax.Array, margin: float = 0.0, norm_
     return jnp.mean(jax.nn.relu(d_ap - d_an + margin))
 
 
+def _seg_inputs(
+    name: str, part_logits: jax.Array, targets: jax.Array, weights: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """float32 ``(logits, targets, weights)`` of a segmentation loss, shapes checked; weights default to 1."""
+    o, y = _f32(part_logits), _f32(targets)
+    if o.ndim != 4 or o.shape != y.shape:
+        raise ValueError(
+            f"{name}: part_logits and targets must both be [B, gh, gw, K] with equal shapes, got {o.shape} and {y.shape}"
+        )
+    w = jnp.ones((o.shape[0],), jnp.float32) if weights is None else _f32(weights)
+    if w.shape != (o.shape[0],):
+        raise ValueError(f"{name}: weights must be [B] = ({o.shape[0]},), got shape {w.shape}")
+    return o, y, w
+
+
 def segmentation_loss(part_logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """MSE between per-channel min-max normalised part logits and parsing targets (model.md §3.4).
 
@@ -93,20 +108,7 @@ def segmentation_loss(part_logits: jax.Array, targets: jax.Array, weights: jax.A
     with weight > 0 only and the mean is the weight-weighted mean over samples. With all weights 1 this is exactly
     the reference; with all weights 0 the loss is 0 (with zero gradient).
     """
-    o = _f32(part_logits)
-    y = _f32(targets)
-    if o.ndim != 4 or o.shape != y.shape:
-        raise ValueError(
-            f"segmentation_loss: part_logits and targets must both be [B, gh, gw, K] with equal shapes, "
-            f"got {o.shape} and {y.shape}"
-        )
-    batch = o.shape[0]
-    if weights is None:
-        w = jnp.ones((batch,), jnp.float32)
-    else:
-        w = _f32(weights)
-        if w.shape != (batch,):
-            raise ValueError(f"segmentation_loss: weights must be [B] = ({batch},), got shape {w.shape}")
+    o, y, w = _seg_inputs("segmentation_loss", part_logits, targets, weights)
     valid = w > 0
     any_valid = jnp.any(valid)
     w = jnp.where(valid, w, 0.0)
@@ -137,16 +139,7 @@ def soft_segmentation_loss(
     min-max-normalised MSE, a constant map does not come close to its minimum, so the head learns where the parts are
     (see the README's demo section).
     """
-    o = _f32(part_logits)
-    y = _f32(targets)
-    if o.ndim != 4 or o.shape != y.shape:
-        raise ValueError(
-            f"soft_segmentation_loss: part_logits and targets must both be [B, gh, gw, K] with equal shapes, "
-            f"got {o.shape} and {y.shape}"
-        )
-    w = jnp.ones((o.shape[0],), jnp.float32) if weights is None else _f32(weights)
-    if w.shape != (o.shape[0],):
-        raise ValueError(f"soft_segmentation_loss: weights must be [B] = ({o.shape[0]},), got shape {w.shape}")
+    o, y, w = _seg_inputs("soft_segmentation_loss", part_logits, targets, weights)
     total = jnp.sum(y, axis=-1, keepdims=True)
     y = jnp.where(total > 0, y / jnp.where(total > 0, total, 1.0), 1.0 / y.shape[-1])
     per_sample = -jnp.mean(jnp.sum(y * jax.nn.log_softmax(o, axis=-1), axis=-1), axis=(1, 2))

@@ -427,21 +427,20 @@ def train_and_evaluate(
                 state = state.replace(opt_state=optim.set_epoch(state.opt_state, epoch, cfg.optim, total_epochs))
                 state = sharding.replicate(state, exp.mesh)
                 n_steps = epoch_steps(epoch)
-                batch_index = start_batch if epoch == start_epoch else 0
                 for batch in batches.epoch_batches(epoch):
                     arrays = sharding.shard_batch(batch, exp.mesh)
                     state, metrics = train_step(state, arrays, step_rng)
                     if pending is not None:
                         check(pending)
                     host_step += 1
-                    batch_index += 1
                     steps_this_call += 1
                     pending = (host_step, metrics)
                     bar.update(1)
                     every = int(cfg.train.checkpoint_every_steps)
-                    if every > 0 and host_step % every == 0 and batch_index < n_steps:
+                    next_batch = train_pipe.position.batch  # the position after the batch just run
+                    if every > 0 and host_step % every == 0 and next_batch < n_steps:
                         check(pending)
-                        manager.save(host_step, args=_save_args(state, train_pipe, epoch, batch_index))
+                        manager.save(host_step, args=_save_args(state, train_pipe, epoch, next_batch))
                     if host_step % int(cfg.train.log_every) == 0:
                         check(pending)
                         host = jax.device_get(metrics)

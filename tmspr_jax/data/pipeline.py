@@ -337,9 +337,8 @@ class TrainPipeline:
             raise ValueError(f"start_batch must be >= 0, got {start_batch}")
         spans = []
         for epoch in range(int(start_epoch), int(end_epoch) + 1):
-            stop = None if num_batches is None else int(num_batches(epoch))
-            span = self._span(epoch, 0, stop)
-            spans.append((epoch, min(int(start_batch), span[2]) if epoch == start_epoch else 0, span[2]))
+            _, _, stop = self._span(epoch, 0, None if num_batches is None else num_batches(epoch))
+            spans.append((epoch, min(int(start_batch), stop) if epoch == start_epoch else 0, stop))
         schedule = [(e, j) for e, start, stop in spans for j in range(start, stop)]
         if spans:
             self._position = sampler_lib.SamplerPosition(spans[0][0], spans[0][1])
@@ -357,17 +356,8 @@ class TrainPipeline:
           num_batches: stop after batch ``num_batches - 1`` (a cap such as ``train.max_steps_per_epoch``); default:
             the whole epoch.
         """
-        total = self.num_batches(epoch)
-        stop = total if num_batches is None else int(num_batches)
-        if not 0 <= stop <= total:
-            raise ValueError(f"num_batches={num_batches} out of range: epoch {epoch} has {total} batches")
-        if start_batch is None:
-            start_batch = self._position.batch if self._position.epoch == epoch else 0
-        start = min(int(start_batch), stop)
-        if start < 0:
-            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
-        self._position = sampler_lib.SamplerPosition(epoch, start)
-        return TrainIterator(self, [(epoch, j) for j in range(start, stop)], self.epoch_dataset(epoch, start, stop))
+        cap = None if num_batches is None else (lambda _: int(num_batches))
+        return self.run_iterator(epoch, epoch, start_batch=start_batch, num_batches=cap)
 
     # -- state
     @property
