@@ -52,6 +52,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.divide_length = 6  # T-MSPR default (TransReID: 4)
     m.part_norm = "batch"  # 'batch' = reference (min-max over the whole batch); 'sample' = per image
     m.neck_feat = "before"  # eval feature: 'before' (7680-d) or 'after' (3840-d)
+    # 'linear' = the reference's classifiers; 'cosine' = cosine similarities, for loss.id_loss other than 'softmax'
+    m.classifier = "linear"
     m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params, norms, softmax, losses stay f32)
     m.remat = False  # rematerialise each transformer block in the backward pass
     m.stack_branches = True  # run views / JPM groups / part sequences as stacked batches (same result)
@@ -97,6 +99,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     lo.rec_weight = 1.0
     lo.kl_weight = 0.0  # computed and logged; the reference never adds it
     lo.label_smoothing = 0.0  # IF_LABELSMOOTH 'off'
+    # 'softmax' = the reference's cross-entropy on linear logits; 'cosface', 'arcface' or 'circle' (fast-reid's
+    # CosSoftmax, ArcSoftmax, CircleSoftmax) need model.classifier='cosine' and use id_scale and id_margin.
+    lo.id_loss = "softmax"
+    lo.id_scale = 30.0
+    lo.id_margin = 0.35
     lo.triplet_margin = 0.0  # 0 = soft margin (NO_MARGIN=True)
     lo.triplet_norm_feat = False  # L2-normalise features before the triplet distances (fast-reid NORM_FEAT)
 

@@ -163,6 +163,89 @@ def test_total_loss_selects_the_segmentation_loss():
         losses.total_loss((logits, feats), PIDS, targets, None, cfg)
 
 
+def _torch_margin_logits(cos: torch.Tensor, labels: torch.Tensor, kind: str, s: float, m: float) -> torch.Tensor:
+    """fast-reid's CosSoftmax / ArcSoftmax / CircleSoftmax heads written plainly, with index assignment."""
+    rows = torch.arange(cos.shape[0])
+    if kind == "cosface":
+        out = cos.clone()
+        out[rows, labels] = cos[rows, labels] - m
+        return s * out
+    if kind == "arcface":
+        sine = torch.sqrt((1.0 - cos ** 2).clamp(0, 1))
+        phi = cos * np.cos(m) - sine * np.sin(m)
+        phi = torch.where(cos > np.cos(np.pi - m), phi, cos - np.sin(np.pi - m) * m)
+        out = cos.clone()
+        out[rows, labels] = phi[rows, labels]
+        return s * out
+    alpha_p = torch.clamp_min(-cos.detach() + 1 + m, 0.0)
+    alpha_n = torch.clamp_min(cos.detach() + m, 0.0)
+    s_p, s_n = s * alpha_p * (cos - (1 - m)), s * alpha_n * (cos - m)
+    onehot = F.one_hot(labels, cos.shape[1]).float()
+    return onehot * s_p + (1 - onehot) * s_n
+
+
+@pytest.mark.parametrize("kind", ["cosface", "arcface", "circle"])
+def test_margin_logits_match_fast_reid_heads_with_gradients(kind):
+    rng = np.random.default_rng(3)
+    cos = np.tanh(rng.normal(size=(B, C))).astype(np.float32)
+    cos[0, PIDS[0]] = -0.99  # arcface: theta + m beyond pi takes the fallback branch
+    cos[1, PIDS[1]] = 0.999
+    s, m = 16.0, 0.3
+    t_cos = torch.from_numpy(cos).requires_grad_(True)
+    t_loss = F.cross_entropy(_torch_margin_logits(t_cos, torch.from_numpy(PIDS).long(), kind, s, m),
+                             torch.from_numpy(PIDS).long())
+    t_loss.backward()
+    loss_fn = lambda c: losses.cross_entropy(losses.margin_logits(c, PIDS, kind, s, m), PIDS)
+    val, grad = jax.value_and_grad(loss_fn)(jnp.asarray(cos))
+    _close(val, t_loss.detach())
+    _close(grad, t_cos.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_margin_logits_definitions():
+    rng = np.random.default_rng(4)
+    cos = np.tanh(rng.normal(size=(B, C))).astype(np.float32) * 0.9
+    y = np.eye(C, dtype=bool)[PIDS]
+    # CosFace with m = 0 is NormFace's scaled cosine; its margin lowers only the label's logit.
+    _close(losses.margin_logits(cos, PIDS, "cosface", 10.0, 0.0), 10.0 * cos)
+    out = np.asarray(losses.margin_logits(cos, PIDS, "cosface", 10.0, 0.2))
+    _close(out[~y], 10.0 * cos[~y])
+    _close(out[y], 10.0 * (cos[y] - 0.2))
+    # ArcFace adds the margin to the angle where theta + m stays below pi.
+    out = np.asarray(losses.margin_logits(cos, PIDS, "arcface", 10.0, 0.2))
+    _close(out[y], 10.0 * np.cos(np.arccos(cos[y].astype(np.float64)) + 0.2), rtol=1e-5, atol=1e-5)
+    _close(out[~y], 10.0 * cos[~y])
+    # A margin makes the loss larger for the same scores, and the loss falls as the label's cosine grows.
+    for kind in ("cosface", "arcface", "circle"):
+        base = float(losses.cross_entropy(10.0 * cos, PIDS))
+        assert float(losses.cross_entropy(losses.margin_logits(cos, PIDS, kind, 10.0, 0.3), PIDS)) > base
+        closer = cos.copy()
+        closer[y] = np.minimum(closer[y] + 0.2, 1.0)
+        assert float(losses.cross_entropy(losses.margin_logits(closer, PIDS, kind, 10.0, 0.3), PIDS)) < float(
+            losses.cross_entropy(losses.margin_logits(cos, PIDS, kind, 10.0, 0.3), PIDS))
+    with pytest.raises(ValueError, match="kind='softmax'"):
+        losses.margin_logits(cos, PIDS, "softmax", 10.0, 0.3)
+    with pytest.raises(ValueError, match=r"cosine must be \[B, C\]"):
+        losses.margin_logits(cos[0], PIDS, "cosface", 10.0, 0.3)
+
+
+def test_total_loss_applies_the_margin_id_loss():
+    logits, feats, targets = _outputs(11)
+    cos = tuple(np.tanh(x) for x in logits)
+    cfg = ml_collections.ConfigDict(get_base_config().loss.to_dict())
+    assert cfg.id_loss == "softmax"  # the reference's
+    _, plain = losses.total_loss((cos, feats), PIDS, targets, None, cfg)
+    cfg.id_loss, cfg.id_scale, cfg.id_margin = "arcface", 12.0, 0.25
+    _, arc = losses.total_loss((cos, feats), PIDS, targets, None, cfg)
+    expected = [losses.cross_entropy(losses.margin_logits(c, PIDS, "arcface", 12.0, 0.25), PIDS) for c in cos]
+    _close(arc["ce_per_logit"], np.stack(expected))
+    _close(arc["triplet"], plain["triplet"])
+    _close(arc["acc"], plain["acc"])  # accuracy from the plain cosines, not the margin logits
+    _close(arc["kl"], losses.kl_term(12.0 * cos[0], 12.0 * cos[4]))
+    cfg.id_loss = "sphereface"
+    with pytest.raises(ValueError, match=r"config.loss.id_loss='sphereface': expected one of"):
+        losses.total_loss((cos, feats), PIDS, targets, None, cfg)
+
+
 def test_reconstruction_and_kl_match_torch():
     logits, feats, _ = _outputs(5)
     _close(losses.reconstruction_loss(feats[2], feats[3]), F.l1_loss(torch.from_numpy(feats[2]), torch.from_numpy(feats[3])))

@@ -100,10 +100,30 @@ def test_output_shapes_and_order():
 
 @pytest.mark.parametrize("key,value,match", [("part_norm", "image", "config.model.part_norm='image'"),
                                              ("neck_feat", "middle", "config.model.neck_feat='middle'"),
+                                             ("classifier", "arc", "config.model.classifier='arc'"),
                                              ("dtype", "float16", "model.dtype='float16'")])
 def test_build_model_rejects_bad_config(key, value, match):
     with pytest.raises(ValueError, match=match):
         build_model(tiny_config(**{key: value}), TINY_IMG, C, CAMS)
+
+
+def test_cosine_classifier_gives_cosines_with_the_linear_parameter_layout():
+    linear, cosine = _model(), _model(classifier="cosine")
+    assert (linear.classifier_kind, cosine.classifier_kind) == ("linear", "cosine")
+    lv, cv = init_variables(linear, jax.random.key(0)), init_variables(cosine, jax.random.key(0))
+    # One checkpoint layout for both: the same names and shapes everywhere.
+    assert jax.tree.map(jnp.shape, lv) == jax.tree.map(jnp.shape, cv)
+    out = _train(cosine, cv, _views(5), CAMIDS)
+    k = np.asarray(cv["params"]["classifier"]["kernel"], np.float64)  # [D, C]
+    x = np.asarray(out.feats[0], np.float64)
+    bn = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5) * np.asarray(cv["params"]["bottleneck"]["scale"])
+    expected = (bn / np.linalg.norm(bn, axis=1, keepdims=True)) @ (k / np.linalg.norm(k, axis=0, keepdims=True))
+    np.testing.assert_allclose(out.logits[0], expected, rtol=1e-4, atol=1e-5)
+    for logit in out.logits:
+        assert logit.shape == (5, C) and np.all(np.abs(np.asarray(logit)) <= 1.0 + 1e-6)
+    # Evaluation features do not involve the classifiers.
+    np.testing.assert_array_equal(_extract(cosine, lv, _views(5)[:, 0], CAMIDS),
+                                  _extract(linear, lv, _views(5)[:, 0], CAMIDS))
 
 
 def test_build_model_reads_config_node():

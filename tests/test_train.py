@@ -98,6 +98,24 @@ def test_training_writes_metrics_results_and_checkpoints(data_root, tmp_path):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
 
 
+def test_margin_id_loss_trains_and_a_mismatched_classifier_is_refused(data_root, tmp_path):
+    cfg = tiny_config(data_root)
+    cfg.loss.id_loss = "cosface"
+    with pytest.raises(ValueError, match=r"id_loss='cosface' needs config.model.classifier='cosine', got 'linear'"):
+        train.train_and_evaluate(cfg, str(tmp_path / "refused"))
+    assert not os.path.exists(tmp_path / "refused")  # refused before anything is written
+    cfg.model.classifier = "cosine"
+    workdir = str(tmp_path / "cosface")
+    train.train_and_evaluate(cfg, workdir)
+    rows = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["kind"] == "train"]
+    assert len(rows) == 4 and all(np.isfinite(r["loss"]) and np.isfinite(r["id"]) for r in rows)
+    _, variables = latest_variables(workdir)
+    assert variables["params"]["classifier"]["kernel"].shape == (32, 8)
+    cfg.model.classifier, cfg.loss.id_loss = "cosine", "softmax"
+    with pytest.raises(ValueError, match=r"id_loss='softmax' needs config.model.classifier='linear', got 'cosine'"):
+        train.train_and_evaluate(cfg, str(tmp_path / "refused"))
+
+
 def test_eval_mode_reproduces_the_trained_checkpoint(data_root, tmp_path):
     cfg = tiny_config(data_root)
     workdir = str(tmp_path / "run")

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -47,6 +49,37 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     if label_smoothing > 0.0:
         targets = optax.smooth_labels(targets, label_smoothing)
     return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+ID_LOSSES = ("softmax", "cosface", "arcface", "circle")
+
+
+def margin_logits(cosine: jax.Array, labels: jax.Array, kind: str, scale: float, margin: float) -> jax.Array:
+    """Logits of a margin softmax from cosine similarities ``[B, C]`` (fast-reid's CosSoftmax, ArcSoftmax and
+    CircleSoftmax; not in the reference). ``s`` = ``scale``, ``m`` = ``margin``, ``y`` = one-hot labels:
+
+    * ``cosface`` (CosFace / AM-softmax): ``s * (cos - m y)``; with ``m = 0`` this is NormFace's scaled cosine.
+    * ``arcface``: ``s * cos(theta + m)`` for the label, ``s * cos`` elsewhere; where ``theta + m`` would pass pi the
+      label's logit is ``cos - m sin(m)`` instead, which stays monotone in theta (InsightFace's rule).
+    * ``circle`` (circle loss in softmax form): ``s * a_p (cos - (1 - m))`` for the label and ``s * a_n (cos - m)``
+      elsewhere, with the constant weights ``a_p = relu(1 + m - cos)`` and ``a_n = relu(cos + m)``.
+    """
+    if kind not in ID_LOSSES or kind == "softmax":
+        raise ValueError(f"margin_logits: kind={kind!r}, expected one of {ID_LOSSES[1:]}")
+    cos = _f32(cosine)
+    if cos.ndim != 2:
+        raise ValueError(f"margin_logits: cosine must be [B, C], got shape {cos.shape}")
+    y = jax.nn.one_hot(labels, cos.shape[-1], dtype=jnp.float32)
+    if kind == "cosface":
+        return scale * (cos - margin * y)
+    if kind == "arcface":
+        sin = jnp.sqrt(jnp.clip(1.0 - cos * cos, 0.0, 1.0))
+        shifted = cos * math.cos(margin) - sin * math.sin(margin)
+        shifted = jnp.where(cos > math.cos(math.pi - margin), shifted, cos - margin * math.sin(margin))
+        return scale * jnp.where(y > 0, shifted, cos)
+    alpha_p = jax.lax.stop_gradient(jax.nn.relu(1.0 + margin - cos))
+    alpha_n = jax.lax.stop_gradient(jax.nn.relu(cos + margin))
+    return scale * jnp.where(y > 0, alpha_p * (cos - (1.0 - margin)), alpha_n * (cos - margin))
 
 
 def triplet_loss(feats: jax.Array, labels: jax.Array, margin: float = 0.0, norm_feat: bool = False) -> jax.Array:
@@ -206,7 +239,9 @@ def total_loss(
       pids: int ``[B]`` train labels.
       parsing: ``[B, gh, gw, 6]`` parsing targets; parsing_weight: ``[B]`` (0 = no map) or None (all 1).
       loss_cfg: the ``loss`` config (``id_weight``, ``triplet_weight``, ``seg_weight``, ``seg_loss``, ``rec_weight``,
-        ``kl_weight``, ``label_smoothing``, ``triplet_margin``, ``triplet_norm_feat``).
+        ``kl_weight``, ``label_smoothing``, ``id_loss``, ``id_scale``, ``id_margin``, ``triplet_margin``,
+        ``triplet_norm_feat``). With ``id_loss`` other than ``'softmax'`` the 15 logits must be cosine similarities
+        (``model.classifier='cosine'``); they go through :func:`margin_logits` before the cross-entropy.
 
     Returns:
       ``(loss, terms)``; ``terms`` holds ``id``, ``triplet``, ``seg``, ``rec``, ``kl``, ``total``, ``acc`` (top-1 of
@@ -217,6 +252,16 @@ def total_loss(
     margin = float(_cfg(loss_cfg, "triplet_margin"))
     norm_feat = bool(_cfg(loss_cfg, "triplet_norm_feat"))
 
+    first_logits = logits[0]  # training accuracy from the plain scores, before any margin
+    id_loss = str(_cfg(loss_cfg, "id_loss"))
+    if id_loss not in ID_LOSSES:
+        raise ValueError(f"config.loss.id_loss={id_loss!r}: expected one of {list(ID_LOSSES)}")
+    if id_loss != "softmax":
+        scale, id_margin = float(_cfg(loss_cfg, "id_scale")), float(_cfg(loss_cfg, "id_margin"))
+        kl_logits = (scale * _f32(logits[0]), scale * _f32(logits[4]))
+        logits = [margin_logits(s, pids, id_loss, scale, id_margin) for s in logits]
+    else:
+        kl_logits = (logits[0], logits[4])
     ce = jnp.stack([cross_entropy(s, pids, smoothing) for s in logits])
     tri = jnp.stack([triplet_loss(feats[k], pids, margin, norm_feat) for k in TRIPLET_FEATURE_INDICES])
     t = dict(zip(TRIPLET_FEATURE_INDICES, list(tri)))
@@ -236,7 +281,7 @@ def total_loss(
         raise ValueError(f"config.loss.seg_loss={seg_name!r}: expected one of {sorted(SEG_LOSSES)}")
     l_seg = SEG_LOSSES[seg_name](feats[1], parsing, parsing_weight)
     l_rec = reconstruction_loss(feats[2], feats[3])
-    l_kl = kl_term(logits[0], logits[4])
+    l_kl = kl_term(*kl_logits)
 
     loss = (
         float(_cfg(loss_cfg, "id_weight")) * l_id
@@ -247,7 +292,7 @@ def total_loss(
     kl_weight = float(_cfg(loss_cfg, "kl_weight"))
     if kl_weight != 0.0:
         loss = loss + kl_weight * l_kl
-    acc = jnp.mean((jnp.argmax(logits[0], axis=-1) == pids).astype(jnp.float32))
+    acc = jnp.mean((jnp.argmax(first_logits, axis=-1) == pids).astype(jnp.float32))
     terms = {
         "id": l_id,
         "triplet": l_tri,

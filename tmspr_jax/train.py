@@ -190,6 +190,16 @@ class Experiment:
     grid: tuple[int, int]
 
 
+def check_classifier_matches_loss(config: ml_collections.ConfigDict) -> None:
+    """The margin ID losses read cosine similarities; the reference's softmax reads linear scores."""
+    id_loss, classifier = config.loss.id_loss, config.model.classifier
+    wanted = "linear" if id_loss == "softmax" else "cosine"
+    if classifier != wanted:
+        raise ValueError(
+            f"config.loss.id_loss={id_loss!r} needs config.model.classifier={wanted!r}, got {classifier!r}"
+        )
+
+
 def setup_experiment(config: ml_collections.ConfigDict, need_train: bool = True) -> Experiment:
     """Opens the dataset splits named by the config and builds the model for them."""
     d = config.data
@@ -347,6 +357,7 @@ def train_and_evaluate(
     Returns the last evaluation's results (empty if none ran).
     """
     cfg = config
+    check_classifier_matches_loss(cfg)
     exp = setup_experiment(cfg)
     sharding.check_global_batch(cfg.data.batch_size, exp.mesh)
     os.makedirs(workdir, exist_ok=True)

@@ -23,6 +23,8 @@ NUM_PARTS = 6  # background, head, body, accessory, legs, feet
 MINMAX_EPS = 1e-8
 PART_NORMS = ("batch", "sample")
 NECK_FEATS = ("before", "after")
+# 'linear' = the reference's bias-free nn.Linear; 'cosine' = cosine similarities for the margin losses (losses.ID_LOSSES)
+CLASSIFIERS = ("linear", "cosine")
 
 
 @struct.dataclass
@@ -48,6 +50,27 @@ class TransformerHead(nn.Module):
         x = block_class(self.remat)(self.dim, self.num_heads, self.mlp_ratio, self.drop_path, self.dtype,
                                     name="block")(x, not train)
         return nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm")(x)
+
+
+def l2_normalise(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+    """``x / max(|x|, eps)`` along ``axis`` (torch ``F.normalize``)."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+class CosineClassifier(nn.Module):
+    """Cosine of the angle between each feature and each class's weight vector: ``[B, D] -> [B, C]`` in [-1, 1].
+
+    The head of NormFace/CosFace/ArcFace/circle losses (fast-reid's ``CosSoftmax`` and relatives); their scale and
+    margin are applied in the loss (``losses.margin_logits``), which knows the labels. The weight is ``kernel [D, C]``
+    as in ``nn.Dense``, so checkpoints keep one layout whichever classifier trained them. Computed in float32.
+    """
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.num_classes), jnp.float32)
+        return l2_normalise(x.astype(jnp.float32)) @ l2_normalise(kernel, axis=0)
 
 
 def shuffle_unit(features: jax.Array, shift: int, groups: int) -> jax.Array:
@@ -140,6 +163,7 @@ class TMSPR(nn.Module):
     divide_length: int = 6
     part_norm: str = "batch"
     neck_feat: str = "before"
+    classifier_kind: str = "linear"  # config.model.classifier (`classifier` is the global classifier module)
     dtype: Dtype = jnp.float32
     remat: bool = False
     stack_branches: bool = True
@@ -160,6 +184,8 @@ class TMSPR(nn.Module):
             raise ValueError(f"model.part_norm={self.part_norm!r}: expected one of {PART_NORMS}")
         if self.neck_feat not in NECK_FEATS:
             raise ValueError(f"model.neck_feat={self.neck_feat!r}: expected one of {NECK_FEATS}")
+        if self.classifier_kind not in CLASSIFIERS:
+            raise ValueError(f"model.classifier={self.classifier_kind!r}: expected one of {CLASSIFIERS}")
         gh, gw = self.grid
         if self.divide_length < 1 or (gh * gw) // self.divide_length < 1:
             raise ValueError(f"model.divide_length={self.divide_length}: must be in 1..{gh * gw} (patch count)")
@@ -181,8 +207,11 @@ class TMSPR(nn.Module):
         self.bottleneck_cp = bn()
         (self.bottleneck_bp0, self.bottleneck_bp1, self.bottleneck_bp2, self.bottleneck_bp3, self.bottleneck_bp4,
          self.bottleneck_bp5) = (bn() for _ in range(6))
-        cls = lambda: nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                               kernel_init=nn.initializers.normal(1e-3))
+        if self.classifier_kind == "cosine":
+            cls = lambda: CosineClassifier(self.num_classes)
+        else:
+            cls = lambda: nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                                   kernel_init=nn.initializers.normal(1e-3))
         self.classifier = cls()
         self.classifier_occ1, self.classifier_occ2, self.classifier_occ3 = cls(), cls(), cls()
         (self.classifier_1, self.classifier_2, self.classifier_3, self.classifier_4,
@@ -329,7 +358,7 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         raise ValueError(f"config.model.stride={get('stride')!r}: expected (stride_y, stride_x)")
     img_size = tuple(int(s) for s in img_size)
     patch_grid(img_size, int(get("patch_size")), stride)  # validates the geometry early
-    for key, allowed in (("part_norm", PART_NORMS), ("neck_feat", NECK_FEATS)):
+    for key, allowed in (("part_norm", PART_NORMS), ("neck_feat", NECK_FEATS), ("classifier", CLASSIFIERS)):
         if get(key) not in allowed:
             raise ValueError(f"config.model.{key}={get(key)!r}: expected one of {allowed}")
     return TMSPR(
@@ -339,7 +368,8 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         num_heads=int(get("num_heads")), mlp_ratio=float(get("mlp_ratio")), drop_path=float(get("drop_path")),
         sie_coe=float(get("sie_coe")), re_arrange=bool(get("re_arrange")), shift_num=int(get("shift_num")),
         shuffle_groups=int(get("shuffle_groups")), divide_length=int(get("divide_length")),
-        part_norm=str(get("part_norm")), neck_feat=str(get("neck_feat")), dtype=compute_dtype(str(get("dtype"))),
+        part_norm=str(get("part_norm")), neck_feat=str(get("neck_feat")), classifier_kind=str(get("classifier")),
+        dtype=compute_dtype(str(get("dtype"))),
         remat=bool(get("remat")), stack_branches=bool(get("stack_branches")))
 
 
