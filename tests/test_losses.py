@@ -222,6 +222,12 @@ def test_margin_logits_definitions():
         closer[y] = np.minimum(closer[y] + 0.2, 1.0)
         assert float(losses.cross_entropy(losses.margin_logits(closer, PIDS, kind, 10.0, 0.3), PIDS)) < float(
             losses.cross_entropy(losses.margin_logits(cos, PIDS, kind, 10.0, 0.3), PIDS))
+    # Gradients stay finite where a cosine is exactly +-1 (sqrt's slope is infinite there).
+    edge = cos.copy()
+    edge[0, :2], edge[1, PIDS[1]] = (1.0, -1.0), 1.0
+    for kind in ("cosface", "arcface", "circle"):
+        g = jax.grad(lambda c: losses.cross_entropy(losses.margin_logits(c, PIDS, kind, 10.0, 0.3), PIDS))(edge)
+        assert np.all(np.isfinite(np.asarray(g))), kind
     with pytest.raises(ValueError, match="kind='softmax'"):
         losses.margin_logits(cos, PIDS, "softmax", 10.0, 0.3)
     with pytest.raises(ValueError, match=r"cosine must be \[B, C\]"):

@@ -29,6 +29,7 @@ TRIPLET_FEATURE_INDICES = (0,) + tuple(range(4, NUM_FEATS))
 _SEG_EPS = 1e-8
 _DIST_CLAMP = 1e-12
 _HARD_CLAMP = 1e-8
+_ARC_SIN2_FLOOR = 1e-12
 
 
 def _f32(x: jax.Array) -> jax.Array:
@@ -73,7 +74,8 @@ def margin_logits(cosine: jax.Array, labels: jax.Array, kind: str, scale: float,
     if kind == "cosface":
         return scale * (cos - margin * y)
     if kind == "arcface":
-        sin = jnp.sqrt(jnp.clip(1.0 - cos * cos, 0.0, 1.0))
+        # The floor keeps sqrt's gradient finite at |cos| = 1 (jnp.where would turn its inf into NaN).
+        sin = jnp.sqrt(jnp.clip(1.0 - cos * cos, _ARC_SIN2_FLOOR, 1.0))
         shifted = cos * math.cos(margin) - sin * math.sin(margin)
         shifted = jnp.where(cos > math.cos(math.pi - margin), shifted, cos - margin * math.sin(margin))
         return scale * jnp.where(y > 0, shifted, cos)
