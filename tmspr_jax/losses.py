@@ -13,10 +13,9 @@ Total loss (§3.7), with the reference's weights::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import math
 
 import jax
 import jax.numpy as jnp
