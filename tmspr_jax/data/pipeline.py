@@ -3,9 +3,10 @@
 Training: the PK sampler's ``[num_batches, B]`` index array of each epoch -> this process's rows of every global batch
 -> (epoch, position, record) elements of all the epochs to run, concatenated (:meth:`TrainPipeline.run_iterator`: the
 worker processes start once per run, not once per epoch) -> per-sample record decode + four views (``MapDataset.map``)
--> ``.batch(b)`` -> ``to_iter_dataset`` -> ``mp_prefetch`` -> parsing targets added in the main process. Batching happens *before* ``mp_prefetch``: grain then hands whole batches
-round-robin to the workers and interleaves them back in order, so each batch's composition and the batch order do not
-depend on the number of workers (``grain.DataLoader`` with workers would reorder PK batches). Every sample's random views
+-> ``.batch(b)`` -> ``to_iter_dataset`` -> ``mp_prefetch`` -> parsing targets added in the main process. Batching
+happens *before* ``mp_prefetch``: grain then hands whole batches round-robin to the workers and interleaves them back
+in order, so each batch's composition and the batch order do not depend on the number of workers
+(``grain.DataLoader`` with workers would reorder PK batches). Every sample's random views
 come from a generator seeded by ``(seed, epoch, global position in the epoch)``, so the arrays are also independent of
 the number of workers and of processes.
 

@@ -23,7 +23,7 @@ NUM_PARTS = 6  # background, head, body, accessory, legs, feet
 MINMAX_EPS = 1e-8
 PART_NORMS = ("batch", "sample")
 NECK_FEATS = ("before", "after")
-# 'linear' = the reference's bias-free nn.Linear; 'cosine' = cosine similarities for the margin losses (losses.ID_LOSSES)
+# 'linear' = the reference's bias-free nn.Linear; 'cosine' = cosine similarities, for losses.ID_LOSSES' margin losses
 CLASSIFIERS = ("linear", "cosine")
 
 
@@ -129,7 +129,7 @@ def visibility(logits: jax.Array) -> jax.Array:
 def nearest_neighbour(global_feat: jax.Array) -> jax.Array:
     """Index of each sample's most cosine-similar sample; the diagonal is set to 0 (not -inf), first index on ties."""
     g = jax.lax.stop_gradient(global_feat)
-    n = g / jnp.maximum(jnp.linalg.norm(g, axis=-1, keepdims=True), 1e-12)
+    n = l2_normalise(g)
     sim = n @ n.T
     sim = jnp.where(jnp.eye(sim.shape[0], dtype=bool), 0.0, sim)
     return jnp.argmax(sim, axis=1)
