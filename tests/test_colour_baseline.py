@@ -62,4 +62,6 @@ def test_scores_a_generated_split_above_chance(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"mAP {results['mAP']:.1%}" in r.stdout
+    lo, hi = results["ci95"]["rank1"]  # the demo config draws bootstrap intervals; the printout gives them
+    assert f"Rank-1 {lo:.1%}-{hi:.1%}" in r.stdout, r.stdout
     assert out.exists()

@@ -11,7 +11,7 @@ import json
 import os
 
 from configs import demo
-from tmspr_jax import train
+from tmspr_jax import evaluate, train
 from tmspr_jax.data import setup
 
 
@@ -35,7 +35,7 @@ def test_training_raises_map_by_at_least_0_2_over_the_untrained_model(tmp_path):
     workdir = str(tmp_path / "run")
     untrained = train.evaluate_untrained(cfg, workdir)
     trained = train.train_and_evaluate(cfg, workdir)
-    print(f"untrained: {train.summarize(untrained)}\ntrained:   {train.summarize(trained)}")
+    print(f"untrained: {evaluate.summarize(untrained)}\ntrained:   {evaluate.summarize(trained)}")
     with open(os.path.join(workdir, "results.json")) as f:
         assert json.load(f)["mAP"] == trained["mAP"]
     assert trained["mAP"] >= untrained["mAP"] + 0.2, (untrained["mAP"], trained["mAP"])

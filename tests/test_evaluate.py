@@ -318,3 +318,9 @@ def test_compute_metrics_reports_intervals_when_asked():
         lo, hi = on["ci95"][name]
         assert 0.0 <= lo <= on[name] <= hi <= 1.0, name
     assert on["ci95"]["mAP"][1] > on["ci95"]["mAP"][0]
+
+    line = evaluate.summarize(on)
+    assert line.startswith(f"mAP {on['mAP']:.1%}  Rank-1 {on['rank1']:.1%}  Rank-5 {on['rank5']:.1%}")
+    lo, hi = on["ci95"]["rank1"]
+    assert f"Rank-1 {lo:.1%}-{hi:.1%}" in line
+    assert "intervals" not in evaluate.summarize(off)

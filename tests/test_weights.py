@@ -13,7 +13,9 @@ import pytest
 
 from convert_weights.mapping import variables_to_reference
 from convert_fixtures import D, timm_to_vit_jax_layout, timm_vit_state, tiny_config
-from tmspr_jax.weights import WeightsError, convert_file, load_pretrained, load_variables, save_variables
+from tmspr_jax.weights import (
+    WeightsError, convert_file, is_weights_folder, load_pretrained, load_variables, save_variables,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,6 +60,15 @@ def test_save_load_round_trip(tmp_path):
 def test_load_variables_rejects_a_plain_folder(tmp_path):
     with pytest.raises(WeightsError, match="meta.json"):
         load_variables(str(tmp_path))
+
+
+def test_weights_folders_are_told_from_workdirs(tmp_path):
+    variables = {"params": {"b": np.zeros(2, np.float32)}, "batch_stats": {}}
+    save_variables(str(tmp_path / "w"), variables, {"num_classes": 1})
+    (tmp_path / "workdir" / "checkpoints").mkdir(parents=True)
+    assert is_weights_folder(str(tmp_path / "w"))
+    assert not is_weights_folder(str(tmp_path / "workdir"))
+    assert not is_weights_folder(str(tmp_path / "missing"))
 
 
 def test_restore_arrays_saved_sharded_over_other_devices(tmp_path):

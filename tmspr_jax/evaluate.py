@@ -363,3 +363,18 @@ def compute_metrics(
     if samples > 0:
         out["ci95"] = bootstrap_intervals(res["per_query"], samples, level=0.95)
     return out
+
+
+def summarize(results: Mapping[str, Any]) -> str:
+    """One log line of :func:`compute_metrics`' results, with the 95% intervals when they were computed."""
+    line = (
+        f"mAP {results['mAP']:.1%}  Rank-1 {results['rank1']:.1%}  Rank-5 {results['rank5']:.1%}  "
+        f"Rank-10 {results['rank10']:.1%}  mINP {results['mINP']:.1%}"
+    )
+    ci = results.get("ci95")
+    if ci:
+        line += (
+            f"  (95% intervals over test identities: mAP {ci['mAP'][0]:.1%}-{ci['mAP'][1]:.1%}, "
+            f"Rank-1 {ci['rank1'][0]:.1%}-{ci['rank1'][1]:.1%})"
+        )
+    return line

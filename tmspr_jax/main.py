@@ -72,20 +72,20 @@ def _run(argv: list[str]) -> None:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
 
-    from tmspr_jax import train
+    from tmspr_jax import evaluate, train
     from tmspr_jax.data import setup
 
     setup.prepare_for_config(config)
     if _MODE.value == "eval":
         results = train.evaluate_only(config, workdir)
-        print(train.summarize(results))
+        print(evaluate.summarize(results))
         return
     if config.train.get("eval_untrained", False):
         untrained = train.evaluate_untrained(config, workdir)
-        print(f"Untrained model: {train.summarize(untrained)}")
+        print(f"Untrained model: {evaluate.summarize(untrained)}")
     results = train.train_and_evaluate(config, workdir)
     if results:
-        print(f"Trained model:   {train.summarize(results)}")
+        print(f"Trained model:   {evaluate.summarize(results)}")
         print(f"Results written to {os.path.join(workdir, 'results.json')}")
 
 

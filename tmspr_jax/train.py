@@ -25,7 +25,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 from tqdm import tqdm
 
-from tmspr_jax import inference, losses, optim, sharding, weights
+from tmspr_jax import evaluate, inference, losses, optim, sharding, weights
 from tmspr_jax.data import parsing, pipeline, sources
 from tmspr_jax.models import build_model, init_variables, vit
 
@@ -200,7 +200,7 @@ def check_classifier_matches_loss(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def setup_experiment(config: ml_collections.ConfigDict, need_train: bool = True) -> Experiment:
+def setup_experiment(config: ml_collections.ConfigDict) -> Experiment:
     """Opens the dataset splits named by the config and builds the model for them."""
     d = config.data
     manual = d.manual_dir or None
@@ -236,7 +236,7 @@ def initial_variables(exp: Experiment, rng: jax.Array) -> dict:
 def load_checkpoint_variables(path: str, exp: Experiment) -> dict:
     """Variables from a converted weights folder (``meta.json``) or a training workdir / its ``checkpoints`` folder."""
     path = os.path.abspath(os.path.expanduser(path))
-    if os.path.exists(os.path.join(path, "meta.json")):
+    if weights.is_weights_folder(path):
         variables, meta = weights.load_variables(path)
         for key, want in (("num_classes", exp.num_classes), ("num_cameras", exp.num_cameras)):
             if key in meta and int(meta[key]) != int(want):
@@ -293,20 +293,6 @@ def extract_test_features(
     return out[0], out[1]
 
 
-def summarize(results: Mapping[str, Any]) -> str:
-    line = (
-        f"mAP {results['mAP']:.1%}  Rank-1 {results['rank1']:.1%}  Rank-5 {results['rank5']:.1%}  "
-        f"Rank-10 {results['rank10']:.1%}  mINP {results['mINP']:.1%}"
-    )
-    ci = results.get("ci95")
-    if ci:
-        line += (
-            f"  (95% intervals over test identities: mAP {ci['mAP'][0]:.1%}-{ci['mAP'][1]:.1%}, "
-            f"Rank-1 {ci['rank1'][0]:.1%}-{ci['rank1'][1]:.1%})"
-        )
-    return line
-
-
 def write_results(workdir: str, results: Mapping[str, Any], name: str = "results.json") -> str:
     path = os.path.join(workdir, name)
     if jax.process_index() == 0:
@@ -327,7 +313,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logger = MetricsLogger(workdir, enabled=jax.process_index() == 0)
     logger.write("eval", 0, results)
     logger.close()
-    logging.info("Evaluation of %s: %s", config.init_checkpoint, summarize(results))
+    logging.info("Evaluation of %s: %s", config.init_checkpoint, evaluate.summarize(results))
     return results
 
 
@@ -478,7 +464,7 @@ def train_and_evaluate(
                     results["epoch"] = epoch
                     logger.write("eval", int(state.step), results)
                     write_results(workdir, results)
-                    logging.info("Epoch %d: %s", epoch, summarize(results))
+                    logging.info("Epoch %d: %s", epoch, evaluate.summarize(results))
                     metrics_for_ckpt = {"mAP": float(results["mAP"]), "rank1": float(results["rank1"])}
                 if epoch % int(cfg.train.checkpoint_every) == 0 or epoch == total_epochs or metrics_for_ckpt:
                     manager.save(host_step, args=_save_args(state, train_pipe, epoch + 1, 0), metrics=metrics_for_ckpt)

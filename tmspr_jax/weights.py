@@ -28,6 +28,11 @@ class WeightsError(ValueError):
     """Weights cannot be used for the requested model; the message names the path, key and what was expected."""
 
 
+def is_weights_folder(path: str) -> bool:
+    """Whether ``path`` is a converted-weights folder (it has ``meta.json``), not a training workdir."""
+    return os.path.isfile(os.path.join(os.path.expanduser(path), META_FILE))
+
+
 def save_variables(path: str, variables: dict, meta: dict, *, overwrite: bool = False) -> None:
     """Write ``variables`` (``{'params', 'batch_stats'}``) as an orbax checkpoint and ``meta`` as ``meta.json``.
 

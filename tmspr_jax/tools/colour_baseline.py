@@ -86,8 +86,7 @@ def _main() -> None:
     results = evaluate_config(config, f.stripes, f.bins, f.centre)
     print(
         f"colour-histogram baseline ({f.stripes} stripes x {f.bins ** 3} colours, central {f.centre:.0%}) on "
-        f"{config.data.test}: mAP {results['mAP']:.1%}  Rank-1 {results['rank1']:.1%}  Rank-5 {results['rank5']:.1%}  "
-        f"Rank-10 {results['rank10']:.1%}  mINP {results['mINP']:.1%}"
+        f"{config.data.test}: {evaluate.summarize(results)}"
     )
     if f.out:
         with open(f.out, "w") as fh:

@@ -66,11 +66,11 @@ def _model_and_variables(config: ml_collections.ConfigDict, checkpoint: str) -> 
     path = os.path.abspath(os.path.expanduser(checkpoint))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--checkpoint {path!r} is not a folder (a converted weights folder or a workdir)")
-    if os.path.exists(os.path.join(path, "meta.json")):  # converted weights: their meta gives the head sizes
+    if weights.is_weights_folder(path):  # converted weights: their meta gives the head sizes
         variables, meta = weights.load_variables(path)
         for key in ("num_classes", "num_cameras"):
             if key not in meta:
-                raise ValueError(f"{path}/meta.json has no {key!r}; re-convert the weights with convert_weights")
+                raise ValueError(f"{path}/{weights.META_FILE} has no {key!r}; re-convert the weights with convert_weights")
         model = build_model(config.model, tuple(config.img_size), int(meta["num_classes"]), int(meta["num_cameras"]))
         return model, variables
     exp = train.setup_experiment(config)
