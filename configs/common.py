@@ -58,6 +58,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.remat = False  # rematerialise each transformer block in the backward pass
     m.stack_branches = True  # run views / JPM groups / part sequences as stacked batches (same result)
     m.pretrained = ""  # ImageNet ViT: .pth / .npz / .safetensors / converted orbax folder
+    # Start of the position embedding when it is not loaded: 'normal' (the reference's N(0, 0.02)) or 'sincos'
+    # (2-D sine-cosine codes, for training from scratch; see tmspr_jax.models.vit.sincos_embedding).
+    m.pos_embed_init = "normal"
 
     # ---------------------------------------------------------------- data (reference/data.md)
     d = c.data = ml_collections.ConfigDict()

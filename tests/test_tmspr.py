@@ -101,6 +101,7 @@ def test_output_shapes_and_order():
 @pytest.mark.parametrize("key,value,match", [("part_norm", "image", "config.model.part_norm='image'"),
                                              ("neck_feat", "middle", "config.model.neck_feat='middle'"),
                                              ("classifier", "arc", "config.model.classifier='arc'"),
+                                             ("pos_embed_init", "zeros", "config.model.pos_embed_init='zeros'"),
                                              ("dtype", "float16", "model.dtype='float16'")])
 def test_build_model_rejects_bad_config(key, value, match):
     with pytest.raises(ValueError, match=match):

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tmspr_jax.models.vit import Block, VisionTransformer, drop_path, drop_path_rates, patch_grid
+from tmspr_jax.models.vit import (
+    Block, VisionTransformer, drop_path, drop_path_rates, patch_grid, sincos_embedding,
+)
 
 
 def test_patch_grid_reference_geometry():
@@ -97,6 +99,43 @@ def test_init_is_untruncated_normal_and_zero_biases():
     assert abs(float(np.std(qkv["kernel"])) - 0.02) < 0.002
     assert not np.any(np.asarray(qkv["bias"]))
     assert np.all(np.asarray(p["blocks_0"]["norm1"]["scale"]) == 1.0)
+
+
+def test_sincos_embedding_codes_rows_and_columns():
+    gh, gw, dim = 8, 4, 64
+    pe = sincos_embedding((gh, gw), dim)
+    assert pe.shape == (1 + gh * gw, dim) and pe.dtype == np.float32
+    assert not np.any(pe[0])  # the cls token has no position
+    q = dim // 4
+    for r in range(gh):
+        for c in range(gw):
+            row = pe[1 + r * gw + c]
+            for i in range(q):
+                f = 1.0 / 10000 ** (i / q)
+                want = [np.sin(c * f), np.cos(c * f), np.sin(r * f), np.cos(r * f)]
+                np.testing.assert_allclose(row[[i, q + i, 2 * q + i, 3 * q + i]], want, atol=1e-6)
+    # Nearby patches get similar codes: down a column the similarity falls over the first rows (farther on, the
+    # fastest frequencies wrap round, so it is not monotone over the whole height).
+    sims = pe[1:] @ pe[1 + 0 * gw + 1]
+    down_the_column = [sims[r * gw + 1] for r in range(4)]
+    assert all(a > b for a, b in zip(down_the_column, down_the_column[1:])), down_the_column
+    assert np.argmax(sims) == 1
+    with pytest.raises(ValueError, match="embed_dim=18 must be a multiple of 4"):
+        sincos_embedding((gh, gw), 18)
+
+
+def test_sincos_start_keeps_the_parameter_tree_and_trains():
+    args = (np.zeros((1, 48, 40, 3), np.float32), np.zeros(1, int))
+    normal = _vit().init(jax.random.key(0), *args)["params"]
+    sincos = _vit(pos_embed_init="sincos").init(jax.random.key(0), *args)["params"]
+    shapes = lambda t: jax.tree_util.tree_map(np.shape, t)  # noqa: E731
+    assert shapes(sincos) == shapes(normal)  # checkpoints and converted weights fit either start
+    grid = _vit().grid
+    np.testing.assert_array_equal(np.asarray(sincos["pos_embed"])[0], sincos_embedding(grid, 32))
+    assert "pos_embed" in jax.grad(lambda p: jnp.sum(_vit(pos_embed_init="sincos").apply({"params": p}, *args)))(
+        sincos)  # a start, not a frozen table
+    with pytest.raises(ValueError, match="pos_embed_init='learned'"):
+        _vit(pos_embed_init="learned").init(jax.random.key(0), *args)
 
 
 def test_drop_path_rates_linspace():

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax import struct
 
-from tmspr_jax.models.vit import LN_EPS, VisionTransformer, block_class, compute_dtype, drop_path_rates, patch_grid
+from tmspr_jax.models.vit import (
+    LN_EPS, POS_EMBED_INITS, VisionTransformer, block_class, compute_dtype, drop_path_rates, patch_grid,
+)
 
 Dtype = Any
 
@@ -167,6 +169,7 @@ class TMSPR(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     stack_branches: bool = True
+    pos_embed_init: str = "normal"  # vit.POS_EMBED_INITS
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -193,7 +196,7 @@ class TMSPR(nn.Module):
             img_size=tuple(self.img_size), patch_size=self.patch_size, stride=tuple(self.stride),
             embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
             drop_path=self.drop_path, num_cameras=self.num_cameras, num_views=self.num_views, sie_coe=self.sie_coe,
-            local_feature=True, dtype=self.dtype, remat=self.remat)
+            local_feature=True, dtype=self.dtype, remat=self.remat, pos_embed_init=self.pos_embed_init)
         last_rate = drop_path_rates(self.drop_path, self.depth)[-1]  # b1/b2 copy the last block: rate = drop_path
         head = lambda: TransformerHead(self.embed_dim, self.num_heads, self.mlp_ratio, last_rate, self.dtype,
                                        self.remat)
@@ -358,7 +361,8 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         raise ValueError(f"config.model.stride={get('stride')!r}: expected (stride_y, stride_x)")
     img_size = tuple(int(s) for s in img_size)
     patch_grid(img_size, int(get("patch_size")), stride)  # validates the geometry early
-    for key, allowed in (("part_norm", PART_NORMS), ("neck_feat", NECK_FEATS), ("classifier", CLASSIFIERS)):
+    for key, allowed in (("part_norm", PART_NORMS), ("neck_feat", NECK_FEATS), ("classifier", CLASSIFIERS),
+                         ("pos_embed_init", POS_EMBED_INITS)):
         if get(key) not in allowed:
             raise ValueError(f"config.model.{key}={get(key)!r}: expected one of {allowed}")
     return TMSPR(
@@ -370,7 +374,7 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         shuffle_groups=int(get("shuffle_groups")), divide_length=int(get("divide_length")),
         part_norm=str(get("part_norm")), neck_feat=str(get("neck_feat")), classifier_kind=str(get("classifier")),
         dtype=compute_dtype(str(get("dtype"))),
-        remat=bool(get("remat")), stack_branches=bool(get("stack_branches")))
+        remat=bool(get("remat")), stack_branches=bool(get("stack_branches")), pos_embed_init=str(get("pos_embed_init")))
 
 
 def init_variables(model: TMSPR, rng: jax.Array, batch_size: int = 2) -> dict:

@@ -19,6 +19,9 @@ Dtype = Any
 LN_EPS = 1e-6
 # PyTorch trunc_normal_(std=.02, a=-2, b=2) cuts at +-100 sigma: effectively a plain normal (model.md §1.5).
 _normal02 = nn.initializers.normal(stddev=0.02)
+# How the position embedding starts: 'normal' = the reference's N(0, 0.02) (pretrained weights overwrite it);
+# 'sincos' = 2-D sine-cosine codes, which a model trained from scratch need not learn first (see sincos_embedding).
+POS_EMBED_INITS = ("normal", "sincos")
 
 
 def patch_grid(img_size: Sequence[int], patch: int, stride: Sequence[int] | int) -> tuple[int, int]:
@@ -51,6 +54,24 @@ def sie_table_rows(num_cameras: int, num_views: int) -> int:
     if v > 1:
         return v
     return 0
+
+
+def sincos_embedding(grid: Sequence[int], dim: int) -> np.ndarray:
+    """2-D sine-cosine position codes ``[1 + gh*gw, dim]`` in the token order (cls first, then row-major patches).
+
+    A quarter of the channels each holds sin and cos of the patch column and of the patch row at the frequencies
+    ``10000 ** (-i / (dim/4))``, ``i = 0 .. dim/4 - 1``; the cls row is zero. Nearby patches get similar codes, so
+    a model trained from scratch starts with the 2-D layout instead of having to learn it.
+    """
+    gh, gw = int(grid[0]), int(grid[1])
+    if dim % 4:
+        raise ValueError(f"sine-cosine position embedding: embed_dim={dim} must be a multiple of 4")
+    freqs = 10000.0 ** (-np.arange(dim // 4) / (dim // 4))
+    rows, cols = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64), indexing="ij")
+    x = cols.reshape(-1, 1) * freqs
+    y = rows.reshape(-1, 1) * freqs
+    codes = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+    return np.concatenate([np.zeros((1, dim)), codes]).astype(np.float32)
 
 
 def drop_path_rates(drop_path: float, depth: int) -> list[float]:
@@ -158,6 +179,7 @@ class VisionTransformer(nn.Module):
     local_feature: bool = True
     dtype: Dtype = jnp.float32
     remat: bool = False
+    pos_embed_init: str = "normal"  # one of POS_EMBED_INITS
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -176,7 +198,14 @@ class VisionTransformer(nn.Module):
                                    kernel_init=nn.initializers.normal(np.sqrt(2.0 / (self.patch_size ** 2 * d))),
                                    bias_init=nn.initializers.zeros)
         self.cls_token = self.param("cls_token", _normal02, (1, 1, d))
-        self.pos_embed = self.param("pos_embed", _normal02, (1, 1 + gh * gw, d))
+        if self.pos_embed_init not in POS_EMBED_INITS:
+            raise ValueError(f"pos_embed_init={self.pos_embed_init!r}: expected one of {POS_EMBED_INITS}")
+        if self.pos_embed_init == "sincos":
+            pos_init = lambda key, shape, dtype=jnp.float32: jnp.asarray(  # noqa: E731
+                sincos_embedding((gh, gw), d)[None], dtype)
+        else:
+            pos_init = _normal02
+        self.pos_embed = self.param("pos_embed", pos_init, (1, 1 + gh * gw, d))
         if self.num_sie:
             self.sie_embed = self.param("sie_embed", _normal02, (self.num_sie, 1, d))
         rates = drop_path_rates(self.drop_path, self.depth)
