@@ -316,3 +316,38 @@ def test_cli_missing_maps(prepared, tmp_path):
         P.load_targets(_cfg(path=str(tmp_path / "t.npz")), split, (10, 5), data_dir, "synthetic_occluded")
     out = P.load_targets(_cfg(path=str(tmp_path / "t.npz"), missing="zero_weight"), split, (10, 5), data_dir, "x")
     assert out.num_missing == 3 and out.weights.sum() == 9
+
+
+def test_targets_for_another_image_size_with_the_same_grid_are_refused(tmp_path):
+    data_dir, path, targets = _store(tmp_path, ["a.jpg"])  # pooled for 8x8 images, patch 4, stride 2: a 3x3 grid
+    ok = P.load_targets(_cfg(), _split(["a.jpg"]), (3, 3), data_dir, "synth", geometry=((8, 8), 4, (2, 2)))
+    np.testing.assert_array_equal(ok.targets[0], targets[0])
+    assert P.stored_geometry(path) == ((8, 8), 4, (2, 2))
+    # 16x16 images with patch 8 and stride 4 give the same 3x3 grid, but other pooling windows
+    with pytest.raises(ValueError, match=r"3x3.npz: targets were pooled for img_size \(8, 8\), patch 4, stride \(2, 2\) "
+                                         r"but the model uses img_size \(16, 16\), patch 8, stride \(4, 4\)"):
+        P.load_targets(_cfg(), _split(["a.jpg"]), (3, 3), data_dir, "synth", geometry=((16, 16), 8, (4, 4)))
+
+
+def test_prepare_remakes_cached_targets_made_for_another_image_size(tmp_path):
+    from configs import demo
+    from tmspr_jax.data import setup
+
+    c = demo.get_config()
+    c.data.data_dir = str(tmp_path / "tfds")
+    c.data.manual_dir = str(tmp_path / "synthetic")
+    c.parsing.maps_dir = str(tmp_path / "synthetic" / "parsing_lip")
+    c.data.synthetic_options = dict(num_train_ids=3, images_per_id=2, num_test_ids=2, queries_per_id=1,
+                                    gallery_per_id=1, num_occluder_images=0, seed=2)  # fmt: skip
+    c.data.occluder_dir = ""
+    c.img_size, c.model.patch_size, c.model.stride = (128, 64), 16, (16, 16)
+    setup.prepare_for_config(c)
+    path = P.default_path(c.data.data_dir, c.data.train, (8, 4))
+    first = np.load(path)["targets"]
+    assert P.stored_geometry(path) == ((128, 64), 16, (16, 16))
+
+    c.img_size, c.model.patch_size, c.model.stride = (96, 48), 12, (12, 12)  # the same 8x4 grid
+    setup.prepare_for_config(c)
+    assert P.stored_geometry(path) == ((96, 48), 12, (12, 12))
+    second = np.load(path)["targets"]
+    assert second.shape == first.shape and not np.allclose(second, first)  # other windows, other targets

@@ -353,12 +353,28 @@ def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
     return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
+Geometry = tuple[tuple[int, int], int, tuple[int, int]]  # (img_size, patch, stride)
+
+
+def pooling_geometry(img_size: Sequence[int], patch: int, stride: Sequence[int]) -> Geometry:
+    return (int(img_size[0]), int(img_size[1])), int(patch), (int(stride[0]), int(stride[1]))
+
+
+def stored_geometry(path: str) -> Geometry | None:
+    """``(img_size, patch, stride)`` the targets in ``path`` were pooled for (None for files without them)."""
+    with np.load(path, allow_pickle=False) as f:
+        if not {"img_size", "patch", "stride"} <= set(f.files):
+            return None
+        return pooling_geometry(f["img_size"].tolist(), int(f["patch"]), f["stride"].tolist())
+
+
 def load_targets(
     parsing_cfg: Any,
     split: Any,
     grid: Sequence[int],
     data_dir: str,
     dataset: str,
+    geometry: Geometry | None = None,
 ) -> ParsingTargets:
     """Loads the stored targets aligned to ``split.file_names`` (record order).
 
@@ -369,6 +385,9 @@ def load_targets(
       grid: the model's ``(gh, gw)``; a file made for another grid is an error.
       data_dir: the TFDS data dir the dataset was prepared in.
       dataset: the builder name of the training split (``config.data.train``).
+      geometry: the model's ``(img_size, patch, stride)``. The same grid can come from other image sizes, whose
+        pooled targets differ (e.g. 128x64 with patch 16 and 96x48 with patch 12): a file made for another geometry
+        is an error, never reused.
     """
     grid = (int(grid[0]), int(grid[1]))
     missing_mode = _cfg_get(parsing_cfg, "missing", "error")
@@ -396,6 +415,14 @@ def load_targets(
             f"{path}: targets were made for a {stored_grid[0]}x{stored_grid[1]} patch grid but the model uses "
             f"{grid[0]}x{grid[1]}; regenerate them for this img_size / patch / stride."
         )
+    if geometry is not None:
+        want, have = pooling_geometry(*geometry), stored_geometry(path)
+        if have is not None and have != want:
+            raise ValueError(
+                f"{path}: targets were pooled for img_size {have[0]}, patch {have[1]}, stride {have[2]} but the model "
+                f"uses img_size {want[0]}, patch {want[1]}, stride {want[2]}; regenerate them for this geometry "
+                "(remove the file: with parsing.maps_dir set they are recomputed on first use)."
+            )
     want_method = _cfg_get(parsing_cfg, "method", None)
     if want_method is not None and stored_method is not None and want_method != stored_method:
         raise ValueError(

@@ -56,8 +56,16 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
     """Computes the training split's parsing targets from ``parsing.maps_dir`` when they are not stored yet."""
     cfg = config.parsing
     path = cfg.path or parsing.default_path(config.data.data_dir, config.data.train, grid)
-    if os.path.exists(path) or not cfg.maps_dir:
+    if not cfg.maps_dir:
         return
+    if os.path.exists(path):
+        geometry = (tuple(config.img_size), config.model.patch_size, tuple(config.model.stride))
+        stored = parsing.stored_geometry(path)
+        if cfg.path or stored is None or stored == parsing.pooling_geometry(*geometry):
+            return  # up to date, or the user's own file: load_targets checks it
+        # The default file is a cache of maps_dir: made for another image size with the same grid, it is remade.
+        logging.warning("%s was pooled for img_size %s, patch %s, stride %s: recomputing it for this config.", path,
+                        *stored)
     split = sources.open_split(config.data.train, "train", config.data.data_dir, manual_dir=config.data.manual_dir or None)
     t0 = time.perf_counter()
     names, targets, missing = parsing.compute_targets(
