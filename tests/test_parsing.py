@@ -324,8 +324,9 @@ def test_targets_for_another_image_size_with_the_same_grid_are_refused(tmp_path)
     np.testing.assert_array_equal(ok.targets[0], targets[0])
     assert P.stored_geometry(path) == ((8, 8), 4, (2, 2))
     # 16x16 images with patch 8 and stride 4 give the same 3x3 grid, but other pooling windows
-    with pytest.raises(ValueError, match=r"3x3.npz: targets were pooled for img_size \(8, 8\), patch 4, stride \(2, 2\) "
-                                         r"but the model uses img_size \(16, 16\), patch 8, stride \(4, 4\)"):
+    with pytest.raises(ValueError, match=r"3x3.npz: targets were pooled for img_size \(8, 8\), patch 4, "
+                                         r"stride \(2, 2\) but the model uses img_size \(16, 16\), patch 8, "
+                                         r"stride \(4, 4\)"):
         P.load_targets(_cfg(), _split(["a.jpg"]), (3, 3), data_dir, "synth", geometry=((16, 16), 8, (4, 4)))
 
 

@@ -354,8 +354,9 @@ def train_and_evaluate(
     init_rng, step_rng = jax.random.split(rng)
     total_epochs = int(cfg.train.epochs)
 
-    geometry = (tuple(cfg.img_size), cfg.model.patch_size, tuple(cfg.model.stride))
-    targets = parsing.load_targets(cfg.parsing, exp.train_split, exp.grid, cfg.data.data_dir, cfg.data.train, geometry)
+    targets = parsing.load_targets(
+        cfg.parsing, exp.train_split, exp.grid, cfg.data.data_dir, cfg.data.train, parsing.config_geometry(cfg)
+    )
     if targets.num_missing:
         logging.warning("%d training images have no parsing map: their segmentation loss weight is 0.", targets.num_missing)
     train_pipe = pipeline.TrainPipeline(

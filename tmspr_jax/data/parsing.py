@@ -360,12 +360,22 @@ def pooling_geometry(img_size: Sequence[int], patch: int, stride: Sequence[int])
     return (int(img_size[0]), int(img_size[1])), int(patch), (int(stride[0]), int(stride[1]))
 
 
+def config_geometry(config: Any) -> Geometry:
+    """The ``(img_size, patch, stride)`` a config's model pools its parsing targets with."""
+    return pooling_geometry(config.img_size, config.model.patch_size, config.model.stride)
+
+
+def _geometry_in(f: Any) -> Geometry | None:
+    """The geometry recorded in an open targets ``.npz`` (None for files written without it)."""
+    if not {"img_size", "patch", "stride"} <= set(f.files):
+        return None
+    return pooling_geometry(f["img_size"].tolist(), int(f["patch"]), f["stride"].tolist())
+
+
 def stored_geometry(path: str) -> Geometry | None:
     """``(img_size, patch, stride)`` the targets in ``path`` were pooled for (None for files without them)."""
     with np.load(path, allow_pickle=False) as f:
-        if not {"img_size", "patch", "stride"} <= set(f.files):
-            return None
-        return pooling_geometry(f["img_size"].tolist(), int(f["patch"]), f["stride"].tolist())
+        return _geometry_in(f)
 
 
 def load_targets(
@@ -407,6 +417,7 @@ def load_targets(
         stored = np.asarray(f["targets"], np.float32)
         names = f["names"].tolist()
         stored_method = str(f["method"]) if "method" in f.files else None
+        have_geometry = _geometry_in(f)
     stored_grid = tuple(int(v) for v in stored.shape[1:3])
     if stored.ndim != 4 or stored.shape[-1] != NUM_GROUPS or len(names) != stored.shape[0]:
         raise ValueError(f"{path}: targets of shape {stored.shape} with {len(names)} names is not [N, gh, gw, 6]")
@@ -416,7 +427,7 @@ def load_targets(
             f"{grid[0]}x{grid[1]}; regenerate them for this img_size / patch / stride."
         )
     if geometry is not None:
-        want, have = pooling_geometry(*geometry), stored_geometry(path)
+        want, have = pooling_geometry(*geometry), have_geometry
         if have is not None and have != want:
             raise ValueError(
                 f"{path}: targets were pooled for img_size {have[0]}, patch {have[1]}, stride {have[2]} but the model "

@@ -6,9 +6,9 @@ worker processes start once per run, not once per epoch) -> per-sample record de
 -> ``.batch(b)`` -> ``to_iter_dataset`` -> ``mp_prefetch`` -> parsing targets added in the main process. Batching
 happens *before* ``mp_prefetch``: grain then hands whole batches round-robin to the workers and interleaves them back
 in order, so each batch's composition and the batch order do not depend on the number of workers
-(``grain.DataLoader`` with workers would reorder PK batches). Every sample's random views
-come from a generator seeded by ``(seed, epoch, global position in the epoch)``, so the arrays are also independent of
-the number of workers and of processes.
+(``grain.DataLoader`` with workers would reorder PK batches). Every sample's random views come from a generator seeded
+by ``(seed, epoch, global position in the epoch)``, so the arrays are also independent of the number of workers and of
+processes.
 
 Resuming: a batch is a pure function of ``(config, split, epoch, batch index)``, so the pipeline's JSON-able state is
 just that position (plus what must not change for it to mean the same thing); restoring rebuilds the dataset from the

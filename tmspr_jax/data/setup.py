@@ -58,22 +58,24 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
     path = cfg.path or parsing.default_path(config.data.data_dir, config.data.train, grid)
     if not cfg.maps_dir:
         return
+    img_size, patch, stride = geometry = parsing.config_geometry(config)
     if os.path.exists(path):
-        geometry = (tuple(config.img_size), config.model.patch_size, tuple(config.model.stride))
         stored = parsing.stored_geometry(path)
-        if cfg.path or stored is None or stored == parsing.pooling_geometry(*geometry):
+        if cfg.path or stored is None or stored == geometry:
             return  # up to date, or the user's own file: load_targets checks it
         # The default file is a cache of maps_dir: made for another image size with the same grid, it is remade.
         logging.warning("%s was pooled for img_size %s, patch %s, stride %s: recomputing it for this config.", path,
                         *stored)
-    split = sources.open_split(config.data.train, "train", config.data.data_dir, manual_dir=config.data.manual_dir or None)
+    split = sources.open_split(
+        config.data.train, "train", config.data.data_dir, manual_dir=config.data.manual_dir or None
+    )
     t0 = time.perf_counter()
     names, targets, missing = parsing.compute_targets(
         list(split.file_names),
         cfg.maps_dir,
-        tuple(config.img_size),
-        config.model.patch_size,
-        tuple(config.model.stride),
+        img_size,
+        patch,
+        stride,
         method=cfg.method,
         allow_missing=cfg.missing == "zero_weight",
     )
@@ -81,9 +83,9 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
         path,
         names,
         targets,
-        img_size=tuple(config.img_size),
-        patch=config.model.patch_size,
-        stride=tuple(config.model.stride),
+        img_size=img_size,
+        patch=patch,
+        stride=stride,
         method=cfg.method,
         source=cfg.maps_dir,
     )

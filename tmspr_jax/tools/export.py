@@ -70,7 +70,9 @@ def _model_and_variables(config: ml_collections.ConfigDict, checkpoint: str) -> 
         variables, meta = weights.load_variables(path)
         for key in ("num_classes", "num_cameras"):
             if key not in meta:
-                raise ValueError(f"{path}/{weights.META_FILE} has no {key!r}; re-convert the weights with convert_weights")
+                raise ValueError(
+                    f"{path}/{weights.META_FILE} has no {key!r}; re-convert the weights with convert_weights"
+                )
         model = build_model(config.model, tuple(config.img_size), int(meta["num_classes"]), int(meta["num_cameras"]))
         return model, variables
     exp = train.setup_experiment(config)
