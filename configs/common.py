@@ -61,6 +61,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Start of the position embedding when it is not loaded: 'normal' (the reference's N(0, 0.02)) or 'sincos'
     # (2-D sine-cosine codes, for training from scratch; see tmspr_jax.models.vit.sincos_embedding).
     m.pos_embed_init = "normal"
+    # LocalViT's depthwise 3x3 convolution of the patch tokens inside the backbone blocks' MLPs: a locality prior for
+    # training from scratch. Not in the reference, so ImageNet and T-MSPR checkpoints cannot be loaded with it.
+    m.local_mlp = False
 
     # ---------------------------------------------------------------- data (reference/data.md)
     d = c.data = ml_collections.ConfigDict()

@@ -108,6 +108,29 @@ def test_build_model_rejects_bad_config(key, value, match):
         build_model(tiny_config(**{key: value}), TINY_IMG, C, CAMS)
 
 
+def test_local_mlp_adds_mixing_to_the_backbone_only_and_trains():
+    model = _model(local_mlp=True)
+    v = init_variables(model, jax.random.key(0))
+    paths = ["/".join(str(getattr(k, "key", k)) for k in path)
+             for path, _ in jax.tree_util.tree_leaves_with_path(v["params"])]
+    mixing = sorted(p for p in paths if p.endswith("dw_kernel"))
+    # depth 2: one backbone block; b1 and b2 (copies of the last block) run on token subsets, without a grid
+    assert mixing == ["backbone/blocks_0/mlp/dw_kernel"]
+    plain = [p for p in paths if not p.endswith("dw_kernel")]
+    assert sorted(plain) == sorted("/".join(str(getattr(k, "key", k)) for k in path) for path, _ in
+                                   jax.tree_util.tree_leaves_with_path(init_variables(_model(), jax.random.key(0))[
+                                       "params"]))
+
+    def loss(params):
+        out, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, _views(4),
+                             np.zeros(4, np.int32), train=True, mutable=["batch_stats"])
+        return sum(jnp.sum(x ** 2) for x in out.logits)
+
+    grads = jax.grad(loss)(v["params"])
+    g = grads["backbone"]["blocks_0"]["mlp"]["dw_kernel"]
+    assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).max()) > 0
+
+
 def test_cosine_classifier_gives_cosines_with_the_linear_parameter_layout():
     linear, cosine = _model(), _model(classifier="cosine")
     assert (linear.classifier_kind, cosine.classifier_kind) == ("linear", "cosine")

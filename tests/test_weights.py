@@ -131,6 +131,15 @@ def test_load_pretrained_trained_folder_checks_counts_and_grid(npz_path, tmp_pat
         load_pretrained(str(tmp_path / "t"), cfg12.model, cfg12.img_size, 6, 4, jax.random.key(0))
 
 
+def test_local_mlp_models_refuse_pytorch_weights(npz_path, tmp_path):
+    cfg = tiny_config()
+    cfg.model.local_mlp = True
+    for load in (lambda: load_pretrained(npz_path, cfg.model, cfg.img_size, 6, 4, jax.random.key(0)),
+                 lambda: convert_file(npz_path, cfg.model, cfg.img_size, jax.random.key(0))):
+        with pytest.raises(WeightsError, match=r"vit.npz.*local_mlp=True.*training from scratch"):
+            load()
+
+
 def test_load_pretrained_bad_paths(tmp_path):
     cfg = tiny_config()
     with pytest.raises(FileNotFoundError, match="nope.npz"):

@@ -91,6 +91,18 @@ def model_meta(model: Any) -> dict[str, Any]:
             "grid": [int(g) for g in model.grid]}
 
 
+def refuse_local_mlp(model_cfg: Any, path: str) -> None:
+    """The PyTorch ViTs have no depthwise convolution in their MLPs: a ``model.local_mlp`` model cannot take them."""
+    try:
+        local = model_cfg["local_mlp"]
+    except (KeyError, TypeError):  # a config from before the switch, or an object with attributes
+        local = getattr(model_cfg, "local_mlp", False)
+    if local:
+        raise WeightsError(
+            f"{path!r}: config.model.local_mlp=True adds depthwise convolutions that the ImageNet ViT and the "
+            "reference's checkpoints do not have; it is for training from scratch (set it to False to load weights)")
+
+
 def convert_file(path: str, model_cfg: Any, img_size: Sequence[int], rng: jax.Array, *,
                  num_classes: int | None = None, num_cameras: int | None = None, resize_pos: bool = False,
                  src_grid: tuple[int, int] | None = None, mode: str = "auto") -> tuple[dict, dict, Any]:
@@ -108,6 +120,7 @@ def convert_file(path: str, model_cfg: Any, img_size: Sequence[int], rng: jax.Ar
     from tmspr_jax.models import build_model
 
     img_size = tuple(int(s) for s in img_size)
+    refuse_local_mlp(model_cfg, path)
     state = read_checkpoint(path)
     if mode == "auto":
         mode = "tmspr" if "base.cls_token" in state or "classifier.weight" in state else "timm"
@@ -149,6 +162,7 @@ def load_pretrained(path: str, model_cfg: Any, img_size: Sequence[int], num_clas
     from convert_weights.readers import is_weight_file
 
     img_size = tuple(int(s) for s in img_size)
+    refuse_local_mlp(model_cfg, path)
     if os.path.isdir(path):
         return _from_folder(path, model_cfg, img_size, int(num_classes), int(num_cameras), rng)
     if is_weight_file(path):

@@ -170,6 +170,7 @@ class TMSPR(nn.Module):
     remat: bool = False
     stack_branches: bool = True
     pos_embed_init: str = "normal"  # vit.POS_EMBED_INITS
+    local_mlp: bool = False  # vit.VisionTransformer.local_mlp: the backbone blocks only (b1/b2 see token subsets)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -196,7 +197,8 @@ class TMSPR(nn.Module):
             img_size=tuple(self.img_size), patch_size=self.patch_size, stride=tuple(self.stride),
             embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
             drop_path=self.drop_path, num_cameras=self.num_cameras, num_views=self.num_views, sie_coe=self.sie_coe,
-            local_feature=True, dtype=self.dtype, remat=self.remat, pos_embed_init=self.pos_embed_init)
+            local_feature=True, dtype=self.dtype, remat=self.remat, pos_embed_init=self.pos_embed_init,
+            local_mlp=self.local_mlp)
         last_rate = drop_path_rates(self.drop_path, self.depth)[-1]  # b1/b2 copy the last block: rate = drop_path
         head = lambda: TransformerHead(self.embed_dim, self.num_heads, self.mlp_ratio, last_rate, self.dtype,
                                        self.remat)
@@ -374,7 +376,8 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         shuffle_groups=int(get("shuffle_groups")), divide_length=int(get("divide_length")),
         part_norm=str(get("part_norm")), neck_feat=str(get("neck_feat")), classifier_kind=str(get("classifier")),
         dtype=compute_dtype(str(get("dtype"))),
-        remat=bool(get("remat")), stack_branches=bool(get("stack_branches")), pos_embed_init=str(get("pos_embed_init")))
+        remat=bool(get("remat")), stack_branches=bool(get("stack_branches")), pos_embed_init=str(get("pos_embed_init")),
+        local_mlp=bool(get("local_mlp")))
 
 
 def init_variables(model: TMSPR, rng: jax.Array, batch_size: int = 2) -> dict:

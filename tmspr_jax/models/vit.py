@@ -121,15 +121,35 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2. With ``local_grid=(gh, gw)`` the hidden patch tokens also mix with their 3x3 neighbours
+    on the patch grid (LocalViT: a depthwise convolution, then GELU, added back), the cls token (row 0) passing by;
+    a locality prior for ViTs trained from scratch. Tokens must then be ``[cls, gh*gw patches in row-major order]``."""
+
     hidden: int
     dim: int
     dtype: Dtype = jnp.float32
+    local_grid: tuple[int, int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_normal02, name="fc1")(x)
         x = nn.gelu(x, approximate=False)  # exact erf GELU as torch nn.GELU()
+        if self.local_grid is not None:
+            x = self._mix_neighbours(x)
         return nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_normal02, name="fc2")(x)
+
+    def _mix_neighbours(self, x: jax.Array) -> jax.Array:
+        gh, gw = self.local_grid
+        b, n, c = x.shape
+        if n != 1 + gh * gw:
+            raise ValueError(f"Mlp: local mixing expects 1 + {gh}x{gw} tokens, got {n}")
+        kernel = self.param("dw_kernel", _normal02, (3, 3, c), jnp.float32).astype(x.dtype)
+        patches = x[:, 1:].reshape(b, gh, gw, c)
+        padded = jnp.pad(patches, ((0, 0), (1, 1), (1, 1), (0, 0)))  # zero padding, as Conv2d(padding=1)
+        # Nine shifted multiply-adds; XLA's grouped convolution is 5x slower on CPU (forward + backward).
+        mixed = sum(kernel[dy, dx] * padded[:, dy : dy + gh, dx : dx + gw] for dy in range(3) for dx in range(3))
+        patches = patches + nn.gelu(mixed, approximate=False)
+        return jnp.concatenate([x[:, :1], patches.reshape(b, gh * gw, c)], axis=1)
 
 
 class Block(nn.Module):
@@ -140,6 +160,7 @@ class Block(nn.Module):
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
+    local_grid: tuple[int, int] | None = None  # see Mlp
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -148,7 +169,7 @@ class Block(nn.Module):
         h = Attention(self.dim, self.num_heads, self.dtype, name="attn")(h)
         x = x + drop_path(self, h.astype(jnp.float32), self.drop_path, deterministic)
         h = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm2")(x)
-        h = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype, name="mlp")(h)
+        h = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype, self.local_grid, name="mlp")(h)
         return x + drop_path(self, h.astype(jnp.float32), self.drop_path, deterministic)
 
 
@@ -180,6 +201,9 @@ class VisionTransformer(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     pos_embed_init: str = "normal"  # one of POS_EMBED_INITS
+    # Depthwise 3x3 mixing of the patch tokens in every block's MLP (Mlp.local_grid); not in the reference, so
+    # ImageNet and T-MSPR checkpoints do not fit it: for training from scratch.
+    local_mlp: bool = False
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -211,7 +235,9 @@ class VisionTransformer(nn.Module):
         rates = drop_path_rates(self.drop_path, self.depth)
         n_blocks = self.depth - 1 if self.local_feature else self.depth
         cls = block_class(self.remat)
-        self.blocks = [cls(d, self.num_heads, self.mlp_ratio, rates[i], self.dtype) for i in range(n_blocks)]
+        local_grid = (gh, gw) if self.local_mlp else None
+        self.blocks = [cls(d, self.num_heads, self.mlp_ratio, rates[i], self.dtype, local_grid)
+                       for i in range(n_blocks)]
         if not self.local_feature:
             self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
 
