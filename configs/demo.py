@@ -12,9 +12,9 @@ Model: the same T-MSPR code with a small ViT (width 96, depth 4, 128x64 images) 
 embedding starting from 2-D sine-cosine codes; the covering view pastes rendered street objects (``occluders/``, drawn
 independently of the queries' occluders).
 Expected result and run time (measured on a 2-core CPU): untrained mAP 2.0% / Rank-1 0%; trained mAP 57.6% /
-Rank-1 67.0% with flip test features (52.2% / 56.0% without), in 7.6 minutes from nothing, deterministic (a second
-training seed: 59.1% / 66.0%). The demo's Rank-1 target (70%) is not met yet: see the README's demo section for what
-was measured and tried.
+Rank-1 67.0% with flip test features (52.2% / 56.0% without), in 7.6 minutes from nothing, deterministic (other
+training seeds: 59.1% / 66.0% and 59.8% / 60.0%). The demo's Rank-1 target (70%) is not met yet: see the README's
+demo section for what was measured and tried.
 """
 
 import os
