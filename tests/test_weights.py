@@ -133,10 +133,15 @@ def test_load_pretrained_trained_folder_checks_counts_and_grid(npz_path, tmp_pat
 
 def test_local_mlp_models_refuse_pytorch_weights(npz_path, tmp_path):
     cfg = tiny_config()
+    variables, meta, _ = convert_file(npz_path, cfg.model, cfg.img_size, jax.random.key(0))
+    save_variables(str(tmp_path / "in"), variables, meta)
     cfg.model.local_mlp = True
-    for load in (lambda: load_pretrained(npz_path, cfg.model, cfg.img_size, 6, 4, jax.random.key(0)),
-                 lambda: convert_file(npz_path, cfg.model, cfg.img_size, jax.random.key(0))):
-        with pytest.raises(WeightsError, match=r"vit.npz.*local_mlp=True.*training from scratch"):
+    for source, load in (
+        ("vit.npz", lambda: load_pretrained(npz_path, cfg.model, cfg.img_size, 6, 4, jax.random.key(0))),
+        ("vit.npz", lambda: convert_file(npz_path, cfg.model, cfg.img_size, jax.random.key(0))),
+        ("in", lambda: load_pretrained(str(tmp_path / "in"), cfg.model, cfg.img_size, 6, 4, jax.random.key(0))),
+    ):
+        with pytest.raises(WeightsError, match=rf"{source}'.*local_mlp=True.*training from scratch"):
             load()
 
 

@@ -237,7 +237,7 @@ def load_checkpoint_variables(path: str, exp: Experiment) -> dict:
     """Variables from a converted weights folder (``meta.json``) or a training workdir / its ``checkpoints`` folder."""
     path = os.path.abspath(os.path.expanduser(path))
     if weights.is_weights_folder(path):
-        weights.refuse_local_mlp(exp.config.model, path)  # converted folders come from the PyTorch layout
+        weights.refuse_local_mlp(exp.model, path)  # converted folders come from the PyTorch layout
         variables, meta = weights.load_variables(path)
         for key, want in (("num_classes", exp.num_classes), ("num_cameras", exp.num_cameras)):
             if key in meta and int(meta[key]) != int(want):

@@ -91,13 +91,9 @@ def model_meta(model: Any) -> dict[str, Any]:
             "grid": [int(g) for g in model.grid]}
 
 
-def refuse_local_mlp(model_cfg: Any, path: str) -> None:
+def refuse_local_mlp(model: Any, path: str) -> None:
     """The PyTorch ViTs have no depthwise convolution in their MLPs: a ``model.local_mlp`` model cannot take them."""
-    try:
-        local = model_cfg["local_mlp"]
-    except (KeyError, TypeError):  # a config from before the switch, or an object with attributes
-        local = getattr(model_cfg, "local_mlp", False)
-    if local:
+    if model.local_mlp:
         raise WeightsError(
             f"{path!r}: config.model.local_mlp=True adds depthwise convolutions that the ImageNet ViT and the "
             "reference's checkpoints do not have; it is for training from scratch (set it to False to load weights)")
@@ -120,7 +116,6 @@ def convert_file(path: str, model_cfg: Any, img_size: Sequence[int], rng: jax.Ar
     from tmspr_jax.models import build_model
 
     img_size = tuple(int(s) for s in img_size)
-    refuse_local_mlp(model_cfg, path)
     state = read_checkpoint(path)
     if mode == "auto":
         mode = "tmspr" if "base.cls_token" in state or "classifier.weight" in state else "timm"
@@ -142,6 +137,7 @@ def convert_file(path: str, model_cfg: Any, img_size: Sequence[int], rng: jax.Ar
             resize_pos=resize_pos, src_grid=src_grid)
     else:
         raise ValueError(f"convert_file: mode={mode!r}, expected 'timm', 'tmspr' or 'auto'")
+    refuse_local_mlp(model, path)  # before the strict mapping, which would only list the missing kernels
     variables, _ = reference_to_variables(ref, model, source=path)
     meta = {**model_meta(model), "kind": kind, "source": os.path.abspath(path), "conversion": report.to_meta()}
     if kind == "imagenet":
@@ -162,7 +158,6 @@ def load_pretrained(path: str, model_cfg: Any, img_size: Sequence[int], num_clas
     from convert_weights.readers import is_weight_file
 
     img_size = tuple(int(s) for s in img_size)
-    refuse_local_mlp(model_cfg, path)
     if os.path.isdir(path):
         return _from_folder(path, model_cfg, img_size, int(num_classes), int(num_cameras), rng)
     if is_weight_file(path):
@@ -182,6 +177,7 @@ def _from_folder(path: str, model_cfg: Any, img_size: tuple[int, int], num_class
 
     variables, meta = load_variables(path)
     model = build_model(model_cfg, img_size, num_classes, num_cameras)
+    refuse_local_mlp(model, path)
     want = model_meta(model)
     kind = meta.get("kind")
     if kind not in KINDS:
