@@ -158,6 +158,24 @@ def test_gallery_and_train_mostly_whole(small):
         assert all(0.2 <= r["coverage"] <= 0.5 for r in occ)
 
 
+def test_train_occluded_fraction_changes_only_training_images(small, tmp_path):
+    """The demo occludes 30% of its training images: the test set must stay the same bytes, so that figures measured
+    with other training sets compare on the same queries and gallery."""
+    out, summary = small
+    more = S.generate(str(tmp_path / "more"), seed=3, train_occluded_fraction=0.5, **SMALL)
+    occluded = [r for r in more["images"] if r["split"] == "train" and r["occluder"] is not None]
+    assert len(occluded) == 12 and all(0.2 <= r["coverage"] <= 0.5 for r in occluded)
+    before, after = _digest(out), _digest(str(tmp_path / "more"))
+    changed = sorted(k for k in before if before[k] != after.get(k))
+    assert set(before) == set(after) and changed
+    assert all(k.startswith((S.TRAIN_DIR, S.LABEL_DIR)) or k == "meta.json" for k in changed), changed
+    # every training image that was occluded already is unchanged, and exactly the newly occluded ones differ
+    was = {r["file_name"] for r in summary["images"] if r["split"] == "train" and r["occluder"] is not None}
+    now = {r["file_name"] for r in occluded}
+    assert was < now
+    assert {k for k in changed if k.startswith(S.TRAIN_DIR)} == {os.path.join(S.TRAIN_DIR, n) for n in now - was}
+
+
 def test_identities_distinct():
     ids = S.sample_identities(60, np.random.default_rng(0))
     keys = [(i.hair_colour, i.hair_style, i.upper_colour, i.pattern, i.sleeves, i.lower_colour, i.lower_type,
