@@ -88,7 +88,8 @@ def test_export_from_a_converted_folder_needs_no_dataset(tmp_path):
         ex.load_exported(str(tmp_path / "missing"))
 
     cmd = [sys.executable, "-m", "tmspr_jax.tools.export", f"--config={os.path.join(ROOT, 'configs', 'demo.py')}",
-           *TINY, f"--checkpoint={folder}", f"--out={tmp_path / 'cli.bin'}", "--batch=2"]  # fmt: skip
+           *TINY, "--config.model.neck_feat=after",  # the folder's model, as exported above
+           f"--checkpoint={folder}", f"--out={tmp_path / 'cli.bin'}", "--batch=2"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"({info['feature_dim']}-d) for images (2, 64, 32, 3) on cpu" in r.stdout
