@@ -116,6 +116,8 @@ def convert_file(path: str, model_cfg: Any, img_size: Sequence[int], rng: jax.Ar
     from tmspr_jax.models import build_model
 
     img_size = tuple(int(s) for s in img_size)
+    # Refused before the file is read and converted (a ViT-B checkpoint is 350 MB); building the module is cheap.
+    refuse_local_mlp(build_model(model_cfg, img_size, 1, 0), path)
     state = read_checkpoint(path)
     if mode == "auto":
         mode = "tmspr" if "base.cls_token" in state or "classifier.weight" in state else "timm"
@@ -137,7 +139,6 @@ def convert_file(path: str, model_cfg: Any, img_size: Sequence[int], rng: jax.Ar
             resize_pos=resize_pos, src_grid=src_grid)
     else:
         raise ValueError(f"convert_file: mode={mode!r}, expected 'timm', 'tmspr' or 'auto'")
-    refuse_local_mlp(model, path)  # before the strict mapping, which would only list the missing kernels
     variables, _ = reference_to_variables(ref, model, source=path)
     meta = {**model_meta(model), "kind": kind, "source": os.path.abspath(path), "conversion": report.to_meta()}
     if kind == "imagenet":
