@@ -50,7 +50,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.shift_num = 5  # effective cyclic shift is shift_num - 1 (reference quirk)
     m.shuffle_groups = 2
     m.divide_length = 6  # T-MSPR default (TransReID: 4)
-    m.part_norm = "batch"  # 'batch' = reference (min-max over the whole batch); 'sample' = per image
+    # 'batch' = reference (min-max over the whole batch); 'sample' = per image; 'none' = softmax of the raw logits
+    m.part_norm = "batch"
+    # 'scale' = reference (patch tokens times the part attention: b2's LayerNorm undoes it, so the six part features
+    # are one vector); 'attention' = log attention added to b2's attention scores (see tmspr.PART_POOLS)
+    m.part_pool = "scale"
     m.neck_feat = "before"  # eval feature: 'before' (7680-d) or 'after' (3840-d)
     # 'linear' = the reference's classifiers; 'cosine' = cosine similarities, for loss.id_loss other than 'softmax'
     m.classifier = "linear"

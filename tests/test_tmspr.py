@@ -99,6 +99,7 @@ def test_output_shapes_and_order():
 
 
 @pytest.mark.parametrize("key,value,match", [("part_norm", "image", "config.model.part_norm='image'"),
+                                             ("part_pool", "mean", "config.model.part_pool='mean'"),
                                              ("neck_feat", "middle", "config.model.neck_feat='middle'"),
                                              ("classifier", "arc", "config.model.classifier='arc'"),
                                              ("pos_embed_init", "zeros", "config.model.pos_embed_init='zeros'"),
@@ -360,3 +361,98 @@ def test_flip_test_feature_is_mirror_invariant_mean(neck_feat):
     f = np.asarray(flip(v, img, cams, valid))
     np.testing.assert_allclose(f, (a + b) / 2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(flip(v, mirrored, cams, valid)), f, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- part pooling
+def _part_features(model, variables, tokens):
+    """``(logits, [six part features], b2 cls on the plain tokens)`` for backbone tokens ``[B, 1+L, D]``."""
+    def f(m, x):
+        logits, parts = m._parts(x, range(6), False, None)
+        return logits, parts, m._b2_cls([x], False)[0]
+    return model.apply(variables, tokens, method=f)
+
+
+def _tokens(b: int = 3, seed: int = 0) -> np.ndarray:
+    # unit-scale tokens, as a trained backbone's (its residual stream is not small next to LayerNorm's epsilon)
+    return np.random.default_rng(seed).standard_normal((b, 1 + 7 * 3, D)).astype(np.float32)
+
+
+def test_scaled_part_tokens_are_undone_by_b2_layernorm():
+    """The reference's part pooling multiplies the patch tokens by the part attention; b2 layer-normalises every token
+    first, so each part feature is b2 on the plain tokens and the part head gets no gradient from the part features."""
+    v, m = _variables(), _model(part_pool="scale")
+    logits, parts, plain = _part_features(m, v, _tokens())
+    attn = jax.nn.softmax(part_minmax(logits, "batch"), axis=-1)
+    assert float(attn.max() / attn.min()) > 1.5  # the attention itself is not flat
+    for p in parts:
+        assert rel_err(p, plain) < 1e-4  # what is left comes from LayerNorm's epsilon (1e-6)
+
+    def part_sum(params):
+        _, ps, _ = _part_features(m, {"params": params, "batch_stats": v["batch_stats"]}, _tokens())
+        return sum(jnp.sum(jnp.sin(p)) for p in ps)
+
+    g = jax.grad(part_sum)(v["params"])
+    assert float(jnp.abs(g["part_head"]["kernel"]).max()) < 1e-4 * float(jnp.abs(g["b2"]["norm"]["scale"]).max())
+
+
+def test_attention_part_pool_pools_each_parts_patches():
+    v, m = _variables(), _model(part_pool="attention")
+    x = _tokens()
+    logits, parts, plain = _part_features(m, v, x)
+    assert all(rel_err(p, plain) > 1e-3 for p in parts)
+    assert min(rel_err(parts[i], parts[j]) for i in range(1, 6) for j in range(i + 1, 6)) > 1e-3
+    # b2's cls output for part i equals plain attention whose key weights are multiplied by the part's attention
+    w = np.asarray(jax.nn.softmax(part_minmax(logits, "batch"), axis=-1)[..., 2]).reshape(3, -1)
+
+    def b2_weighted(mdl, tokens, weights):
+        bias = jnp.log(jnp.concatenate([jnp.ones((3, 1)), weights], axis=1))
+        return mdl._b2_cls([tokens], False, [bias])[0]
+
+    np.testing.assert_allclose(parts[2], m.apply(v, x, w + 1e-6, method=b2_weighted), rtol=1e-5, atol=1e-6)
+    # a 0/1 attention pools the chosen patches only: the same as b2 on the cls token and those patches
+    keep = np.zeros((3, 21), np.float32)
+    keep[:, [0, 4, 5, 11, 20]] = 1.0
+    masked = m.apply(v, x, keep, method=b2_weighted)
+    subset = m.apply(v, np.concatenate([x[:, :1], x[:, 1:][:, [0, 4, 5, 11, 20]]], axis=1),
+                     method=lambda mdl, t: mdl._b2_cls([t], False)[0])
+    np.testing.assert_allclose(masked, subset, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_part_pool_trains_the_part_head_through_the_part_features():
+    v = _variables()
+
+    def head_grad(pool):
+        m = _model(part_pool=pool)
+
+        def part_sum(params):
+            _, ps, _ = _part_features(m, {"params": params, "batch_stats": v["batch_stats"]}, _tokens())
+            return sum(jnp.sum(jnp.sin(p)) for p in ps)
+        return float(jnp.abs(jax.grad(part_sum)(v["params"])["part_head"]["kernel"]).max())
+
+    assert head_grad("attention") > 1e3 * head_grad("scale")
+
+
+def test_part_norm_none_is_the_softmax_of_the_raw_logits():
+    v = _variables()
+    x = _tokens()
+    m = _model(part_pool="attention", part_norm="none")
+    logits, parts, _ = _part_features(m, v, x)
+    w = np.asarray(jax.nn.softmax(logits, axis=-1)[..., 3]).reshape(3, -1)
+    bias = np.log(np.concatenate([np.ones((3, 1)), w + 1e-6], axis=1))
+    ref = m.apply(v, x, bias, method=lambda mdl, t, kb: mdl._b2_cls([t], False, [kb])[0])
+    np.testing.assert_allclose(parts[3], ref, rtol=1e-5, atol=1e-6)
+    # per image: a batch-mate does not change it
+    other = x.copy()
+    other[1:] *= 3.0
+    _, parts_other, _ = _part_features(m, v, other)
+    np.testing.assert_allclose(parts_other[3][0], parts[3][0], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_part_pool_trains_end_to_end_and_keeps_the_parameter_tree():
+    m = _model(part_pool="attention", part_norm="none")
+    v = init_variables(m, jax.random.key(0))
+    assert jax.tree_util.tree_structure(v) == jax.tree_util.tree_structure(init_variables(_model(), jax.random.key(0)))
+    out = _train(m, v, _views(4), CAMIDS[:4])
+    assert all(np.isfinite(np.asarray(x)).all() for x in out.logits)
+    feats = _extract(m, v, _views(4)[:, 0], CAMIDS[:4])
+    assert feats.shape == (4, 10 * D) and np.isfinite(feats).all()

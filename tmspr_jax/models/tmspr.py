@@ -23,7 +23,16 @@ Dtype = Any
 
 NUM_PARTS = 6  # background, head, body, accessory, legs, feet
 MINMAX_EPS = 1e-8
-PART_NORMS = ("batch", "sample")
+# 'none': no min-max, the softmax of the raw logits (the per-patch part probabilities that loss.seg_loss='soft_ce' trains)
+PART_NORMS = ("batch", "sample", "none")
+# How the part attention w [B,gh,gw] shapes b2's pass for each part (model.part_pool):
+#   'scale' (reference): the patch tokens are multiplied by w. b2 starts with a LayerNorm of every token and
+#     LN(w * x) = LN(x), so the cls output does not depend on w (up to LayerNorm's epsilon): all six part features are
+#     b2 on the plain tokens, and the ID losses send no gradient into the part head through w.
+#   'attention': log(w) is added to b2's attention scores for each patch key, so the cls token pools patch j with a
+#     weight proportional to w_j * exp(q . k_j): the part features pool their parts' patches.
+PART_POOLS = ("scale", "attention")
+PART_BIAS_EPS = 1e-6  # log(w + eps): a patch with w = 0 keeps a finite score
 NECK_FEATS = ("before", "after")
 # 'linear' = the reference's bias-free nn.Linear; 'cosine' = cosine similarities, for losses.ID_LOSSES' margin losses
 CLASSIFIERS = ("linear", "cosine")
@@ -48,9 +57,9 @@ class TransformerHead(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool, key_bias: jax.Array | None = None) -> jax.Array:
         x = block_class(self.remat)(self.dim, self.num_heads, self.mlp_ratio, self.drop_path, self.dtype,
-                                    name="block")(x, not train)
+                                    name="block")(x, not train, key_bias)
         return nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm")(x)
 
 
@@ -107,7 +116,7 @@ def part_minmax(logits: jax.Array, mode: str, valid: jax.Array | None = None) ->
     elif mode == "sample":
         axes = (1, 2)
     else:
-        raise ValueError(f"model.part_norm={mode!r}: expected one of {PART_NORMS}")
+        raise ValueError(f"part_minmax: mode={mode!r}, expected 'batch' or 'sample'")
     if valid is None:
         lo = jnp.min(logits, axis=axes, keepdims=True)
         hi = jnp.max(logits, axis=axes, keepdims=True)
@@ -164,6 +173,7 @@ class TMSPR(nn.Module):
     shuffle_groups: int = 2
     divide_length: int = 6
     part_norm: str = "batch"
+    part_pool: str = "scale"
     neck_feat: str = "before"
     classifier_kind: str = "linear"  # config.model.classifier (`classifier` is the global classifier module)
     dtype: Dtype = jnp.float32
@@ -186,6 +196,8 @@ class TMSPR(nn.Module):
             raise ValueError(f"model.depth={self.depth}: T-MSPR needs depth >= 2 (the last block becomes b1/b2)")
         if self.part_norm not in PART_NORMS:
             raise ValueError(f"model.part_norm={self.part_norm!r}: expected one of {PART_NORMS}")
+        if self.part_pool not in PART_POOLS:
+            raise ValueError(f"model.part_pool={self.part_pool!r}: expected one of {PART_POOLS}")
         if self.neck_feat not in NECK_FEATS:
             raise ValueError(f"model.neck_feat={self.neck_feat!r}: expected one of {NECK_FEATS}")
         if self.classifier_kind not in CLASSIFIERS:
@@ -225,13 +237,17 @@ class TMSPR(nn.Module):
         self.classifier_cp = cls()
 
     # ------------------------------------------------------------------------------------------------ pieces
-    def _b2_cls(self, seqs: Sequence[jax.Array], train: bool) -> list[jax.Array]:
-        """b2 cls output of each sequence; stacked along the batch axis when they share a length."""
+    def _b2_cls(self, seqs: Sequence[jax.Array], train: bool, key_biases: Sequence[jax.Array] | None = None
+                ) -> list[jax.Array]:
+        """b2 cls output of each sequence (with its attention key bias ``[B, N]`` if given); stacked along the batch
+        axis when they share a length."""
         if self.stack_branches and len(seqs) > 1:
             b = seqs[0].shape[0]
-            out = self.b2(jnp.concatenate(seqs, axis=0), train=train)[:, 0]
+            bias = None if key_biases is None else jnp.concatenate(key_biases, axis=0)
+            out = self.b2(jnp.concatenate(seqs, axis=0), train=train, key_bias=bias)[:, 0]
             return [out[i * b:(i + 1) * b] for i in range(len(seqs))]
-        return [self.b2(s, train=train)[:, 0] for s in seqs]
+        biases = [None] * len(seqs) if key_biases is None else key_biases
+        return [self.b2(s, train=train, key_bias=kb)[:, 0] for s, kb in zip(seqs, biases)]
 
     def _jpm(self, feats: jax.Array, train: bool) -> list[jax.Array]:
         """The four JPM local features ``local_feat_1..4`` from the backbone tokens ``[B, 1+L, D]``."""
@@ -247,19 +263,26 @@ class TMSPR(nn.Module):
 
     def _parts(self, feats: jax.Array, which: Sequence[int], train: bool, valid: jax.Array | None
                ) -> tuple[jax.Array, list[jax.Array]]:
-        """HSPM: raw part logits ``O [B,gh,gw,6]`` and the b2 cls features of part sequences ``which`` (0 = fg)."""
+        """HSPM: raw part logits ``O [B,gh,gw,6]`` and the b2 cls features of part sequences ``which`` (0 = fg),
+        pooled as ``part_pool`` says (see PART_POOLS)."""
         b, _, d = feats.shape
         gh, gw = self.grid
         token = feats[:, 0:1]
         patches = feats[:, 1:].reshape(b, gh, gw, d)
         logits = self.part_head(patches.astype(jnp.float32))  # f32: argmax/min-max are precision-sensitive
-        attn = jax.nn.softmax(part_minmax(logits, self.part_norm, valid), axis=-1)
-        seqs = []
+        scores = logits if self.part_norm == "none" else part_minmax(logits, self.part_norm, valid)
+        attn = jax.nn.softmax(scores, axis=-1)
+        seqs, biases = [], []
         for i in which:
             # foreground mask = sum of channels 1..5, as the reference computes it
             w = jnp.sum(attn[..., 1:], axis=-1, keepdims=True) if i == 0 else attn[..., i:i + 1]
-            seqs.append(jnp.concatenate([token, (w * patches).reshape(b, gh * gw, d)], axis=1))
-        return logits, self._b2_cls(seqs, train)
+            if self.part_pool == "scale":
+                seqs.append(jnp.concatenate([token, (w * patches).reshape(b, gh * gw, d)], axis=1))
+            else:
+                seqs.append(jnp.concatenate([token, patches.reshape(b, gh * gw, d)], axis=1))
+                logw = jnp.log(w.reshape(b, gh * gw) + PART_BIAS_EPS)
+                biases.append(jnp.concatenate([jnp.zeros((b, 1), logw.dtype), logw], axis=1))
+        return logits, self._b2_cls(seqs, train, biases if biases else None)
 
     def _backbone_views(self, views: jax.Array, camids: jax.Array, train: bool) -> list[jax.Array]:
         b = views.shape[0]
@@ -363,7 +386,7 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         raise ValueError(f"config.model.stride={get('stride')!r}: expected (stride_y, stride_x)")
     img_size = tuple(int(s) for s in img_size)
     patch_grid(img_size, int(get("patch_size")), stride)  # validates the geometry early
-    for key, allowed in (("part_norm", PART_NORMS), ("neck_feat", NECK_FEATS), ("classifier", CLASSIFIERS),
+    for key, allowed in (("part_norm", PART_NORMS), ("part_pool", PART_POOLS), ("neck_feat", NECK_FEATS), ("classifier", CLASSIFIERS),
                          ("pos_embed_init", POS_EMBED_INITS)):
         if get(key) not in allowed:
             raise ValueError(f"config.model.{key}={get(key)!r}: expected one of {allowed}")
@@ -374,7 +397,7 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         num_heads=int(get("num_heads")), mlp_ratio=float(get("mlp_ratio")), drop_path=float(get("drop_path")),
         sie_coe=float(get("sie_coe")), re_arrange=bool(get("re_arrange")), shift_num=int(get("shift_num")),
         shuffle_groups=int(get("shuffle_groups")), divide_length=int(get("divide_length")),
-        part_norm=str(get("part_norm")), neck_feat=str(get("neck_feat")), classifier_kind=str(get("classifier")),
+        part_norm=str(get("part_norm")), part_pool=str(get("part_pool")), neck_feat=str(get("neck_feat")), classifier_kind=str(get("classifier")),
         dtype=compute_dtype(str(get("dtype"))),
         remat=bool(get("remat")), stack_branches=bool(get("stack_branches")), pos_embed_init=str(get("pos_embed_init")),
         local_mlp=bool(get("local_mlp")))

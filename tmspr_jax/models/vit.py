@@ -105,7 +105,8 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key_bias: jax.Array | None = None) -> jax.Array:
+        """``key_bias [B, N]`` (optional) is added to every query's attention scores for each key token."""
         b, n, d = x.shape
         if d % self.num_heads:
             raise ValueError(f"embed_dim {d} is not divisible by num_heads {self.num_heads}")
@@ -114,8 +115,10 @@ class Attention(nn.Module):
                                              kernel_init=_normal02, bias_init=nn.initializers.zeros, name=name)
         qkv = dense(3 * d, "qkv")(x).reshape(b, n, 3, self.num_heads, hd)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, hd]
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (hd ** -0.5)
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)  # softmax in f32
+        scores = (jnp.einsum("bqhd,bkhd->bhqk", q, k) * (hd ** -0.5)).astype(jnp.float32)
+        if key_bias is not None:
+            scores = scores + key_bias.astype(jnp.float32)[:, None, None, :]
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)  # softmax in f32
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
         return dense(d, "proj")(out)
 
@@ -163,10 +166,10 @@ class Block(nn.Module):
     local_grid: tuple[int, int] | None = None  # see Mlp
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True, key_bias: jax.Array | None = None) -> jax.Array:
         x = x.astype(jnp.float32)
         h = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm1")(x)
-        h = Attention(self.dim, self.num_heads, self.dtype, name="attn")(h)
+        h = Attention(self.dim, self.num_heads, self.dtype, name="attn")(h, key_bias)
         x = x + drop_path(self, h.astype(jnp.float32), self.drop_path, deterministic)
         h = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm2")(x)
         h = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype, self.local_grid, name="mlp")(h)

@@ -98,6 +98,7 @@ def export_to_file(
         "flip": flip,
         "neck_feat": str(config.model.neck_feat),
         "part_norm": str(config.model.part_norm),
+        "part_pool": str(config.model.part_pool),
         "batch": batch or "any",
         "platforms": list(exported.platforms),
         "checkpoint": os.path.abspath(checkpoint),
