@@ -258,7 +258,8 @@ def test_drop_path_randomness_train_only():
     assert [blk.drop_path for blk in bound.backbone.blocks] == [0.0]
 
 
-def test_remat_same_outputs_and_gradients():
+@pytest.mark.parametrize("part_pool", ["scale", "attention"])  # 'attention' passes a key bias through the remat
+def test_remat_same_outputs_and_gradients(part_pool):
     v, views, cams = _variables(), _views(3), CAMIDS[:3]
 
     def loss(params, model):
@@ -269,10 +270,11 @@ def test_remat_same_outputs_and_gradients():
     def n_remat(model):
         return str(jax.make_jaxpr(lambda p: loss(p, model))(v["params"])).count("remat")
 
-    assert n_remat(_model(remat=False)) == 0
-    assert n_remat(_model(remat=True)) == 5  # one per block: backbone block 0, b1 once, b2 three times (stacked)
-    la, ga = jax.jit(jax.value_and_grad(lambda p: loss(p, _model(remat=False))))(v["params"])
-    lb, gb = jax.jit(jax.value_and_grad(lambda p: loss(p, _model(remat=True))))(v["params"])
+    assert n_remat(_model(remat=False, part_pool=part_pool)) == 0
+    # one per block: backbone block 0, b1 once, b2 three times (stacked)
+    assert n_remat(_model(remat=True, part_pool=part_pool)) == 5
+    la, ga = jax.jit(jax.value_and_grad(lambda p: loss(p, _model(remat=False, part_pool=part_pool))))(v["params"])
+    lb, gb = jax.jit(jax.value_and_grad(lambda p: loss(p, _model(remat=True, part_pool=part_pool))))(v["params"])
     assert rel_err(lb, la) < 1e-6
     leaves_a, leaves_b = jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)
     assert len(leaves_a) == len(leaves_b)

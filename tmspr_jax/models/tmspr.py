@@ -23,7 +23,7 @@ Dtype = Any
 
 NUM_PARTS = 6  # background, head, body, accessory, legs, feet
 MINMAX_EPS = 1e-8
-# 'none': no min-max, the softmax of the raw logits (the per-patch part probabilities that loss.seg_loss='soft_ce' trains)
+# 'none': no min-max, the softmax of the raw logits (the per-patch part probabilities loss.seg_loss='soft_ce' trains)
 PART_NORMS = ("batch", "sample", "none")
 # How the part attention w [B,gh,gw] shapes b2's pass for each part (model.part_pool):
 #   'scale' (reference): the patch tokens are multiplied by w. b2 starts with a LayerNorm of every token and
@@ -386,8 +386,8 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         raise ValueError(f"config.model.stride={get('stride')!r}: expected (stride_y, stride_x)")
     img_size = tuple(int(s) for s in img_size)
     patch_grid(img_size, int(get("patch_size")), stride)  # validates the geometry early
-    for key, allowed in (("part_norm", PART_NORMS), ("part_pool", PART_POOLS), ("neck_feat", NECK_FEATS), ("classifier", CLASSIFIERS),
-                         ("pos_embed_init", POS_EMBED_INITS)):
+    for key, allowed in (("part_norm", PART_NORMS), ("part_pool", PART_POOLS), ("neck_feat", NECK_FEATS),
+                         ("classifier", CLASSIFIERS), ("pos_embed_init", POS_EMBED_INITS)):
         if get(key) not in allowed:
             raise ValueError(f"config.model.{key}={get(key)!r}: expected one of {allowed}")
     return TMSPR(
@@ -397,8 +397,8 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         num_heads=int(get("num_heads")), mlp_ratio=float(get("mlp_ratio")), drop_path=float(get("drop_path")),
         sie_coe=float(get("sie_coe")), re_arrange=bool(get("re_arrange")), shift_num=int(get("shift_num")),
         shuffle_groups=int(get("shuffle_groups")), divide_length=int(get("divide_length")),
-        part_norm=str(get("part_norm")), part_pool=str(get("part_pool")), neck_feat=str(get("neck_feat")), classifier_kind=str(get("classifier")),
-        dtype=compute_dtype(str(get("dtype"))),
+        part_norm=str(get("part_norm")), part_pool=str(get("part_pool")), neck_feat=str(get("neck_feat")),
+        classifier_kind=str(get("classifier")), dtype=compute_dtype(str(get("dtype"))),
         remat=bool(get("remat")), stack_branches=bool(get("stack_branches")), pos_embed_init=str(get("pos_embed_init")),
         local_mlp=bool(get("local_mlp")))
 
