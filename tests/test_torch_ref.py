@@ -175,3 +175,23 @@ def test_mapping_rejects_nonzero_bn_bias(mapped):
     bias[3] = 0.5
     with pytest.raises(MappingError, match=r"bottleneck_occ2\.bias is not all zeros"):
         reference_to_variables({**state, "bottleneck_occ2.bias": bias}, model)
+
+
+def test_oracle_part_features_are_one_vector():
+    """The reference's HSPM scales the patch tokens by each part's attention before b2, whose first LayerNorm undoes
+    the scaling: its five test part features coincide (up to LayerNorm's epsilon) although the attention varies."""
+    cfg, oracle, _ = _oracle()
+    oracle.eval()
+    images = _nchw(np.random.default_rng(0).standard_normal((4,) + TINY_IMG + (3,)).astype(np.float32))
+    cams = torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        feats = oracle.extract(images, cams).numpy()
+        logits = oracle.linear_layer(oracle.base(images, cams)[:, 1:])  # the part logits, as HSPM computes them
+    lo, hi = logits.amin(dim=(0, 1), keepdim=True), logits.amax(dim=(0, 1), keepdim=True)
+    attn = torch.softmax((logits - lo) / (hi - lo + 1e-8), dim=-1)
+    assert (attn.max() / attn.min()).item() > 1.5  # the part attention is not flat
+    d = cfg.embed_dim
+    parts = [feats[:, (5 + k) * d:(6 + k) * d] for k in range(5)]
+    for p in parts[1:]:
+        assert rel_err(p, parts[0]) < 1e-4
+    assert rel_err(feats[:, :d], parts[0]) > 0.1  # b1's global feature is another vector
