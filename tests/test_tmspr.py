@@ -12,7 +12,8 @@ import pytest
 
 from model_utils import TINY_IMG, rel_err, tiny_config
 from tmspr_jax.models import TMSPR, build_model, init_variables
-from tmspr_jax.models.tmspr import nearest_neighbour, part_minmax, recover_parts, shuffle_unit, visibility
+from tmspr_jax.models.tmspr import (PART_BIAS_EPS, nearest_neighbour, part_minmax, recover_parts, shuffle_unit,
+                                    visibility)
 
 C, CAMS, D = 7, 3, 64
 
@@ -374,6 +375,16 @@ def _part_features(model, variables, tokens):
     return model.apply(variables, tokens, method=f)
 
 
+def _part_feature_grads(part_pool: str) -> dict:
+    """Gradients of a function of the six part features (nothing else) with respect to all parameters."""
+    v, m = _variables(), _model(part_pool=part_pool)
+
+    def part_sum(params):
+        _, ps, _ = _part_features(m, {"params": params, "batch_stats": v["batch_stats"]}, _tokens())
+        return sum(jnp.sum(jnp.sin(p)) for p in ps)
+    return jax.grad(part_sum)(v["params"])
+
+
 def _tokens(b: int = 3, seed: int = 0) -> np.ndarray:
     # unit-scale tokens, as a trained backbone's (its residual stream is not small next to LayerNorm's epsilon)
     return np.random.default_rng(seed).standard_normal((b, 1 + 7 * 3, D)).astype(np.float32)
@@ -388,12 +399,7 @@ def test_scaled_part_tokens_are_undone_by_b2_layernorm():
     assert float(attn.max() / attn.min()) > 1.5  # the attention itself is not flat
     for p in parts:
         assert rel_err(p, plain) < 1e-4  # what is left comes from LayerNorm's epsilon (1e-6)
-
-    def part_sum(params):
-        _, ps, _ = _part_features(m, {"params": params, "batch_stats": v["batch_stats"]}, _tokens())
-        return sum(jnp.sum(jnp.sin(p)) for p in ps)
-
-    g = jax.grad(part_sum)(v["params"])
+    g = _part_feature_grads("scale")
     assert float(jnp.abs(g["part_head"]["kernel"]).max()) < 1e-4 * float(jnp.abs(g["b2"]["norm"]["scale"]).max())
 
 
@@ -410,7 +416,7 @@ def test_attention_part_pool_pools_each_parts_patches():
         bias = jnp.log(jnp.concatenate([jnp.ones((3, 1)), weights], axis=1))
         return mdl._b2_cls([tokens], False, [bias])[0]
 
-    np.testing.assert_allclose(parts[2], m.apply(v, x, w + 1e-6, method=b2_weighted), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(parts[2], m.apply(v, x, w + PART_BIAS_EPS, method=b2_weighted), rtol=1e-5, atol=1e-6)
     # a 0/1 attention pools the chosen patches only: the same as b2 on the cls token and those patches
     keep = np.zeros((3, 21), np.float32)
     keep[:, [0, 4, 5, 11, 20]] = 1.0
@@ -421,15 +427,8 @@ def test_attention_part_pool_pools_each_parts_patches():
 
 
 def test_attention_part_pool_trains_the_part_head_through_the_part_features():
-    v = _variables()
-
     def head_grad(pool):
-        m = _model(part_pool=pool)
-
-        def part_sum(params):
-            _, ps, _ = _part_features(m, {"params": params, "batch_stats": v["batch_stats"]}, _tokens())
-            return sum(jnp.sum(jnp.sin(p)) for p in ps)
-        return float(jnp.abs(jax.grad(part_sum)(v["params"])["part_head"]["kernel"]).max())
+        return float(jnp.abs(_part_feature_grads(pool)["part_head"]["kernel"]).max())
 
     assert head_grad("attention") > 1e3 * head_grad("scale")
 
@@ -440,7 +439,7 @@ def test_part_norm_none_is_the_softmax_of_the_raw_logits():
     m = _model(part_pool="attention", part_norm="none")
     logits, parts, _ = _part_features(m, v, x)
     w = np.asarray(jax.nn.softmax(logits, axis=-1)[..., 3]).reshape(3, -1)
-    bias = np.log(np.concatenate([np.ones((3, 1)), w + 1e-6], axis=1))
+    bias = np.log(np.concatenate([np.ones((3, 1)), w + PART_BIAS_EPS], axis=1))
     ref = m.apply(v, x, bias, method=lambda mdl, t, kb: mdl._b2_cls([t], False, [kb])[0])
     np.testing.assert_allclose(parts[3], ref, rtol=1e-5, atol=1e-6)
     # per image: a batch-mate does not change it
