@@ -385,3 +385,54 @@ def test_query_ambiguity_errors_name_the_file(small, tmp_path):
         json.dump(meta, f)
     with pytest.raises(ValueError, match=f"meta.json: query {q['file_name']} records occluder"):
         S.query_ambiguity(str(tmp_path))
+
+
+def _test_images(out):
+    """{(folder, name with the pid replaced by its rank among the test pids): bytes} of the query and gallery."""
+    pids = sorted({int(n[:4]) for n in _names(out, S.QUERY_DIR)})
+    rank = {pid: k for k, pid in enumerate(pids)}
+    return {
+        (folder, f"{rank[int(n[:4])]:04d}{n[4:]}"): open(os.path.join(out, folder, n), "rb").read()
+        for folder in (S.QUERY_DIR, S.GALLERY_DIR)
+        for n in _names(out, folder)
+    }
+
+
+def test_independent_test_set_does_not_change_with_the_training_set(small, tmp_path):
+    """Comparing training sets of different sizes needs one test set: with independent_test_set the queries and the
+    gallery are the same pixels (renumbered after the training pids) whatever the training set."""
+    opts = dict(SMALL, independent_test_set=True, min_attribute_diff=4)
+    a = S.generate(str(tmp_path / "a"), seed=3, **opts)
+    bigger = dict(opts, num_train_ids=9, images_per_id=3, train_occluded_fraction=0.5)
+    b = S.generate(str(tmp_path / "b"), seed=3, **bigger)
+    test_a, test_b = _test_images(str(tmp_path / "a")), _test_images(str(tmp_path / "b"))
+    assert len(test_a) == 8 + 12 and test_a == test_b
+    assert {int(n[:4]) for n in _names(str(tmp_path / "b"), S.QUERY_DIR)} == set(range(10, 14))  # after train 1..9
+    assert a["num_images"]["train"] == 24 and b["num_images"]["train"] == 27
+    assert _names(str(tmp_path / "a"), S.TRAIN_DIR) != _names(str(tmp_path / "b"), S.TRAIN_DIR)
+    # The default draws the test set after the training set: it changes with the training set's size, which is why
+    # the option exists (and why the default is kept: earlier datasets stay byte for byte).
+    shared, _ = small
+    c = str(tmp_path / "c")
+    S.generate(c, seed=3, **dict(SMALL, num_train_ids=9))
+    assert set(_test_images(shared).values()).isdisjoint(_test_images(c).values())
+    # Every identity, training or test, differs from every other in >= min_attribute_diff attributes.
+    for out in (tmp_path / "a", tmp_path / "b"):
+        meta = json.load(open(out / "meta.json"))
+        assert meta["params"]["independent_test_set"] is True
+        keys = np.array([ident["attributes"] for ident in meta["identities"]])
+        diffs = (keys[:, None, :] != keys[None, :, :]).sum(-1)
+        assert diffs[~np.eye(len(keys), dtype=bool)].min() >= 4
+        # query_ambiguity follows the test set's own streams (it refuses a query it cannot redraw)
+        assert S.query_ambiguity(str(out), visible_fraction=0.0)["consistent"].tolist() == [1] * 8
+
+
+def test_sample_identities_avoids_given_identities():
+    taken = S.sample_identities(20, np.random.default_rng(1), min_diff=5)
+    new = S.sample_identities(30, np.random.default_rng(2), first_pid=21, min_diff=5, avoid=taken)
+    a, b = np.array([i.attributes for i in taken]), np.array([i.attributes for i in new])
+    assert (a[:, None] != b[None]).sum(-1).min() >= 5
+    assert [i.pid for i in new] == list(range(21, 51))
+    # without `avoid` the same stream does give identities too close to the taken ones
+    free = np.array([i.attributes for i in S.sample_identities(30, np.random.default_rng(2), min_diff=5)])
+    assert (a[:, None] != free[None]).sum(-1).min() < 5

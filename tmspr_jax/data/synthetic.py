@@ -114,11 +114,14 @@ def _jitter(rng: np.random.Generator, colour: Sequence[int], amount: float) -> t
     return (float(c[0]), float(c[1]), float(c[2]))
 
 
-def sample_identities(n: int, rng: np.random.Generator, first_pid: int = 1, min_diff: int = 2) -> list[Identity]:
-    """``n`` identities whose categorical attributes differ pairwise in at least ``min_diff`` places."""
+def sample_identities(
+    n: int, rng: np.random.Generator, first_pid: int = 1, min_diff: int = 2, avoid: Sequence[Identity] = ()
+) -> list[Identity]:
+    """``n`` identities whose categorical attributes differ pairwise, and from every identity in ``avoid``, in at least
+    ``min_diff`` places."""
     sizes = (len(HAIR_COLOURS), len(HAIR_STYLES), len(CLOTH_COLOURS), len(PATTERNS), len(SLEEVES),
              len(CLOTH_COLOURS), len(LOWER_TYPES), len(SHOE_COLOURS), len(CLOTH_COLOURS) + 1, len(BAGS))  # fmt: skip
-    keys = np.zeros((0, len(sizes)), np.int64)
+    keys = np.array([ident.attributes for ident in avoid], np.int64).reshape(-1, len(sizes))
     out: list[Identity] = []
     attempts = 0
     while len(out) < n:
@@ -575,6 +578,26 @@ def _prepare_out(out_dir: str, overwrite: bool) -> None:
         os.makedirs(os.path.join(out_dir, d))
 
 
+def _identities(
+    seed: int, num_train: int, num_test: int, min_diff: int, independent_test_set: bool
+) -> tuple[list[Identity], list[Identity]]:
+    """The training and test identities (pids 1..num_train, then the test ones), as :func:`generate` draws them."""
+    if not independent_test_set:
+        idents = sample_identities(num_train + num_test, np.random.default_rng([seed, 1]), min_diff=min_diff)
+        return idents[:num_train], idents[num_train:]
+    # the test identities first, from their own stream; the training ones must differ from them as well
+    test = sample_identities(num_test, np.random.default_rng([seed, 1, 1]), first_pid=num_train + 1, min_diff=min_diff)
+    train = sample_identities(num_train, np.random.default_rng([seed, 1]), min_diff=min_diff, avoid=test)
+    return train, test
+
+
+def _image_rng(seed: int, index: int, num_train_images: int, independent_test_set: bool) -> np.random.Generator:
+    """The random stream of the ``index``-th image in writing order (training images first)."""
+    if independent_test_set and index >= num_train_images:
+        return np.random.default_rng([seed, 7, index - num_train_images])
+    return np.random.default_rng([seed, 5, index])
+
+
 def _pick(rng: np.random.Generator, n: int, fraction: float) -> set[int]:
     """Exactly ``round(fraction * n)`` indices out of ``n``."""
     return set(rng.permutation(n)[: int(round(fraction * n))].tolist())
@@ -600,6 +623,7 @@ def generate(
     min_attribute_diff: int = 2,
     background_saturation: float = 1.0,
     num_occluder_images: int = 0,
+    independent_test_set: bool = False,
 ) -> dict[str, Any]:
     """Writes the dataset into ``out_dir`` and returns a summary (counts, seconds, per-image metadata).
 
@@ -610,6 +634,13 @@ def generate(
     ``background_saturation`` in [0, 1] mutes the background colours towards grey (street scenes are mostly muted;
     1 keeps any RGB colour). ``num_occluder_images`` > 0 also writes that many occluder objects
     (:func:`render_occluder`) into ``occluders/``, for the covering view (``config.data.occluder_dir``).
+
+    ``independent_test_set=True`` draws the test identities, their cameras and their images from random streams of
+    their own, and the training identities so that they differ from the test ones too: the query and gallery images
+    are then the same pixels whatever ``num_train_ids``, ``images_per_id`` and ``train_occluded_fraction`` are (only
+    their pids, which follow the training ones, shift), so training sets of different sizes compare on one test set.
+    The default (False) keeps the datasets of earlier versions byte for byte: there the test set is drawn after the
+    training set, from the same streams.
     """
     t0 = time.perf_counter()
     checks = {
@@ -634,11 +665,9 @@ def generate(
         )
     size = (int(height), int(width))
     _prepare_out(out_dir, overwrite)
-    idents = sample_identities(
-        num_train_ids + num_test_ids, np.random.default_rng([seed, 1]), min_diff=min_attribute_diff
-    )
+    train_ids, test_ids = _identities(seed, num_train_ids, num_test_ids, min_attribute_diff, independent_test_set)
+    idents = train_ids + test_ids
     cameras = sample_cameras(np.random.default_rng([seed, 2]), strength=camera_strength)
-    train_ids, test_ids = idents[:num_train_ids], idents[num_train_ids:]
 
     # (split, identity, camera 1..6, occluded) for every image, in writing order
     plan: list[tuple[str, Identity, int, bool]] = []
@@ -648,6 +677,8 @@ def generate(
         while len(set(cams.tolist())) < 2:  # every train id in at least two cameras
             cams = rng.integers(1, NUM_CAMERAS + 1, images_per_id)
         plan += [("train", ident, int(c), False) for c in cams]
+    if independent_test_set:
+        rng = np.random.default_rng([seed, 3, 1])
     for ident in test_ids:
         qcams = rng.permutation(np.arange(1, NUM_CAMERAS + 1))[:queries_per_id]
         others = np.setdiff1d(np.arange(1, NUM_CAMERAS + 1), qcams)
@@ -665,7 +696,7 @@ def generate(
     for i, (split, ident, cam, occluded) in enumerate(plan):
         frames[split] += 1
         name = market_name(ident.pid, cam, frames[split])
-        img_rng = np.random.default_rng([seed, 5, i])
+        img_rng = _image_rng(seed, i, num_train_ids * images_per_id, independent_test_set)
         img, labels, meta = render_image(
             ident, cameras[cam - 1], img_rng, size, query_occlusion if occluded else None, background_saturation
         )
@@ -692,6 +723,7 @@ def generate(
         gallery_occluded_fraction=gallery_occluded_fraction, jpeg_quality=jpeg_quality, seed=seed,
         camera_strength=camera_strength, min_attribute_diff=min_attribute_diff,
         background_saturation=background_saturation, num_occluder_images=num_occluder_images,
+        independent_test_set=independent_test_set,
     )  # fmt: skip
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump({"params": params, "identities": [dataclasses.asdict(x) for x in idents], "images": records,
@@ -732,19 +764,21 @@ def query_ambiguity(out_dir: str, visible_fraction: float = 0.7) -> dict[str, An
         meta = json.load(f)
     p = meta["params"]
     seed, size = int(p["seed"]), (int(p["height"]), int(p["width"]))
-    idents = sample_identities(
-        p["num_train_ids"] + p["num_test_ids"], np.random.default_rng([seed, 1]), min_diff=p["min_attribute_diff"]
+    independent = bool(p.get("independent_test_set", False))  # absent from datasets of earlier versions
+    train_ids, test_ids = _identities(
+        seed, p["num_train_ids"], p["num_test_ids"], p["min_attribute_diff"], independent
     )
     cameras = sample_cameras(np.random.default_rng([seed, 2]), strength=p["camera_strength"])
-    by_pid = {ident.pid: ident for ident in idents}
-    test = np.array([ident.attributes for ident in idents[p["num_train_ids"]:]])  # [num_test_ids, 10]
+    by_pid = {ident.pid: ident for ident in train_ids + test_ids}
+    test = np.array([ident.attributes for ident in test_ids])  # [num_test_ids, 10]
+    num_train_images = p["num_train_ids"] * p["images_per_id"]
     names, consistent = [], []
     for i, record in enumerate(meta["images"]):
         if record["split"] != "query":
             continue
         ident = by_pid[record["pid"]]
         _, _, drawn, rid, occ = _render(
-            ident, cameras[record["cam"] - 1], np.random.default_rng([seed, 5, i]), size,
+            ident, cameras[record["cam"] - 1], _image_rng(seed, i, num_train_images, independent), size,
             tuple(p["query_occlusion"]), p["background_saturation"],
         )  # fmt: skip
         if drawn["occluder"] != record["occluder"] or abs(drawn["coverage"] - record["coverage"]) > 1e-9:
@@ -792,6 +826,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("min_attribute_diff", 2, "attributes (of 10) any two identities differ in, at least")
     flags.DEFINE_float("background_saturation", 1.0, "background colour saturation in [0, 1] (0 = greys)")
     flags.DEFINE_integer("occluder_images", 0, "occluder objects to write into occluders/ (covering-view bank)")
+    flags.DEFINE_bool("independent_test_set", False,
+                      "draw the test set from its own random streams (unchanged by the training set's size)")
     flags.DEFINE_integer("seed", 0, "random seed (same seed, same bytes)")
     flags.DEFINE_bool("overwrite", False, "replace an existing dataset in --out")
 
@@ -809,6 +845,7 @@ def _main(argv: Sequence[str]) -> None:
         gallery_occluded_fraction=f.gallery_occluded, seed=f.seed, overwrite=f.overwrite,
         camera_strength=f.camera_strength, min_attribute_diff=f.min_attribute_diff,
         background_saturation=f.background_saturation, num_occluder_images=f.occluder_images,
+        independent_test_set=f.independent_test_set,
     )  # fmt: skip
     n, o = s["num_images"], s["num_occluded"]
     cov = [r["coverage"] for r in s["images"] if r["split"] == "query"]
