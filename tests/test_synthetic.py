@@ -254,7 +254,7 @@ def test_cli(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = ["--out", str(tmp_path / "d"), "--num_ids", "3", "--images_per_id", "2", "--num_test_ids", "2",
             "--gallery_per_id", "2", "--seed", "5", "--background_saturation", "0.5", "--camera_strength", "0.2",
-            "--min_attribute_diff", "3"]  # fmt: skip
+            "--min_attribute_diff", "3", "--independent_test_set"]  # fmt: skip
     cmd = [sys.executable, "-m", "tmspr_jax.data.synthetic", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr
@@ -262,6 +262,7 @@ def test_cli(tmp_path):
     assert len(os.listdir(tmp_path / "d" / S.LABEL_DIR)) == 6
     params = json.load(open(tmp_path / "d" / "meta.json"))["params"]
     assert (params["background_saturation"], params["camera_strength"], params["min_attribute_diff"]) == (0.5, 0.2, 3)
+    assert params["independent_test_set"] is True
 
 
 def test_camera_strength_scales_the_camera_shifts():
