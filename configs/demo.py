@@ -15,7 +15,7 @@ learns from a per-patch cross-entropy (``loss.seg_loss='soft_ce'``).
 Expected result and run time (measured on a 2-core CPU): untrained mAP 2.1% / Rank-1 0%; trained mAP 67.8% /
 Rank-1 72.0% with flip test features, in 5.8 minutes from nothing, deterministic (other training seeds: 67.2% / 74.0%,
 63.9% / 67.0% and 69.6% / 70.0%; 67.1% / 70.75% on average). Training set: 400 identities x 8 images for 12 epochs;
-the previous demo (200 x 8 for 24 epochs, the same 2,400 steps) gave 62.0% / 70.0% and 61.5% / 65.0% on this test set.
+the previous demo (200 x 8 for 24 epochs, the same 2,400 steps) gave 60.7% / 66.75% on this test set (four seeds).
 """
 
 import os
@@ -52,7 +52,7 @@ def get_config():
     # 400 training identities x 8 images for 12 epochs: more identities transfer better than more epochs on fewer
     # (100 ids x 30 epochs, 729 steps of 32, gave 31% mAP; 200 ids x 18 epochs, 885 steps, gave 38%). With the same
     # 2,400 steps, on one test set (independent_test_set below), four training seeds gave mAP 67.1% / Rank-1 70.75%
-    # on average against 61.8% / 67.5% (two seeds) for 200 x 8 for 24 epochs; 300 x 8 for 16 epochs lay between
+    # on average against 60.7% / 66.75% for 200 x 8 for 24 epochs; 300 x 8 for 16 epochs (two seeds) lay between
     # them, and 400 x 4 (the same images, half per identity) was worse (54.8% / 56%). Muted backgrounds, like streets
     # (+4 mAP over saturated RGB backgrounds); identities differing in at least 5 of the 10 attributes.
     c.data.synthetic_options = dict(
