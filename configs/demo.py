@@ -53,7 +53,8 @@ def get_config():
     # (100 ids x 30 epochs, 729 steps of 32, gave 31% mAP; 200 ids x 18 epochs, 885 steps, gave 38%). With the same
     # 2,400 steps, on one test set (independent_test_set below), four training seeds gave mAP 67.1% / Rank-1 70.75%
     # on average against 60.7% / 66.75% for 200 x 8 for 24 epochs; 300 x 8 for 16 epochs (two seeds) lay between
-    # them, and 400 x 4 (the same images, half per identity) was worse (54.8% / 56%). Muted backgrounds, like streets
+    # them; 600 x 8 for 8 epochs and 400 x 4 (the same images as 200 x 8, half per identity) were worse (61.6% / 67.0%
+    # over two seeds; 54.8% / 56%). Muted backgrounds, like streets
     # (+4 mAP over saturated RGB backgrounds); identities differing in at least 5 of the 10 attributes.
     c.data.synthetic_options = dict(
         num_train_ids=400,
