@@ -677,7 +677,7 @@ def generate(
         while len(set(cams.tolist())) < 2:  # every train id in at least two cameras
             cams = rng.integers(1, NUM_CAMERAS + 1, images_per_id)
         plan += [("train", ident, int(c), False) for c in cams]
-    if independent_test_set:
+    if independent_test_set:  # the test set's cameras from a stream the training plan does not advance
         rng = np.random.default_rng([seed, 3, 1])
     for ident in test_ids:
         qcams = rng.permutation(np.arange(1, NUM_CAMERAS + 1))[:queries_per_id]

@@ -276,10 +276,9 @@ class TMSPR(nn.Module):
         for i in which:
             # foreground mask = sum of channels 1..5, as the reference computes it
             w = jnp.sum(attn[..., 1:], axis=-1, keepdims=True) if i == 0 else attn[..., i:i + 1]
-            if self.part_pool == "scale":
-                seqs.append(jnp.concatenate([token, (w * patches).reshape(b, gh * gw, d)], axis=1))
-            else:
-                seqs.append(jnp.concatenate([token, patches.reshape(b, gh * gw, d)], axis=1))
+            pooled = w * patches if self.part_pool == "scale" else patches
+            seqs.append(jnp.concatenate([token, pooled.reshape(b, gh * gw, d)], axis=1))
+            if self.part_pool == "attention":
                 logw = jnp.log(w.reshape(b, gh * gw) + PART_BIAS_EPS)
                 biases.append(jnp.concatenate([jnp.zeros((b, 1), logw.dtype), logw], axis=1))
         return logits, self._b2_cls(seqs, train, biases if biases else None)
