@@ -13,7 +13,7 @@ Stride 12 as the reference's yml (which crashes the reference's hard-coded grid;
 DukeMTMC figure for this code. Run time: 300 epochs of ~500 steps: roughly 10-12 h on one H100 in bfloat16 (estimate).
 """
 
-from configs import common
+from tmspr_jax import config as common
 
 
 def get_config():

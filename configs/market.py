@@ -15,7 +15,7 @@ The paper reports no Market-1501 figure for this code; TransReID-JPM reaches abo
 Run time: 300 epochs of ~400 steps: roughly 8-10 h on one H100 in bfloat16 (estimate).
 """
 
-from configs import common
+from tmspr_jax import config as common
 
 
 def get_config():

@@ -15,7 +15,7 @@ Expected result (paper): 63.8 mAP / 74.4 Rank-1. Run time: 170 epochs of ~450 st
 step: roughly 6-8 h on one H100 in bfloat16 (estimate from the FLOP count; not yet measured end to end).
 """
 
-from configs import common
+from tmspr_jax import config as common
 
 
 def get_config():

@@ -16,7 +16,7 @@ The reference's committed reader instead trains on a random half of Occluded-ReI
 Expected result (paper): 80.0 mAP / 85.3 Rank-1. Run time: 60 epochs of ~400 steps: about 2-3 h on one H100 (estimate).
 """
 
-from configs import common
+from tmspr_jax import config as common
 
 
 def get_config():

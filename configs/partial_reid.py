@@ -12,7 +12,7 @@ Data: Market-1501 (training, with parsing targets) and Partial-REID (``partial_b
 Expected result (paper): 86.0 mAP / 90.0 Rank-1. Run time: 20 epochs of ~400 steps: about 1 h on one H100 (estimate).
 """
 
-from configs import common
+from tmspr_jax import config as common
 
 
 def get_config():

@@ -128,7 +128,7 @@ def reference_to_variables(state: Mapping[str, Any], model: Any, *, batch_size: 
     """Map a flat reference-named dict of arrays to ``{'params', 'batch_stats'}`` for ``model`` (strict).
 
     ``state`` must already be stripped of the reference's unused modules
-    (``tmspr_jax.models.torch_ref.strip_unused``). Every target leaf must be filled, every source key used, and every
+    (``tmspr_jax.oracles.tmspr.strip_unused``). Every target leaf must be filled, every source key used, and every
     shape match; errors name the keys (and ``source``). ``model`` may also be a ``{'params', 'batch_stats'}`` tree of
     arrays or shape structs giving the target shapes. Returns the variables as float32 NumPy arrays and a report.
     """
@@ -199,7 +199,7 @@ def variables_to_reference(variables: Mapping[str, Any]) -> dict[str, np.ndarray
     """Inverse of :func:`reference_to_variables`: Flax variables -> reference-named NumPy arrays.
 
     BNNeck biases are written as zeros and ``num_batches_tracked`` as 0, so the result loads strictly into the
-    oracle (``tmspr_jax.models.torch_ref.TorchTMSPR``).
+    oracle (``tmspr_jax.oracles.tmspr.TorchTMSPR``).
     """
     out: dict[str, np.ndarray] = {}
     for collection in ("params", "batch_stats"):

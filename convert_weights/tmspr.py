@@ -1,7 +1,7 @@
 """Trained PyTorch T-MSPR / TransReID (JPM) checkpoints -> the reference's state dict, plus the T-MSPR head init.
 
 A T-MSPR checkpoint as the reference saves it holds every module, used or not; the unused ones (model.md §2.1) are
-dropped with :func:`tmspr_jax.models.torch_ref.strip_unused` and reported. A TransReID JPM checkpoint has the backbone,
+dropped with :func:`tmspr_jax.oracles.tmspr.strip_unused` and reported. A TransReID JPM checkpoint has the backbone,
 b1, b2, ``classifier``/``classifier_1..4`` and ``bottleneck``/``bottleneck_1..4`` but none of T-MSPR's extra heads;
 those are initialised as the reference initialises them and reported.
 """
@@ -199,7 +199,7 @@ def tmspr_to_reference(state: dict[str, np.ndarray], model_cfg: Any, img_size: t
     checkpoint with only some of them is an error naming the missing modules. The grid is checked against the config.
     """
     from tmspr_jax.models import build_model
-    from tmspr_jax.models.torch_ref import strip_unused  # torch is needed for .pth input anyway
+    from tmspr_jax.oracles.tmspr import strip_unused  # torch is needed for .pth input anyway
 
     report = ConversionReport(source=source)
     depth = int(model_cfg.depth)

@@ -3,7 +3,7 @@
 Used as ``--config=tests/convert_tiny_config.py`` by tests/test_convert_weights.py and tests/test_weights.py.
 """
 
-from configs.common import get_base_config
+from tmspr_jax.config import get_base_config
 
 
 def get_config():

@@ -7,7 +7,7 @@ import re
 import ml_collections
 import numpy as np
 
-from configs.common import get_base_config
+from tmspr_jax.config import get_base_config
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:

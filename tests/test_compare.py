@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the comparison tool needs the [torch] extra")
 
-from configs.common import get_base_config  # noqa: E402
+from tmspr_jax.config import get_base_config  # noqa: E402
 from model_utils import randomize_reference_state  # noqa: E402
 from tmspr_jax.tools import compare  # noqa: E402
 
@@ -22,7 +22,7 @@ NUM_CLASSES, NUM_CAMERAS = 4, 6  # the Market fixture spreads ids over 6 cameras
 D = 64
 
 CONFIG_TEMPLATE = '''
-from configs.common import get_base_config
+from tmspr_jax.config import get_base_config
 
 
 def get_config():
@@ -68,7 +68,7 @@ def data(tmp_path_factory) -> dict:
 
 def _reference_state(stride=(8, 8), seed: int = 0) -> dict[str, np.ndarray]:
     """Random oracle weights in the reference layout, with modules the reference never runs added."""
-    from tmspr_jax.models.torch_ref import build_torch_model, state_dict_numpy
+    from tmspr_jax.oracles.tmspr import build_torch_model, state_dict_numpy
 
     cfg = get_base_config()
     cfg.model.update(embed_dim=D, depth=2, num_heads=4, stride=stride, drop_path=0.0)
@@ -129,7 +129,7 @@ def test_slice_differences_locate_the_difference():
 
 
 def test_jax_and_torch_agree_on_a_real_split(data, tmp_path, monkeypatch):
-    from tmspr_jax.models.torch_ref import TorchTMSPR
+    from tmspr_jax.oracles.tmspr import TorchTMSPR
 
     seen = []  # batch sizes and cameras the oracle is given
     original = TorchTMSPR.extract

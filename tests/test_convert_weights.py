@@ -241,7 +241,7 @@ def test_npz_converts_with_torch_blocked(formats, converted, tmp_path):
 
 
 def _oracle_state(seed: int = 0, stride=(11, 11)) -> dict[str, np.ndarray]:
-    from tmspr_jax.models.torch_ref import build_torch_model, state_dict_numpy
+    from tmspr_jax.oracles.tmspr import build_torch_model, state_dict_numpy
 
     cfg = tiny_config()
     cfg.model.stride = stride

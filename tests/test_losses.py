@@ -1,4 +1,4 @@
-"""tmspr_jax.losses against the reference formulas written independently in PyTorch (tests/torch_losses.py)."""
+"""tmspr_jax.losses against the reference formulas written independently in PyTorch (tmspr_jax/oracles/losses.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import torch_losses
-from configs.common import get_base_config
+from tmspr_jax.oracles import losses as torch_losses
+from tmspr_jax.config import get_base_config
 from tmspr_jax import losses
 
 B, C, D, GH, GW = 8, 10, 16, 4, 3

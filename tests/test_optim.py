@@ -12,7 +12,7 @@ import optax
 import pytest
 import torch
 
-from configs.common import get_base_config
+from tmspr_jax.config import get_base_config
 from tmspr_jax import optim
 
 EPOCHS = 170

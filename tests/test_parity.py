@@ -15,7 +15,7 @@ import torch
 from convert_weights.mapping import reference_to_variables, variables_to_reference
 from model_utils import model_config, randomize_reference_state, rel_err
 from tmspr_jax.models import TMSPR, build_model
-from tmspr_jax.models.torch_ref import build_torch_model, load_numpy_state, state_dict_numpy
+from tmspr_jax.oracles.tmspr import build_torch_model, load_numpy_state, state_dict_numpy
 
 IMG = (256, 128)
 NUM_CLASSES = 11

@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from configs.common import get_base_config
+from tmspr_jax.config import get_base_config
 from tmspr_jax.data import pipeline, views
 from tmspr_jax.data import sampler as sampler_lib
 from tmspr_jax.data.parsing import ParsingTargets

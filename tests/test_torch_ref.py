@@ -1,4 +1,4 @@
-"""The PyTorch oracle (tmspr_jax.models.torch_ref) and the reference <-> Flax mapping (convert_weights.mapping)."""
+"""The PyTorch oracle (tmspr_jax.oracles.tmspr) and the reference <-> Flax mapping (convert_weights.mapping)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from convert_weights.mapping import MappingError, reference_to_variables, variables_to_reference
 from model_utils import TINY_IMG, randomize_reference_state, rel_err, tiny_config
 from tmspr_jax.models import TMSPR, build_model
-from tmspr_jax.models.torch_ref import (REFERENCE_UNUSED_KEYS_PATTERNS, build_torch_model, load_numpy_state,
+from tmspr_jax.oracles.tmspr import (REFERENCE_UNUSED_KEYS_PATTERNS, build_torch_model, load_numpy_state,
                                         state_dict_numpy, strip_unused)
 
 C, CAMS = 7, 3

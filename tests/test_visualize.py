@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from configs.common import get_base_config
+from tmspr_jax.config import get_base_config
 from tmspr_jax import evaluate
 from tmspr_jax.tools import visualize as vis
 

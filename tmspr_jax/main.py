@@ -22,9 +22,9 @@ _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of i
 
 
 def _demo_config():
-    from configs import demo
+    from tmspr_jax.config import demo_config
 
-    return demo.get_config()
+    return demo_config()
 
 
 class _QuietLibraries:

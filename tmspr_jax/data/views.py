@@ -658,7 +658,7 @@ def read_image_dir(path: str, what: str = "image folder") -> list[np.ndarray]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Render ``--num`` random training samples of a split x the four views to a PNG."""
-    from configs.common import get_base_config
+    from tmspr_jax.config import get_base_config
 
     base = get_base_config()
     p = argparse.ArgumentParser(prog="python -m tmspr_jax.data.views", description=main.__doc__)

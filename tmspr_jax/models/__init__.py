@@ -1,6 +1,6 @@
 """T-MSPR models: the TransReID ViT backbone and the T-MSPR branches (Flax linen).
 
-The PyTorch oracle lives in :mod:`tmspr_jax.models.torch_ref` and is not imported here (torch is optional).
+The PyTorch oracles live in :mod:`tmspr_jax.oracles` and is not imported here (torch is optional).
 """
 
 from tmspr_jax.models.tmspr import TMSPR, TrainOutputs, build_model, init_variables

@@ -29,7 +29,7 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from configs.common import get_base_config
+from tmspr_jax.config import get_base_config
 
 FLAGS = flags.FLAGS
 
@@ -132,7 +132,7 @@ def _torch_parts(cfg, variables, images_np, views_np, camids_np, pids_np, dtype:
     import torch
 
     from convert_weights.mapping import variables_to_reference
-    from tmspr_jax.models.torch_ref import build_torch_model, load_numpy_state
+    from tmspr_jax.oracles.tmspr import build_torch_model, load_numpy_state
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_torch_model(cfg.model, cfg.img_size, FLAGS.num_classes, FLAGS.num_cameras)

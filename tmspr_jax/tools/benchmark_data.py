@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from configs.common import get_base_config
+from tmspr_jax.config import get_base_config
 from tmspr_jax.data import pipeline, sources, views
 from tmspr_jax.data.parsing import ParsingTargets
 

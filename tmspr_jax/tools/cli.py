@@ -14,9 +14,9 @@ def config_or_demo(config: Any) -> Any:
     """``--config``'s value, or the demo config when it was omitted (as ``python -m tmspr_jax.main``)."""
     if config is not None:
         return config
-    from configs import demo
+    from tmspr_jax.config import demo_config
 
-    return demo.get_config()
+    return demo_config()
 
 
 def run(main: Callable[[], None], required: Sequence[str] = ()) -> None:

@@ -6,7 +6,7 @@ r"""The PyTorch baseline and the JAX port side by side: same weights, same image
 ``SRC`` is a trained T-MSPR or TransReID (JPM) checkpoint as the reference saves it (``.pth``, optionally wrapped in
 ``state_dict``/``model`` and with a ``module.`` prefix) or the same tensors as ``.safetensors``. It is read once; the
 reference's unused modules are dropped (``torch_ref.strip_unused``), the result is loaded strictly into the PyTorch
-oracle (``tmspr_jax.models.torch_ref.TorchTMSPR``) and converted strictly for the JAX model
+oracle (``tmspr_jax.oracles.tmspr.TorchTMSPR``) and converted strictly for the JAX model
 (``convert_weights.mapping.reference_to_variables``). A TransReID checkpoint gets T-MSPR's extra heads initialised as
 the reference initialises them (the same tensors on both sides).
 
@@ -129,7 +129,7 @@ def load_models(path: str, config: ml_collections.ConfigDict, device: str = "aut
     from convert_weights.mapping import MappingError, reference_to_variables
     from convert_weights.readers import CheckpointError, read_checkpoint
     from convert_weights.tmspr import tmspr_to_reference
-    from tmspr_jax.models.torch_ref import build_torch_model, load_numpy_state
+    from tmspr_jax.oracles.tmspr import build_torch_model, load_numpy_state
 
     if not os.path.isfile(path):
         raise CompareError(f"--torch_checkpoint {path!r}: no such file")
