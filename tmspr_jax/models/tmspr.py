@@ -362,6 +362,17 @@ class TMSPR(nn.Module):
         _, parts = self._parts(f1, range(1, NUM_PARTS), False, valid)
         return jnp.concatenate([g1, *locals_, *parts], axis=-1)
 
+    def part_maps(self, images: jax.Array, camids: jax.Array, valid: jax.Array | None = None
+                  ) -> tuple[jax.Array, jax.Array]:
+        """What HSPM sees on test images: the part attention ``[B,gh,gw,6]`` (softmax over the 6 channels of the
+        normalised part logits, as b2's part pooling uses it) and HSRM's visibility flags ``[B,5]`` of parts 1..5."""
+        f1 = self.backbone(images, jnp.asarray(camids, jnp.int32), train=False)
+        b, _, d = f1.shape
+        gh, gw = self.grid
+        logits = self.part_head(f1[:, 1:].reshape(b, gh, gw, d).astype(jnp.float32))
+        scores = logits if self.part_norm == "none" else part_minmax(logits, self.part_norm, valid)
+        return jax.nn.softmax(scores, axis=-1), visibility(logits)[..., 0]
+
 
 def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_cameras: int) -> TMSPR:
     """Build :class:`TMSPR` from the ``config.model`` node (keys in configs/common.py).
