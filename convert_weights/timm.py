@@ -1,9 +1,9 @@
 """ImageNet ViT checkpoints (timm naming or Google's vit_jax ``.npz`` layout) -> the reference's T-MSPR state dict.
 
-The reference (model.md §1.6) loads ``jx_vit_base_p16_224-80ecf9dd.pth`` into its backbone: ``head``/``dist`` keys are
-skipped, the position embedding is resized to the re-ID grid with PyTorch bilinear, the patch conv is reused unchanged
-with the overlapping stride, and b1/b2 are copies of the pretrained last block + final norm (the backbone itself runs
-``depth - 1`` blocks). Everything that has no ImageNet counterpart is initialised as the reference does
+The reference (docs/reference.md §2.5) loads ``jx_vit_base_p16_224-80ecf9dd.pth`` as its backbone: ``head``/``dist``
+keys are skipped, the position embedding is resized to the re-ID grid with PyTorch bilinear, the patch conv is reused
+unchanged with the overlapping stride, and b1/b2 are copies of the pretrained last block + final norm (the backbone
+itself runs ``depth - 1`` blocks). Everything that has no ImageNet counterpart is initialised as the reference does
 (:func:`convert_weights.tmspr.init_heads`).
 """
 
@@ -145,7 +145,7 @@ def _need_ndim(source: str, key: str, v: np.ndarray, ndim: int) -> None:
 _BLOCK_PARAMS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
                  "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
                  "mlp.fc2.bias")
-# Keys the reference never loads, and why (model.md §1.6: 'head' and 'dist' keys are skipped).
+# Keys the reference never loads, and why (docs/reference.md §2.5: 'head' and 'dist' keys are skipped).
 _DROPPED = {
     "head.weight": "ImageNet classifier (the reference skips keys containing 'head')",
     "head.bias": "ImageNet classifier (the reference skips keys containing 'head')",
@@ -235,7 +235,7 @@ def timm_to_reference(state: dict[str, np.ndarray], model: Any, rng: jax.Array,
     ref: dict[str, np.ndarray] = {
         "base.cls_token": f32("cls_token"),
         "base.pos_embed": pos.astype(np.float32),
-        # kernel 16 is reused unchanged with any stride (model.md §1.6)
+        # kernel 16 is reused unchanged with any stride (docs/reference.md §2.5)
         "base.patch_embed.proj.weight": f32("patch_embed.proj.weight"),
         "base.patch_embed.proj.bias": f32("patch_embed.proj.bias"),
     }

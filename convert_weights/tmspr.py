@@ -1,7 +1,7 @@
 """Trained PyTorch T-MSPR / TransReID (JPM) checkpoints -> the reference's state dict, plus the T-MSPR head init.
 
-A T-MSPR checkpoint as the reference saves it holds every module, used or not; the unused ones (model.md §2.1) are
-dropped with :func:`tmspr_jax.oracles.tmspr.strip_unused` and reported. A TransReID JPM checkpoint has the backbone,
+A T-MSPR checkpoint as the reference saves it holds every module, used or not; the unused ones (docs/reference.md §7.3)
+are dropped with :func:`tmspr_jax.oracles.tmspr.strip_unused` and reported. A TransReID JPM checkpoint has the backbone,
 b1, b2, ``classifier``/``classifier_1..4`` and ``bottleneck``/``bottleneck_1..4`` but none of T-MSPR's extra heads;
 those are initialised as the reference initialises them and reported.
 """
@@ -29,7 +29,7 @@ TRANSREID_HEADS = ("classifier", "classifier_1", "classifier_2", "classifier_3",
                    "bottleneck_1", "bottleneck_2", "bottleneck_3", "bottleneck_4")
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
-# Reference init std of each randomly initialised tensor (model.md §1.5, §2.1).
+# Reference init std of each randomly initialised tensor (docs/reference.md §2.4, §5, §7).
 SIE_STD = 0.02
 PART_HEAD_STD = 1e-4
 CLASSIFIER_STD = 1e-3
@@ -98,9 +98,9 @@ def _normal(rng: jax.Array, name: str, shape: tuple[int, ...], std: float) -> np
 def init_heads(model: Any, rng: jax.Array, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """Reference-named tensors of everything an ImageNet ViT does not provide, initialised as the reference does.
 
-    ``base.sie_embed`` N(0, 0.02^2) (trunc_normal with absolute cut-offs, model.md §1.5); ``linear_layer.weight``
-    N(0, 1e-4^2); classifiers N(0, 0.001^2); BNNecks weight 1, bias 0, running mean 0, running var 1. ``names``
-    restricts the result to those modules (e.g. only T-MSPR's extra heads for a TransReID checkpoint).
+    ``base.sie_embed`` N(0, 0.02^2) (trunc_normal with absolute cut-offs, docs/reference.md §2.4);
+    ``linear_layer.weight`` N(0, 1e-4^2); classifiers N(0, 0.001^2); BNNecks weight 1, bias 0, running mean 0, running
+    var 1. ``names`` restricts the result to those modules (e.g. only T-MSPR's extra heads for a TransReID checkpoint).
     """
     d, c = int(model.embed_dim), int(model.num_classes)
     out: dict[str, np.ndarray] = {}
@@ -205,7 +205,7 @@ def tmspr_to_reference(state: dict[str, np.ndarray], model_cfg: Any, img_size: t
     depth = int(model_cfg.depth)
     kept, dropped = strip_unused(state, depth=depth)
     for k in dropped:
-        report.skip(k, "module the reference never runs (model.md §2.1)")
+        report.skip(k, "module the reference never runs (docs/reference.md §7.3)")
 
     ckpt_classes, ckpt_cams = checkpoint_counts(kept, source)
     if num_classes is not None and int(num_classes) != ckpt_classes:

@@ -25,7 +25,7 @@ def test_every_config_loads_with_a_docstring_giving_command_data_and_expectation
     doc = module.__doc__
     assert f"--config=configs/{name}.py" in doc and "Data" in doc
     cfg = module.get_config()
-    # Paper settings: 8 ids x 4 (reference/data.md §6.2); the demo trains from scratch with 4 ids x 4.
+    # Paper settings: 8 ids x 4 (docs/reference.md §11.3); the demo trains from scratch with 4 ids x 4.
     assert cfg.data.batch_size == (16 if name == "demo" else 32) and cfg.data.num_instances == 4
     assert cfg.data.train and cfg.data.test
 

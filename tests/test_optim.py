@@ -1,4 +1,4 @@
-"""tmspr_jax.optim: the reference's schedule values (model.md §5.2) and one-to-one steps against torch.optim."""
+"""tmspr_jax.optim: the reference's schedule values (docs/reference.md §10.2), one-to-one steps against torch.optim."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_learning_rates_match_reference_values():
     expected_w = {1: 1.664e-3, 2: 3.248e-3, 3: 4.832e-3, 4: 6.416e-3, 170: 1.6e-5}
     for e, v in expected_w.items():
         assert optim.learning_rates(e, cfg, EPOCHS)["weight"] == pytest.approx(v, rel=1e-9)
-    # e = 5: first cosine epoch; the printed value 7.983e-3 (§5.2), t not offset by the warmup.
+    # e = 5: first cosine epoch; the printed value 7.983e-3 (docs/reference.md §10.2), t not offset by the warmup.
     lr5 = optim.learning_rates(5, cfg, EPOCHS)["weight"]
     assert lr5 == pytest.approx(1.6e-5 + 0.5 * (0.008 - 1.6e-5) * (1 + math.cos(math.pi * 5 / 170)), rel=1e-12)
     assert round(lr5, 6) == 0.007983

@@ -1,4 +1,4 @@
-"""Numerical parity of the Flax model with the PyTorch oracle (DESIGN principle 2), full ViT-B width.
+"""Numerical parity of the Flax model with the PyTorch oracle, full ViT-B width.
 
 Random weights in the reference key layout (the oracle's state dict with non-trivial LN/BN/SIE values and random
 positive BN running statistics) are mapped with ``convert_weights.mapping`` into the Flax model. Relative error is

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tmspr_jax.data import parsing as P
 
-# Written out from reference/data.md §4.2, independently of the module's table.
+# Written out from docs/reference.md §12.2, independently of the module's table.
 EXPECTED_GROUP = {
     "Background": "Background",
     "Hat": "Accessory", "Hair": "Head", "Glove": "Accessory", "Sunglasses": "Accessory",

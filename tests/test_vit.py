@@ -35,7 +35,7 @@ def _vit(**kw):
 
 
 def test_tokens_are_overlapping_patches_plus_pos_and_sie():
-    # depth 1 in JPM mode runs zero blocks: the output is exactly the token embedding of model.md §1.3
+    # depth 1 in JPM mode runs zero blocks: the output is exactly the token embedding of docs/reference.md §2.2
     vit = _vit(depth=1, local_feature=True)
     gh, gw = vit.grid
     assert (gh, gw) == (5, 3)

@@ -1,4 +1,4 @@
-"""Settings shared by every T-MSPR config: the reference's defaults (``reference/model.md`` §7).
+"""Settings shared by every T-MSPR config: the reference's defaults (``docs/reference.md`` §11.3).
 
 Each dataset config calls :func:`get_base_config` and overrides what its reference yml overrides. Keys are read by:
 
@@ -34,7 +34,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.img_size = (256, 128)  # INPUT.SIZE_TRAIN == SIZE_TEST, (H, W)
     c.init_checkpoint = ""  # converted or trained checkpoint to start from / evaluate (--mode=eval)
 
-    # ---------------------------------------------------------------- model (reference/model.md §1-§2)
+    # ---------------------------------------------------------------- model (docs/reference.md §2-§8)
     m = c.model = ml_collections.ConfigDict()
     m.patch_size = 16
     m.stride = (11, 11)  # MODEL.STRIDE_SIZE (y, x)
@@ -69,7 +69,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # training from scratch. Not in the reference, so ImageNet and T-MSPR checkpoints cannot be loaded with it.
     m.local_mlp = False
 
-    # ---------------------------------------------------------------- data (reference/data.md)
+    # ---------------------------------------------------------------- data (docs/reference.md §1, §11)
     d = c.data = ml_collections.ConfigDict()
     d.train = "occluded_duke"  # TFDS builder providing the train split
     d.test = "occluded_duke"  # TFDS builder providing query + gallery
@@ -87,18 +87,18 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.occluder_dir = ""
     d.occluder_normalize = False  # False = reference quirk: occluder pasted in [0,1], un-normalised
     # Horizontal flip of the training image (all four views, parsing target mirrored) with this probability.
-    # 0 = reference: T-MSPR removed TransReID's RandomHorizontalFlip(0.5) (reference/data.md §2.2).
+    # 0 = reference: T-MSPR removed TransReID's RandomHorizontalFlip(0.5) (docs/reference.md §1).
     d.flip_prob = 0.0
     d.synthetic = False  # generate the synthetic occluded dataset into manual_dir on first use (the demo)
 
-    # ---------------------------------------------------------------- parsing targets (reference/data.md §4)
+    # ---------------------------------------------------------------- parsing targets (docs/reference.md §12)
     p = c.parsing = ml_collections.ConfigDict()
     p.path = ""  # '' = stored with the dataset (see tmspr_jax.data.parsing)
     p.missing = "error"  # 'error' or 'zero_weight'
     p.maps_dir = ""  # LIP maps (<stem>.png / .npy); if set, targets missing from `path` are computed on first use
     p.method = "patch_mean"  # 'patch_mean' (each patch's own window) or 'reference' (bilinear resize to the grid)
 
-    # ---------------------------------------------------------------- losses (reference/model.md §3)
+    # ---------------------------------------------------------------- losses (docs/reference.md §9)
     lo = c.loss = ml_collections.ConfigDict()
     lo.id_weight = 1.0
     lo.triplet_weight = 1.0
@@ -117,7 +117,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     lo.triplet_margin = 0.0  # 0 = soft margin (NO_MARGIN=True)
     lo.triplet_norm_feat = False  # L2-normalise features before the triplet distances (fast-reid NORM_FEAT)
 
-    # ---------------------------------------------------------------- optimiser (reference/model.md §5)
+    # ---------------------------------------------------------------- optimiser (docs/reference.md §10)
     o = c.optim = ml_collections.ConfigDict()
     o.name = "sgd"  # 'sgd' (reference) or 'adamw'
     o.base_lr = 0.008
@@ -140,7 +140,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     t.max_steps_per_epoch = 0  # 0 = the sampler's full epoch; >0 caps it (smoke tests)
     t.eval_untrained = False  # evaluate the initial weights first and write results_untrained.json
 
-    # ---------------------------------------------------------------- evaluation (reference/model.md §6)
+    # ---------------------------------------------------------------- evaluation (docs/reference.md §13)
     e = c.eval = ml_collections.ConfigDict()
     e.feat_norm = True
     e.max_rank = 50

@@ -1,4 +1,4 @@
-"""Re-ID metrics on the host (reference/model.md §6): CMC, mAP, mINP and k-reciprocal re-ranking, in NumPy.
+"""Re-ID metrics on the host (docs/reference.md §13): CMC, mAP, mINP and k-reciprocal re-ranking, in NumPy.
 
 Model-free: features come in as arrays (the feature-extraction loop belongs to the training loop).
 """

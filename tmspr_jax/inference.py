@@ -1,7 +1,7 @@
 """Test features of query and gallery through the model, and the re-ID metrics on them.
 
 The evaluation batches keep the reference's order (query, then gallery) and batch size, with a smaller last batch:
-with ``part_norm='batch'`` a feature depends on the rest of its batch (reference/model.md §6.3). When the last batch
+with ``part_norm='batch'`` a feature depends on the rest of its batch (docs/reference.md §13.3). When the last batch
 does not split over the devices it is padded, and the padding rows are masked out of the batch statistics (``valid``),
 so the features equal those of the unpadded batch.
 """

@@ -1,10 +1,10 @@
-"""T-MSPR training losses (reference/model.md §3).
+"""T-MSPR training losses (docs/reference.md §9).
 
 Every function computes in float32 whatever the input dtype (the reference runs its losses in fp32 under autocast).
 The model is not imported: :func:`total_loss` works on any object with ``logits`` (15 arrays ``[B, C]``) and ``feats``
-(18 entries, model.md §2.3) attributes, or on a ``(logits, feats)`` pair.
+(18 entries, docs/reference.md §8) attributes, or on a ``(logits, feats)`` pair.
 
-Total loss (§3.7), with the reference's weights::
+Total loss (docs/reference.md §9.6), with the reference's weights::
 
     L = id_w * L_ID + tri_w * L_TRI + seg_w * L_seg + rec_w * L_rec (+ kl_w * KL; kl_w = 0 in the reference)
     L_ID  = 0.5 * mean(CE_4..7) + 0.5 * 0.6 * sum(CE_8..14) + 0.5 * mean(CE_0..3)
@@ -84,7 +84,7 @@ def margin_logits(cosine: jax.Array, labels: jax.Array, kind: str, scale: float,
 
 
 def triplet_loss(feats: jax.Array, labels: jax.Array, margin: float = 0.0, norm_feat: bool = False) -> jax.Array:
-    """Batch-hard triplet loss on ``feats [B, D]`` (reference TripletLoss + T-MSPR's clamp, model.md §3.3).
+    """Batch-hard triplet loss on ``feats [B, D]`` (reference TripletLoss + T-MSPR's clamp, docs/reference.md §9.3).
 
     Distances are ``sqrt(clamp(|fi|^2 + |fj|^2 - 2 fi.fj, 1e-12))``; the hardest positive includes the sample
     itself; both hard distances are clamped to at least 1e-8. ``margin == 0`` gives the soft margin
@@ -134,7 +134,7 @@ def _seg_inputs(
 
 
 def segmentation_loss(part_logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-    """MSE between per-channel min-max normalised part logits and parsing targets (model.md §3.4).
+    """MSE between per-channel min-max normalised part logits and parsing targets (docs/reference.md §9.4).
 
     Both ``part_logits`` and ``targets`` (``[B, gh, gw, K]``) are normalised per channel over (batch, y, x) as
     ``(v - min) / (max - min + 1e-8)``; the loss is the mean squared difference over all elements.
@@ -185,7 +185,7 @@ SEG_LOSSES = {"minmax_mse": segmentation_loss, "soft_ce": soft_segmentation_loss
 
 
 def reconstruction_loss(q: jax.Array, qc: jax.Array) -> jax.Array:
-    """``mean |Q - Qc|`` between part features and their recovered version (model.md §3.5)."""
+    """``mean |Q - Qc|`` between part features and their recovered version (docs/reference.md §9.5)."""
     q, qc = _f32(q), _f32(qc)
     if q.shape != qc.shape:
         raise ValueError(f"reconstruction_loss: Q and Qc shapes differ: {q.shape} vs {qc.shape}")
@@ -193,7 +193,7 @@ def reconstruction_loss(q: jax.Array, qc: jax.Array) -> jax.Array:
 
 
 def kl_term(logits_global: jax.Array, logits_jpm1: jax.Array) -> jax.Array:
-    """``KL(softmax(global) || softmax(jpm1))`` summed over classes, averaged over the batch (model.md §3.2).
+    """``KL(softmax(global) || softmax(jpm1))`` summed over classes, averaged over the batch (docs/reference.md §9.2).
 
     Equals ``F.kl_div(log_softmax(score[4]), softmax(score[0]), reduction='batchmean')``.
     """
@@ -220,9 +220,9 @@ def _split_outputs(outputs: Any) -> tuple[Sequence[jax.Array], Sequence[jax.Arra
                 f"total_loss: outputs must have .logits/.feats or be a (logits, feats) pair, got {type(outputs)}"
             ) from None
     if len(logits) != NUM_LOGITS:
-        raise ValueError(f"total_loss: expected {NUM_LOGITS} logits (model.md §2.3), got {len(logits)}")
+        raise ValueError(f"total_loss: expected {NUM_LOGITS} logits (docs/reference.md §8), got {len(logits)}")
     if len(feats) != NUM_FEATS:
-        raise ValueError(f"total_loss: expected {NUM_FEATS} feats (model.md §2.3), got {len(feats)}")
+        raise ValueError(f"total_loss: expected {NUM_FEATS} feats (docs/reference.md §8), got {len(feats)}")
     return logits, feats
 
 
@@ -233,10 +233,10 @@ def total_loss(
     parsing_weight: jax.Array | None,
     loss_cfg: Any,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The reference's total training loss and every term for logging (model.md §3.7).
+    """The reference's total training loss and every term for logging (docs/reference.md §9.6).
 
     Args:
-      outputs: model outputs with ``logits`` (15 x ``[B, C]``) and ``feats`` (18 entries, model.md §2.3).
+      outputs: model outputs with ``logits`` (15 x ``[B, C]``) and ``feats`` (18 entries, docs/reference.md §8).
       pids: int ``[B]`` train labels.
       parsing: ``[B, gh, gw, 6]`` parsing targets; parsing_weight: ``[B]`` (0 = no map) or None (all 1).
       loss_cfg: the ``loss`` config (``id_weight``, ``triplet_weight``, ``seg_weight``, ``seg_loss``, ``rec_weight``,

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule (reference/model.md §5).
+"""Optimiser and learning-rate schedule (docs/reference.md §10).
 
 * SGD, momentum 0.9, dampening 0, no Nesterov, with COUPLED L2 (PyTorch ``weight_decay``):
   ``d = g + wd * p; buf = m * buf + d; p -= lr * buf``. In optax: ``add_decayed_weights -> trace -> scale(-lr)``;

@@ -1,4 +1,4 @@
-"""Data parallelism as one global program (DESIGN principle 3).
+"""Data parallelism as one global program: single-GPU semantics on any number of devices.
 
 A 1-D mesh over every device of every process, axis ``'data'`` with ``AxisType.Auto`` (Explicit axes break
 ``flax.linen`` dropout-style code). Batches are sharded on their leading axis, parameters are replicated, and ``jax.jit``

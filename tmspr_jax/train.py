@@ -1,8 +1,8 @@
 """Training with periodic evaluation, checkpoints and automatic resume.
 
-One jitted step over a 1-D ``'data'`` mesh of all devices (DESIGN principle 3): the global batch is sharded, parameters
+One jitted step over a 1-D ``'data'`` mesh of all devices, one global program: the global batch is sharded, parameters
 are replicated, the state is donated. The learning rates are set once per epoch, as the reference's scheduler is
-stepped (reference/model.md §5.2). Everything a restarted run needs is in the orbax checkpoint: the train state and the
+stepped (docs/reference.md §10.2). Everything a restarted run needs is in the orbax checkpoint: the train state and the
 data position (epoch and batch within it), so a killed run that is restarted ends with the same parameters.
 """
 

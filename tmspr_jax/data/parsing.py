@@ -1,4 +1,4 @@
-"""Human-parsing targets for the semantic perception head (reference/data.md §4, model.md §2.2 E, §3.4).
+"""Human-parsing targets for the semantic perception head (docs/reference.md §12, §5, §9.4).
 
 A human parser (SCHP trained on LIP, 20 classes) labels every training image offline. This module
 
@@ -44,7 +44,7 @@ GROUP_NAMES: tuple[str, ...] = ("Background", "Head", "Body", "Accessory", "Legs
 NUM_LIP = len(LIP_CLASSES)
 NUM_GROUPS = len(GROUP_NAMES)
 
-# reference/data.md §4.2 ('lip_merged'): note Hat -> Accessory, not Head.
+# docs/reference.md §12.2 ('lip_merged'): note Hat -> Accessory, not Head.
 LIP_TO_GROUP: np.ndarray = np.array(
     [
         0,  # Background

@@ -1,4 +1,4 @@
-"""PK identity sampler: P distinct identities x K images per batch (reference/data.md §3.1).
+"""PK identity sampler: P distinct identities x K images per batch (docs/reference.md §11.2).
 
 The reference's ``RandomIdentitySampler`` re-draws an epoch of batches from Python/NumPy global RNGs. Here an epoch is a
 pure function of ``(pids, P, K, seed, epoch)``: the same arguments give the same ``[num_batches, P*K]`` index array on

@@ -1,4 +1,4 @@
-"""The four T-MSPR training views and the eval transform (``reference/data.md`` §2.2, §5).
+"""The four T-MSPR training views and the eval transform (``docs/reference.md`` §1).
 
 Every view starts from the same decoded RGB ``uint8`` image ``[h, w, 3]`` of any size and returns ``float32``
 ``[H, W, 3]`` normalised as ``(x/255 - mean)/std`` at ``img_size = (H, W)``:

@@ -1,5 +1,5 @@
-"""The T-MSPR model (reference/model.md §2): ViT backbone, global branch b1, JPM and HSPM/HSRM branch b2, BNNecks and
-classifiers.
+"""The T-MSPR model (docs/reference.md §3-§8): ViT backbone, global branch b1, JPM and HSPM/HSRM branch b2,
+BNNecks and classifiers.
 
 Parameter names are the contract in docs/interfaces.md (``convert_weights.mapping`` relies on them). With
 ``stack_branches`` the four views, the four JPM groups and the six part sequences run as stacked batches; the result is
@@ -40,7 +40,7 @@ CLASSIFIERS = ("linear", "cosine")
 
 @struct.dataclass
 class TrainOutputs:
-    """Training outputs in the reference order (model.md §2.3): 15 logits ``[B,C]`` and 18 features."""
+    """Training outputs in the reference order (docs/reference.md §8): 15 logits ``[B,C]`` and 18 features."""
 
     logits: tuple
     feats: tuple
@@ -152,7 +152,7 @@ def recover_parts(parts: jax.Array, vis: jax.Array, nn_idx: jax.Array) -> jax.Ar
 
 
 class TMSPR(nn.Module):
-    """T-MSPR (model.md §2). ``__call__(views [B,4,H,W,3], camids [B], *, train) -> TrainOutputs``;
+    """T-MSPR (docs/reference.md §1-§8). ``__call__(views [B,4,H,W,3], camids [B], *, train) -> TrainOutputs``;
     ``extract(images [B,H,W,3], camids [B], valid=None) -> [B, 7680 | 3840]`` (call with ``method=TMSPR.extract``).
     """
 
@@ -300,7 +300,7 @@ class TMSPR(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ entry points
     def __call__(self, views: jax.Array, camids: jax.Array, *, train: bool) -> TrainOutputs:
-        """Full reference forward on the four views ``[B,4,H,W,3]`` (model.md §2.2-2.3).
+        """Full reference forward on the four views ``[B,4,H,W,3]`` (docs/reference.md §3-§8).
 
         ``train=True`` uses batch statistics in every BNNeck (mutable ``'batch_stats'``) and stochastic depth (rng
         ``'drop_path'`` when ``drop_path > 0``); ``train=False`` uses the running statistics, as torch ``eval()``.
@@ -344,7 +344,7 @@ class TMSPR(nn.Module):
         return TrainOutputs(logits=logits, feats=feats)
 
     def extract(self, images: jax.Array, camids: jax.Array, valid: jax.Array | None = None) -> jax.Array:
-        """The eval feature (model.md §2.4), computing only view 1, b1, JPM and (for 'before') parts 1..5.
+        """The eval feature (docs/reference.md §13.1), computing only view 1, b1, JPM and (for 'before') parts 1..5.
 
         'before': ``[g1, jpm1..4, p1..p5]`` ``[B, 10*D]``; 'after': ``[bn(g1), bn_k(jpm_k)/4]`` ``[B, 5*D]``
         (running statistics). ``valid`` (bool ``[B]``) excludes padding rows from the batch-wise min-max.

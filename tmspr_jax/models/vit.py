@@ -1,4 +1,4 @@
-"""TransReID ViT backbone (reference/model.md §1) in Flax linen.
+"""TransReID ViT backbone (docs/reference.md §2) in Flax linen.
 
 Overlapping patch embedding, cls token, position embedding, SIE camera/view embedding, pre-norm transformer blocks
 with per-sample stochastic depth. In JPM mode (``local_feature=True``) only the first ``depth - 1`` blocks exist and the
@@ -17,7 +17,7 @@ import flax.linen as nn
 Dtype = Any
 
 LN_EPS = 1e-6
-# PyTorch trunc_normal_(std=.02, a=-2, b=2) cuts at +-100 sigma: effectively a plain normal (model.md §1.5).
+# PyTorch trunc_normal_(std=.02, a=-2, b=2) cuts at +-100 sigma: effectively a plain normal (docs/reference.md §2.4).
 _normal02 = nn.initializers.normal(stddev=0.02)
 # How the position embedding starts: 'normal' = the reference's N(0, 0.02) (pretrained weights overwrite it);
 # 'sincos' = 2-D sine-cosine codes, which a model trained from scratch need not learn first (see sincos_embedding).
@@ -45,7 +45,7 @@ def patch_grid(img_size: Sequence[int], patch: int, stride: Sequence[int] | int)
 
 
 def sie_table_rows(num_cameras: int, num_views: int) -> int:
-    """Rows of the SIE table (0 = none): it exists only if cameras > 1 or views > 1 (model.md §1.3)."""
+    """Rows of the SIE table (0 = none): it exists only if cameras > 1 or views > 1 (docs/reference.md §2.2)."""
     c, v = int(num_cameras), int(num_views)
     if c > 1 and v > 1:
         return c * v
@@ -183,7 +183,7 @@ def block_class(remat: bool) -> type[nn.Module]:
 
 
 class VisionTransformer(nn.Module):
-    """TransReID ViT (model.md §1). ``__call__(images [B,H,W,3], camids [B], viewids=None, *, train)``.
+    """TransReID ViT (docs/reference.md §2). ``__call__(images [B,H,W,3], camids [B], viewids=None, *, train)``.
 
     Returns ``[B, 1 + gh*gw, D]``: with ``local_feature`` the raw residual stream after ``depth - 1`` blocks (blocks
     ``depth - 1`` and ``norm`` are not created), otherwise the layer-normalised output of all ``depth`` blocks.
@@ -245,7 +245,7 @@ class VisionTransformer(nn.Module):
             self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
 
     def sie_index(self, camids: jax.Array, viewids: jax.Array | None) -> jax.Array | None:
-        """Row of the SIE table per sample (general rule of model.md §1.3), or None when nothing is added."""
+        """Row of the SIE table per sample (general rule of docs/reference.md §2.2), or None when nothing is added."""
         if not self.num_sie:
             return None
         cams = jnp.asarray(camids, jnp.int32)

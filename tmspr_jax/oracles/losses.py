@@ -1,4 +1,4 @@
-"""The reference's loss formulas (reference/model.md §3), written independently in PyTorch as a test oracle.
+"""The reference's loss formulas (docs/reference.md §9), written independently in PyTorch as a test oracle.
 
 Written in the reference's own style (boolean indexing for hard mining, nn.SoftMarginLoss, F.cross_entropy,
 per-channel min-max MSE, L1) so the JAX losses are checked against a second formulation, not a copy of themselves.
@@ -59,7 +59,7 @@ def reference_seg(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def reference_total_loss(
     scores: Sequence, feats: Sequence, pids, targets
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The reference's training loss (§3.1-§3.7) from its 15 scores and 18 feats; returns (loss, parts)."""
+    """The reference's training loss (docs/reference.md §9) from its 15 scores and 18 feats; returns (loss, parts)."""
     scores = [_t(s).float() for s in scores]
     feats = [_t(f).float() for f in feats]
     pids = _t(pids).long()

@@ -1,4 +1,4 @@
-"""PyTorch oracle: our own plain implementation of the reference T-MSPR forward (reference/model.md §1-§2), with the
+"""PyTorch oracle: our own plain implementation of the reference T-MSPR forward (docs/reference.md §2-§8), with the
 reference's state-dict key names, used by the parity tests and the comparison tool.
 
 It holds only the modules the reference actually uses; :func:`strip_unused` drops the others from a real reference
@@ -19,7 +19,7 @@ from tmspr_jax.models.vit import drop_path_rates, patch_grid
 
 
 def unused_key_patterns(depth: int = 12) -> tuple[str, ...]:
-    """Regexes of reference state-dict keys whose modules the reference never runs (model.md §2.1)."""
+    """Regexes of reference state-dict keys whose modules the reference never runs (docs/reference.md §7.3)."""
     return (
         rf"^base\.blocks\.{depth - 1}\.",  # the last backbone block: b1/b2 are copies of it
         r"^base\.norm\.",

@@ -63,7 +63,7 @@ class CompareError(ValueError):
 
 
 def feature_slices(embed_dim: int, neck_feat: str) -> list[tuple[str, int, int]]:
-    """``(name, start, stop)`` of every ``embed_dim``-wide slice of the eval feature (model.md §2.4)."""
+    """``(name, start, stop)`` of every ``embed_dim``-wide slice of the eval feature (docs/reference.md §13.1)."""
     if neck_feat == "before":
         names = ["global"] + [f"jpm{k}" for k in range(1, 5)] + [f"part{k}" for k in range(1, 6)]
     elif neck_feat == "after":

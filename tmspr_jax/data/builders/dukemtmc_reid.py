@@ -1,4 +1,4 @@
-"""DukeMTMC-reID (Zheng et al., ICCV 2017) in its release layout; reader rules as reference/data.md §1.3."""
+"""DukeMTMC-reID (Zheng et al., ICCV 2017) in its release layout; reader rules as docs/reference.md §11.1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Market-1501 (Zheng et al., ICCV 2015) in its release layout; reader rules as reference/data.md §1.2."""
+"""Market-1501 (Zheng et al., ICCV 2015) in its release layout; reader rules as docs/reference.md §11.1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MSMT17 (Wei et al., CVPR 2018) in its release layout; reader rules as reference/data.md §1.7."""
+"""MSMT17 (Wei et al., CVPR 2018) in its release layout; reader rules as docs/reference.md §11.1."""
 
 from __future__ import annotations
 

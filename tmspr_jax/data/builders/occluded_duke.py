@@ -1,4 +1,4 @@
-"""Occluded-Duke (Miao et al., ICCV 2019) in its release layout; reader rules as reference/data.md §1.4."""
+"""Occluded-Duke (Miao et al., ICCV 2019) in its release layout; reader rules as docs/reference.md §11.1."""
 
 from __future__ import annotations
 

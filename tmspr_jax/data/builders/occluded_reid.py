@@ -1,4 +1,4 @@
-"""Occluded-ReID (Zhuo et al., ICME 2018) in its release layout; reader rules as reference/data.md §1.6.
+"""Occluded-ReID (Zhuo et al., ICME 2018) in its release layout; reader rules as docs/reference.md §11.1.
 
 Configs:
 

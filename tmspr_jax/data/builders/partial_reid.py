@@ -1,4 +1,4 @@
-"""Partial-REID (Zheng et al., ICCV 2015), test-only; reader rules as reference/data.md §1.5.
+"""Partial-REID (Zheng et al., ICCV 2015), test-only; reader rules as docs/reference.md §11.1.
 
 Training for Partial-REID uses another builder's train split (the reference: Market-1501), named separately in the
 config (``data.train`` / ``data.test``).
