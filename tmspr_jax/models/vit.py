@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from tmspr_jax.utils import patch_grid  # noqa: F401  (re-exported: models.patch_grid)
+
 Dtype = Any
 
 LN_EPS = 1e-6
@@ -22,26 +24,6 @@ _normal02 = nn.initializers.normal(stddev=0.02)
 # How the position embedding starts: 'normal' = the reference's N(0, 0.02) (pretrained weights overwrite it);
 # 'sincos' = 2-D sine-cosine codes, which a model trained from scratch need not learn first (see sincos_embedding).
 POS_EMBED_INITS = ("normal", "sincos")
-
-
-def patch_grid(img_size: Sequence[int], patch: int, stride: Sequence[int] | int) -> tuple[int, int]:
-    """Number of patch rows and columns, ``(gh, gw)``, of the overlapping patch embedding.
-
-    ``gh = (H - patch) // stride_y + 1`` and ``gw = (W - patch) // stride_x + 1``; the single source of truth for the
-    grid (docs/interfaces.md).
-    """
-    if isinstance(stride, (int, np.integer)):
-        stride = (int(stride), int(stride))
-    if len(img_size) != 2 or len(stride) != 2:
-        raise ValueError(f"patch_grid: expected img_size=(H, W) and stride=(sy, sx), got img_size={tuple(img_size)!r}, "
-                         f"stride={tuple(stride)!r}")
-    h, w = (int(v) for v in img_size)
-    sy, sx = (int(v) for v in stride)
-    if patch < 1 or sy < 1 or sx < 1:
-        raise ValueError(f"patch_grid: patch ({patch}) and stride ({sy}, {sx}) must be >= 1")
-    if h < patch or w < patch:
-        raise ValueError(f"patch_grid: image size {(h, w)} is smaller than the patch size {patch}")
-    return (h - patch) // sy + 1, (w - patch) // sx + 1
 
 
 def sie_table_rows(num_cameras: int, num_views: int) -> int:
