@@ -1,0 +1,124 @@
+"""Small helpers shared by every layer: config-key access, square-or-pair values, the patch grid, L2 normalisation,
+JSON conversion and one-line command-line errors.
+
+This is the lowest layer of the package (see ``[tool.importlinter]`` in pyproject.toml): it imports no other
+``tmspr_jax`` module, so data, models, losses, training and the tools can all use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------------- config values
+
+
+def config_value(node: Any, key: str, where: str) -> Any:
+    """``node[key]`` of a config node (``ConfigDict``, dict or attribute object).
+
+    A missing key is a :class:`KeyError` naming ``config.<where>.<key>``, e.g. ``where='loss'``.
+    """
+    try:
+        return node[key] if isinstance(node, Mapping) or hasattr(node, "__getitem__") else getattr(node, key)
+    except (KeyError, AttributeError):
+        raise KeyError(f"config.{where}.{key} is missing (see tmspr_jax/config.py for the keys)") from None
+
+
+def pair(value: Any, name: str) -> tuple[int, int]:
+    """``(a, b)`` from a pair, or ``(v, v)`` from one number (``12``, ``(12,)`` or ``'12'``).
+
+    ``--config.model.stride=12`` reaches a tuple field as ``(12,)``; a single number means a square stride (or size)
+    everywhere. Anything else is a :class:`ValueError` naming ``name``.
+    """
+    if isinstance(value, str):
+        value = [v for v in value.replace("x", ",").split(",") if v.strip()]
+    values = list(value) if isinstance(value, Sequence | np.ndarray) else [value]
+    try:
+        ints = [int(v) for v in values]
+        if any(int(v) != float(v) for v in values):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r}: expected one whole number or two (y, x)") from None
+    if len(ints) == 1:
+        return ints[0], ints[0]
+    if len(ints) != 2:
+        raise ValueError(f"{name}={tuple(values)!r}: expected one number or two (y, x), got {len(ints)}")
+    return ints[0], ints[1]
+
+
+# ---------------------------------------------------------------------------------------------------- geometry
+
+
+def patch_grid(img_size: Sequence[int], patch: int, stride: Sequence[int] | int) -> tuple[int, int]:
+    """Number of patch rows and columns, ``(gh, gw)``, of the overlapping patch embedding.
+
+    ``gh = (H - patch) // stride_y + 1`` and ``gw = (W - patch) // stride_x + 1``; the single source of truth for the
+    grid (docs/interfaces.md). ``stride`` may be one number (a square stride).
+    """
+    if len(img_size) != 2:
+        raise ValueError(f"patch_grid: expected img_size=(H, W), got img_size={tuple(img_size)!r}")
+    h, w = (int(v) for v in img_size)
+    sy, sx = pair(stride, "stride")
+    patch = int(patch)
+    if patch < 1 or sy < 1 or sx < 1:
+        raise ValueError(f"patch_grid: patch ({patch}) and stride ({sy}, {sx}) must be >= 1")
+    if h < patch or w < patch:
+        raise ValueError(f"patch_grid: image size {(h, w)} is smaller than the patch size {patch}")
+    return (h - patch) // sy + 1, (w - patch) // sx + 1
+
+
+# ---------------------------------------------------------------------------------------------------- arrays
+
+
+def l2_normalise(x: Any, axis: int = -1, eps: float = 1e-12) -> Any:
+    """``x / max(|x|, eps)`` along ``axis`` (torch ``F.normalize``): NumPy in, NumPy out; JAX (traced too) in, JAX out."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    x = xp.asarray(x)
+    return x / xp.maximum(xp.linalg.norm(x, axis=axis, keepdims=True), eps).astype(x.dtype)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NumPy / JAX arrays and scalars turned into Python numbers and lists, mappings into dicts with string
+    keys, tuples into lists; infinite or NaN floats become strings (JSON has no inf / nan)."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        return jsonable(np.asarray(obj).tolist())
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+
+# User mistakes (a missing file or folder, a checkpoint of another model or dataset, a bad or missing config value).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+
+
+def error_message(e: BaseException) -> str:
+    """The text of ``e`` (a KeyError's own ``str`` adds quotes)."""
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
+@contextlib.contextmanager
+def one_line_errors(also: tuple[type[BaseException], ...] = (), traceback: bool = False) -> Iterator[None]:
+    """Inside a command-line tool: a user mistake (:data:`USER_ERRORS` and ``also``) prints ``error: <message>`` on
+    stderr and exits with status 1; ``traceback=True`` lets it raise instead."""
+    try:
+        yield
+    except USER_ERRORS + tuple(also) as e:
+        if traceback:
+            raise
+        print(f"error: {error_message(e)}", file=sys.stderr)
+        sys.exit(1)
