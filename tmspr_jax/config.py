@@ -175,19 +175,15 @@ def demo_config() -> ml_collections.ConfigDict:
     c.data.mean = HALF_MEAN
     c.data.std = HALF_STD
     # Batch 16 = 4 identities x 4 images: twice the updates of the reference's 32 for the same images, which a model
-    # learning from scratch uses better (measured: mAP 42.1% against 41.6% for 32, Rank-1 46% against 44%).
+    # learning from scratch uses better (docs/experiments.md §2).
     c.data.batch_size = 16
     c.data.num_instances = 4
     c.data.test_batch_size = 128
     c.data.num_workers = 1
     c.data.synthetic = True  # generate the dataset into manual_dir on first use
-    # 400 training identities x 8 images for 12 epochs: more identities transfer better than more epochs on fewer
-    # (100 ids x 30 epochs, 729 steps of 32, gave 31% mAP; 200 ids x 18 epochs, 885 steps, gave 38%). With the same
-    # 2,400 steps, on one test set (independent_test_set below), four training seeds gave mAP 67.1% / Rank-1 70.75%
-    # on average against 60.7% / 66.75% for 200 x 8 for 24 epochs; 300 x 8 for 16 epochs (two seeds) lay between
-    # them; 600 x 8 for 8 epochs and 400 x 4 (the same images as 200 x 8, half per identity) were worse (61.6% / 67.0%
-    # over two seeds; 54.8% / 56%). Muted backgrounds, like streets
-    # (+4 mAP over saturated RGB backgrounds); identities differing in at least 5 of the 10 attributes.
+    # 400 training identities x 8 images for 12 epochs: at the same steps more identities transfer better than more
+    # epochs on fewer (docs/experiments.md §3). Muted backgrounds, like streets; identities differing in at least 5 of
+    # the 10 attributes (§2).
     c.data.synthetic_options = dict(
         num_train_ids=400,
         images_per_id=8,
@@ -199,41 +195,36 @@ def demo_config() -> ml_collections.ConfigDict:
         background_saturation=0.3,
         num_occluder_images=400,
         # 30% of the training images occluded like the queries (their label maps mark the occluder as background)
-        # instead of the generator's 10%: with the per-patch segmentation loss below, four training seeds gave mAP
-        # 61.9% / Rank-1 69.3% on average against 58.8% / 64.3% (three seeds of 10% with the reference's loss).
+        # instead of the generator's 10%: it helps together with the per-patch segmentation loss
+        # (docs/experiments.md §4).
         train_occluded_fraction=0.3,
         seed=0,
         # the test set from its own random streams, so that training sets of other sizes compare on the same queries
         independent_test_set=True,
     )
     # The covering view pastes street-object occluders (rendered like, but independently of, the queries' ones)
-    # instead of crops of other training people: mAP 48.1% / Rank-1 53% against 46.4% / 49% (57% Rank-1 with another
-    # draw of the 400 objects). Pasted un-normalised, as the reference does (normalised: 45.0% / 47%).
+    # instead of crops of other training people, un-normalised as the reference does (docs/experiments.md §2).
     c.data.occluder_dir = manual_dir + "/occluders"
     c.parsing.maps_dir = manual_dir + "/parsing_lip"
 
     m = c.model
     m.patch_size = 16
     m.stride = (16, 16)
-    # Width 96 steps 1.3x faster than 128 on a CPU: on the 200-identity set 24 epochs fitted where 18 did (28 epochs
-    # at 96 gave mAP 48.4% against 43.9% for 18 at 128, but took 9.5 minutes).
+    # Width 96 steps 1.3x faster than 128 on a CPU, so more epochs fit in the same time (docs/experiments.md §2).
     m.embed_dim = 96
     m.depth = 4
     m.num_heads = 4
     m.drop_path = 0.0
     m.sie_coe = 1.0
     # From scratch the position embedding starts as 2-D sine-cosine codes instead of N(0, 0.02) noise: the model
-    # does not spend its first epochs learning where each patch lies (mAP 49.9% against 34.5% after 8 epochs; at the
-    # end, two seeds: 57.6% / 67% and 59.1% / 66%, against 53.3% / 59% and 52.7% / 63%).
+    # does not spend its first epochs learning where each patch lies (docs/experiments.md §6).
     m.pos_embed_init = "sincos"
-    # The reference's default test feature, before the BNNecks: [g1, JPM 1-4, parts 1-5]. With the settings here it
-    # scored 2.6 points of mAP and 2 of Rank-1 above the BNNeck features ('after') on average over four training
-    # seeds. (The previous demo, 10% occluded with the reference's segmentation loss, evaluated the BNNeck features:
-    # 57.6% / 67% against 60.3% / 60% before them.)
+    # The reference's default test feature, before the BNNecks: [g1, JPM 1-4, parts 1-5]; with these settings it
+    # scores above the BNNeck features ('after') (docs/experiments.md §2).
     m.neck_feat = "before"
 
     # A per-patch cross-entropy against the parts' shares instead of the reference's min-max-normalised MSE, which a
-    # constant map satisfies (the part head learns nothing under it at this size; README, Demo).
+    # constant map satisfies (the part head learns nothing under it at this size; docs/experiments.md §4).
     c.loss.seg_loss = "soft_ce"
 
     c.optim.name = "adamw"
@@ -247,7 +238,7 @@ def demo_config() -> ml_collections.ConfigDict:
     c.train.eval_period = 6
     c.train.log_every = 10
     c.train.eval_untrained = True
-    # Test features averaged with their mirror images' (fast-reid's TEST.FLIP): mAP 57.6% / Rank-1 67% against
-    # 52.2% / 56% on the same checkpoint; evaluating twice (after 1,200 and 2,400 steps) pays for the second pass.
+    # Test features averaged with their mirror images' (fast-reid's TEST.FLIP): 4-5 points of mAP (docs/experiments.md
+    # §2); evaluating only twice (after 1,200 and 2,400 steps) pays for the second pass.
     c.eval.flip = True
     return c

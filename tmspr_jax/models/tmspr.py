@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax import struct
 
+from tmspr_jax.utils import pair
+
 from tmspr_jax.models.vit import (
     LN_EPS, POS_EMBED_INITS, VisionTransformer, block_class, compute_dtype, drop_path_rates, patch_grid,
 )
@@ -390,10 +392,7 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         raise ValueError(f"build_model: num_classes={num_classes}, expected >= 1")
     if int(num_cameras) < 0:
         raise ValueError(f"build_model: num_cameras={num_cameras}, expected >= 0")
-    stride = get("stride")
-    stride = (int(stride), int(stride)) if isinstance(stride, int) else tuple(int(s) for s in stride)
-    if len(stride) != 2:
-        raise ValueError(f"config.model.stride={get('stride')!r}: expected (stride_y, stride_x)")
+    stride = pair(get("stride"), "config.model.stride")  # one number: a square stride
     img_size = tuple(int(s) for s in img_size)
     patch_grid(img_size, int(get("patch_size")), stride)  # validates the geometry early
     for key, allowed in (("part_norm", PART_NORMS), ("part_pool", PART_POOLS), ("neck_feat", NECK_FEATS),
