@@ -13,6 +13,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tmspr_jax.utils import one_line_errors
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); the demo when omitted.", lock_config=True
 )
@@ -42,15 +44,10 @@ class _QuietLibraries:
 
 def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    try:
+    # User mistakes (a missing dataset, a bad checkpoint, a config value) and a NaN loss (RuntimeError) get one clear
+    # line; --traceback shows where.
+    with one_line_errors(also=(RuntimeError,), traceback=_TRACEBACK.value):
         _run(argv)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        # User mistakes (a missing dataset, a bad checkpoint, a config value) and a NaN loss get one clear line;
-        # --traceback shows where.
-        if _TRACEBACK.value:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 def _run(argv: list[str]) -> None:
@@ -72,6 +69,7 @@ def _run(argv: list[str]) -> None:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
 
+    from convert_weights.convert import load_pretrained  # config.model.pretrained may be a PyTorch checkpoint
     from tmspr_jax import evaluate, train
     from tmspr_jax.data import setup
 
@@ -81,9 +79,9 @@ def _run(argv: list[str]) -> None:
         print(evaluate.summarize(results))
         return
     if config.train.get("eval_untrained", False):
-        untrained = train.evaluate_untrained(config, workdir)
+        untrained = train.evaluate_untrained(config, workdir, load_pretrained=load_pretrained)
         print(f"Untrained model: {evaluate.summarize(untrained)}")
-    results = train.train_and_evaluate(config, workdir)
+    results = train.train_and_evaluate(config, workdir, load_pretrained=load_pretrained)
     if results:
         print(f"Trained model:   {evaluate.summarize(results)}")
         print(f"Results written to {os.path.join(workdir, 'results.json')}")

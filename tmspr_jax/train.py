@@ -28,6 +28,7 @@ from tqdm import tqdm
 from tmspr_jax import evaluate, inference, losses, optim, sharding, weights
 from tmspr_jax.data import parsing, pipeline, sources
 from tmspr_jax.models import build_model, init_variables, vit
+from tmspr_jax.utils import jsonable
 
 
 class NonFiniteLossError(RuntimeError):
@@ -109,7 +110,7 @@ class MetricsLogger:
             return
         record = {"kind": kind, "step": int(step), "time": time.time()}
         for k, v in values.items():
-            record[k] = _jsonable(v)
+            record[k] = jsonable(v)
         self._file.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for k, v in record.items():
@@ -121,15 +122,6 @@ class MetricsLogger:
             self._file.close()
             if self._tb is not None:
                 self._tb.close()
-
-
-def _jsonable(v):
-    if isinstance(v, (np.ndarray, jax.Array)):
-        v = np.asarray(v)
-        return v.item() if v.ndim == 0 else v.tolist()
-    if isinstance(v, (np.floating, np.integer, np.bool_)):
-        return v.item()
-    return v
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -221,13 +213,26 @@ def setup_experiment(config: ml_collections.ConfigDict) -> Experiment:
     return Experiment(config, model, mesh, train_split, query_split, gallery_split, num_classes, num_cameras, grid)
 
 
-def initial_variables(exp: Experiment, rng: jax.Array) -> dict:
-    """Random init, then the ImageNet ViT (``model.pretrained``) or a full checkpoint (``init_checkpoint``) on top."""
+# ``(path, model_cfg, img_size, num_classes, num_cameras, rng) -> variables``: how ``config.model.pretrained`` (a
+# PyTorch / JAX checkpoint file or a converted folder) becomes the model's variables. Reading PyTorch layouts is the
+# converter's job and the library never imports it: ``python -m tmspr_jax.main`` passes
+# ``convert_weights.convert.load_pretrained``.
+PretrainedLoader = Callable[[str, Any, tuple[int, int], int, int, jax.Array], dict]
+
+
+def initial_variables(exp: Experiment, rng: jax.Array, load_pretrained: PretrainedLoader | None = None) -> dict:
+    """Random init, then the ImageNet ViT (``model.pretrained``, read by ``load_pretrained``) or a full checkpoint
+    (``init_checkpoint``) on top."""
     cfg = exp.config
     if cfg.init_checkpoint:
         return load_checkpoint_variables(cfg.init_checkpoint, exp)
     if cfg.model.pretrained:
-        return weights.load_pretrained(
+        if load_pretrained is None:
+            raise ValueError(
+                f"config.model.pretrained={cfg.model.pretrained!r} needs a weights loader: train with "
+                "python -m tmspr_jax.main, or pass load_pretrained=convert_weights.convert.load_pretrained"
+            )
+        return load_pretrained(
             cfg.model.pretrained, cfg.model, tuple(cfg.img_size), exp.num_classes, exp.num_cameras, rng
         )
     return init_variables(exp.model, rng)
@@ -298,7 +303,7 @@ def write_results(workdir: str, results: Mapping[str, Any], name: str = "results
     path = os.path.join(workdir, name)
     if jax.process_index() == 0:
         with open(path, "w") as f:
-            json.dump({k: _jsonable(v) for k, v in results.items()}, f, indent=1)
+            json.dump(jsonable(results), f, indent=1)
     return path
 
 
@@ -318,12 +323,14 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-def evaluate_untrained(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def evaluate_untrained(
+    config: ml_collections.ConfigDict, workdir: str, load_pretrained: PretrainedLoader | None = None
+) -> dict:
     """The metrics of the model before training (its initial weights), for contrast; ``results_untrained.json``."""
     exp = setup_experiment(config)
     init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
     with jax.set_mesh(exp.mesh):
-        variables = initial_variables(exp, init_rng)
+        variables = initial_variables(exp, init_rng, load_pretrained)
     results = run_evaluation(exp, variables, desc="eval untrained")
     os.makedirs(workdir, exist_ok=True)
     write_results(workdir, results, name="results_untrained.json")
@@ -337,10 +344,12 @@ def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
     stop_after_steps: int | None = None,
+    load_pretrained: PretrainedLoader | None = None,
 ) -> dict:
     """Trains ``config.train.epochs`` epochs with evaluation every ``eval_period`` epochs; resumes from ``workdir``.
 
     ``stop_after_steps`` ends the run early after that many optimisation steps in this call (used to simulate a kill).
+    ``load_pretrained`` reads ``config.model.pretrained`` (see :data:`PretrainedLoader`).
     Returns the last evaluation's results (empty if none ran).
     """
     cfg = config
@@ -382,7 +391,7 @@ def train_and_evaluate(
         start_epoch, start_batch = 1, 0
         latest = manager.latest_step()
         if latest is None:
-            state = sharding.replicate(fresh_state(initial_variables(exp, init_rng)), exp.mesh)
+            state = sharding.replicate(fresh_state(initial_variables(exp, init_rng, load_pretrained)), exp.mesh)
         else:
             replicated = sharding.replicated(exp.mesh)
             abstract = jax.tree.map(

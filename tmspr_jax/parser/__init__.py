@@ -1,0 +1,15 @@
+"""The human parser whose maps become the semantic perception head's targets: SCHP's AugmentCE2P (LIP, ResNet-101)
+in Flax, inference only, with SCHP's own pre- and post-processing (docs/parsing.md).
+
+* :mod:`tmspr_jax.parser.network`: the network (:class:`AugmentCE2P`, :class:`Arch`);
+* :mod:`tmspr_jax.parser.preprocess`: SCHP's affine warps, normalisation and palette;
+* :mod:`tmspr_jax.parser.weights`: the converted folder (``python -m convert_weights schp``);
+* :mod:`tmspr_jax.parser.runner`: batched ``jax.jit`` inference over every device, restartable.
+
+This package imports nothing else from ``tmspr_jax``.
+"""
+
+from tmspr_jax.parser.network import Arch, AugmentCE2P
+from tmspr_jax.parser.weights import load_parser, save_parser
+
+__all__ = ["Arch", "AugmentCE2P", "load_parser", "save_parser"]
