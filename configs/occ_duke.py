@@ -12,7 +12,7 @@ parsing maps of its training images turned into targets with ``python -m tmspr_j
 Split: train 702 ids / 15,618 images / 8 cameras; query 519 / 2,210; gallery 1,110 / 17,661.
 
 Expected result (paper): 63.8 mAP / 74.4 Rank-1. Run time: 170 epochs of ~450 steps of 32 images, about 19 TFLOP per
-step: roughly 6-8 h on one H100 in bfloat16 (estimate from the FLOP count; not yet measured end to end).
+step: roughly 6-8 h on one H100 in bfloat16 (estimate from the FLOP count; not measured end to end).
 """
 
 from tmspr_jax import config as common

@@ -23,7 +23,7 @@ def short_demo_config(cache: str):
     c.parsing.maps_dir = os.path.join(c.data.manual_dir, "parsing_lip")
     c.data.num_workers = 0
     # The demo's whole schedule: a shorter one is not much cheaper (data generation, compilation and evaluation are
-    # fixed costs) and gains less (README, Demo).
+    # fixed costs) and gains less.
     c.train.eval_period = c.train.epochs
     c.train.log_every = 50
     return c

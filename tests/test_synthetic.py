@@ -412,7 +412,7 @@ def test_independent_test_set_does_not_change_with_the_training_set(small, tmp_p
     assert a["num_images"]["train"] == 24 and b["num_images"]["train"] == 27
     assert _names(str(tmp_path / "a"), S.TRAIN_DIR) != _names(str(tmp_path / "b"), S.TRAIN_DIR)
     # The default draws the test set after the training set: it changes with the training set's size, which is why
-    # the option exists (and why the default is kept: earlier datasets stay byte for byte).
+    # the option exists.
     shared, _ = small
     c = str(tmp_path / "c")
     S.generate(c, seed=3, **dict(SMALL, num_train_ids=9))

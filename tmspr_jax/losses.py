@@ -171,7 +171,7 @@ def soft_segmentation_loss(
     Each patch's target ``[K]`` (the parts' shares of the patch) is normalised to sum to 1; the loss is the mean over
     patches, the weight-weighted mean over samples (``weights [B]``, 0 = no parsing map). Unlike the reference's
     min-max-normalised MSE, a constant map does not come close to its minimum, so the head learns where the parts are
-    (see the README's demo section).
+    (docs/experiments.md §4).
     """
     o, y, w = _seg_inputs("soft_segmentation_loss", part_logits, targets, weights)
     total = jnp.sum(y, axis=-1, keepdims=True)

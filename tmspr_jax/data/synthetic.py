@@ -639,8 +639,8 @@ def generate(
     their own, and the training identities so that they differ from the test ones too: the query and gallery images
     are then the same pixels whatever ``num_train_ids``, ``images_per_id`` and ``train_occluded_fraction`` are (only
     their pids, which follow the training ones, shift), so training sets of different sizes compare on one test set.
-    The default (False) keeps the datasets of earlier versions byte for byte: there the test set is drawn after the
-    training set, from the same streams.
+    With the default (False) the test set is drawn after the training set, from the same streams, so it changes with
+    the training set's size (the shared-stream set of docs/experiments.md).
     """
     t0 = time.perf_counter()
     checks = {
@@ -764,7 +764,7 @@ def query_ambiguity(out_dir: str, visible_fraction: float = 0.7) -> dict[str, An
         meta = json.load(f)
     p = meta["params"]
     seed, size = int(p["seed"]), (int(p["height"]), int(p["width"]))
-    independent = bool(p.get("independent_test_set", False))  # absent from datasets of earlier versions
+    independent = bool(p.get("independent_test_set", False))  # no key in meta.json: the default
     train_ids, test_ids = _identities(
         seed, p["num_train_ids"], p["num_test_ids"], p["min_attribute_diff"], independent
     )
