@@ -13,8 +13,6 @@ Prints what was converted, skipped (and why), resized and initialised. Any misma
 
 from __future__ import annotations
 
-import sys
-
 import jax
 from absl import app, flags
 from ml_collections import config_flags
@@ -47,9 +45,9 @@ def _parse_grid(text: str | None) -> tuple[int, int] | None:
 
 
 def main(argv: list[str]) -> None:
-    from convert_weights.mapping import MappingError
-    from convert_weights.readers import CheckpointError
-    from tmspr_jax.weights import WeightsError, convert_file, save_variables
+    from convert_weights.convert import convert_file
+    from tmspr_jax.utils import one_line_errors, pair
+    from tmspr_jax.weights import save_variables
 
     if len(argv) != 3 or argv[1] not in MODES:
         raise app.UsageError(f"usage: python -m convert_weights {{{'|'.join(MODES)}}} SRC --out DIR --config=X.py")
@@ -61,16 +59,14 @@ def main(argv: list[str]) -> None:
     if mode == "timm" and (_RESIZE_POS.value or _SRC_GRID.value):
         raise app.UsageError("--resize_pos/--src_grid are for tmspr mode; timm mode always resizes the ImageNet grid")
     cfg = _CONFIG.value
-    try:
+    # Every reader, mapping and weights error is a ValueError: one line naming the file, key and value, no traceback.
+    with one_line_errors():
         variables, meta, report = convert_file(
-            src, cfg.model, tuple(cfg.img_size), jax.random.key(_SEED.value), num_classes=_NUM_CLASSES.value,
-            num_cameras=_NUM_CAMERAS.value, resize_pos=_RESIZE_POS.value, src_grid=_parse_grid(_SRC_GRID.value),
-            mode=mode)
+            src, cfg.model, pair(cfg.img_size, "config.img_size"), jax.random.key(_SEED.value),
+            num_classes=_NUM_CLASSES.value, num_cameras=_NUM_CAMERAS.value, resize_pos=_RESIZE_POS.value,
+            src_grid=_parse_grid(_SRC_GRID.value), mode=mode)
         meta["seed"] = _SEED.value
         save_variables(_OUT.value, variables, meta, overwrite=_OVERWRITE.value)
-    except (CheckpointError, MappingError, WeightsError, FileNotFoundError) as e:
-        print(f"convert_weights: error: {e}", file=sys.stderr)
-        sys.exit(1)
     print(report.summary())
     n = sum(int(x.size) for x in jax.tree_util.tree_leaves(variables))
     print(f"kind: {meta['kind']}; classes: {meta['num_classes']}; cameras: {meta['num_cameras']}; "

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from convert_weights.convert import convert_file
 from convert_weights.mapping import MappingError, variables_to_reference
 from convert_weights.readers import CheckpointError, read_checkpoint
 from convert_weights.resize import bilinear_resize, resize_pos_embed
@@ -19,7 +20,7 @@ from convert_weights.tmspr import tmspr_only_heads, tmspr_to_reference
 from convert_fixtures import (CONFIG_PATH, D, HEADS, timm_to_vit_jax_layout, timm_vit_state, tiny_config,
                                     write_all_formats)
 from tmspr_jax.models import build_model
-from tmspr_jax.weights import convert_file, load_variables
+from tmspr_jax.weights import load_variables
 
 import torch  # the oracle and .pth writing need torch (the [torch] extra, installed by the test command)
 import torch.nn.functional as F

@@ -1,4 +1,5 @@
-"""Tests of tmspr_jax.weights: orbax save/restore + meta.json, device-independent restore, load_pretrained."""
+"""Tests of tmspr_jax.weights (orbax save/restore + meta.json, device-independent restore) and of
+convert_weights.convert.load_pretrained (files and folders into a config's model)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ import pytest
 
 from convert_weights.mapping import variables_to_reference
 from convert_fixtures import D, timm_to_vit_jax_layout, timm_vit_state, tiny_config
-from tmspr_jax.weights import (
-    WeightsError, convert_file, is_weights_folder, load_pretrained, load_variables, save_variables,
-)
+from convert_weights.convert import convert_file, load_pretrained
+from tmspr_jax.weights import WeightsError, is_weights_folder, load_variables, save_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
