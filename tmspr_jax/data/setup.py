@@ -109,7 +109,7 @@ def _remove_stale_builds(config: ml_collections.ConfigDict) -> None:
 
 def prepare_for_config(config: ml_collections.ConfigDict) -> None:
     """Generates / builds what the config names and is missing (see the module docstring)."""
-    from tmspr_jax.models.vit import patch_grid
+    from tmspr_jax.utils import patch_grid
 
     d = config.data
     if d.get("synthetic", False):
