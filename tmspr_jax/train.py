@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -22,10 +24,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from orbax.checkpoint import checkpoint_managers as ocp_managers
 from tqdm import tqdm
 
-from tmspr_jax import evaluate, inference, losses, optim, sharding, weights
+from tmspr_jax import checkpoints, evaluate, inference, losses, optim, sharding, weights
 from tmspr_jax.data import parsing, pipeline, sources
 from tmspr_jax.models import build_model, init_variables, vit
 from tmspr_jax.utils import jsonable
@@ -33,6 +34,16 @@ from tmspr_jax.utils import jsonable
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a training step produced a NaN or infinite loss."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """An asynchronous checkpoint save failed (a full disk, a lost mount): training stops."""
+
+
+class Preempted(Exception):
+    """SIGTERM stopped training after a step; its checkpoint is saved (the message says where and how to resume)."""
+
+    exit_code = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 
 
 @flax.struct.dataclass
@@ -92,16 +103,22 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_cfg: ml_collec
 class MetricsLogger:
     """One JSON line per logged step / evaluation in ``WORKDIR/metrics.jsonl``, and TensorBoard events in ``WORKDIR/tb``."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
+        """``resume_step``: a run resumed from that step drops the rows logged after it (steps that will run again)
+        from ``metrics.jsonl`` and tells TensorBoard to discard its events after it (``purge_step``)."""
         self.enabled = enabled
         self._tb = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            path = os.path.join(workdir, "metrics.jsonl")
+            if resume_step is not None:
+                _drop_rows_after(path, int(resume_step))
+            self._file = open(path, "a", buffering=1)
             try:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+                purge = None if resume_step is None else int(resume_step) + 1
+                self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge)
             except ImportError:  # pragma: no cover - tensorboardX is a dependency
                 logging.warning("tensorboardX not installed: no TensorBoard events.")
 
@@ -124,44 +141,48 @@ class MetricsLogger:
                 self._tb.close()
 
 
+def _drop_rows_after(path: str, step: int) -> None:
+    """Rewrites ``metrics.jsonl`` without the rows of steps after ``step`` (atomically: a kill leaves one or the other)."""
+    if not os.path.isfile(path):
+        return
+    keep, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                row_step = int(json.loads(line).get("step", 0))
+            except (ValueError, AttributeError):
+                row_step = None  # a line cut by a kill: dropped
+            if row_step is not None and row_step <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+        logging.info("metrics.jsonl: dropped %d rows after step %d (they run again).", dropped, step)
+
+
 # ---------------------------------------------------------------------------------------------------- checkpoints
 
 
 def make_checkpoint_manager(workdir: str, train_cfg) -> ocp.CheckpointManager:
     """Latest-N plus the best checkpoint by mAP (``best_step()`` works), saved asynchronously."""
-    policy = ocp_managers.AnyPreservationPolicy(
-        [
-            ocp_managers.LatestN(n=max(1, int(train_cfg.keep_checkpoints))),
-            ocp_managers.BestN(
-                get_metric_fn=lambda m: m["mAP"], reverse=True, n=1, keep_checkpoints_without_metrics=False
-            ),
-        ]
-    )
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy,
-        best_fn=lambda m: m["mAP"],
-        best_mode="max",
-        enable_async_checkpointing=True,
-        create=True,
-    )
-    return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")), item_names=("state", "data"), options=options
-    )
+    return checkpoints.make_manager(workdir, int(train_cfg.keep_checkpoints))
 
 
-def _save_args(state: TrainState, pipe: Any, epoch: int, batch: int) -> ocp.args.Composite:
+def _save_args(state: TrainState, pipe: Any, epoch: int, batch: int, model: Any = None) -> ocp.args.Composite:
     """The train state and the data position to resume from: the next batch to run, plus the pipeline's own state
-    (seed, batch size, split size), which refuses a resume whose batches would differ."""
+    (seed, batch size, split size), which refuses a resume whose batches would differ; with the model's size and the
+    state's checksums (see tmspr_jax.checkpoints)."""
     data = dict(pipe.get_state(), next_epoch=int(epoch), next_batch=int(batch))
-    return ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
+    return checkpoints.save_args(state, data, model)
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
-    )
-    return restored["state"], dict(restored["data"])
+    """The train state and data position of ``step``, verified against their checksums."""
+    return checkpoints.restore_verified(manager, step, abstract_state)
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -225,7 +246,7 @@ def initial_variables(exp: Experiment, rng: jax.Array, load_pretrained: Pretrain
     (``init_checkpoint``) on top."""
     cfg = exp.config
     if cfg.init_checkpoint:
-        return load_checkpoint_variables(cfg.init_checkpoint, exp)
+        return load_checkpoint_variables(cfg.init_checkpoint, exp, step=_init_step(cfg))
     if cfg.model.pretrained:
         if load_pretrained is None:
             raise ValueError(
@@ -238,30 +259,43 @@ def initial_variables(exp: Experiment, rng: jax.Array, load_pretrained: Pretrain
     return init_variables(exp.model, rng)
 
 
-def load_checkpoint_variables(path: str, exp: Experiment) -> dict:
-    """Variables from a converted weights folder (``meta.json``) or a training workdir / its ``checkpoints`` folder."""
+def load_checkpoint_variables(path: str, exp: Experiment, step: int | None = None) -> dict:
+    """Variables from a converted weights folder (``meta.json``) or a training workdir / its ``checkpoints`` folder.
+
+    The model size is compared with the config's before any array is read. In a workdir: ``step`` when given (>= 0),
+    else the best checkpoint by mAP, else the latest; a damaged one falls back to the newest intact one.
+    """
     path = os.path.abspath(os.path.expanduser(path))
     if weights.is_weights_folder(path):
+        if step is not None and step >= 0:
+            raise ValueError(f"{path}: a converted weights folder holds one set of weights; a step ({step}) applies "
+                             "to training workdirs only.")
         weights.refuse_local_mlp(exp.model, path)  # converted folders come from the PyTorch layout
-        variables, meta = weights.load_variables(path)
-        for key, want in (("num_classes", exp.num_classes), ("num_cameras", exp.num_cameras)):
-            if key in meta and int(meta[key]) != int(want):
-                raise ValueError(f"{path}: checkpoint has {key}={meta[key]} but the config's data gives {want}.")
+        meta_file = os.path.join(path, weights.META_FILE)
+        with open(meta_file) as f:
+            weights.check_model_size(json.load(f), exp.model, meta_file)
+        variables, _ = weights.load_variables(path)
         return variables
-    ckpt_dir = path if os.path.basename(path) == "checkpoints" else os.path.join(path, "checkpoints")
+    ckpt_dir = checkpoints.checkpoints_dir(path)
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(
             f"init_checkpoint {path!r} is neither a converted weights folder (with meta.json) nor a training workdir "
             f"(with a checkpoints/ folder)."
         )
-    manager = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"), options=ocp.CheckpointManagerOptions(
-        best_fn=lambda m: m["mAP"], best_mode="max", read_only=True))
-    step = manager.best_step()
-    if step is None:
+    manager = checkpoints.make_manager(path, 1, read_only=True)
+    steps = checkpoints.candidate_steps(manager, step)
+    if not steps:
         raise FileNotFoundError(f"No checkpoint in {ckpt_dir}.")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    state = restored["state"]
-    logging.info("Restored step %d from %s", step, ckpt_dir)
+    if (step is None or step < 0) and manager.best_step() is None:
+        logging.info("No evaluated checkpoint in %s (the run stopped before its first evaluation): using the latest, "
+                     "step %d.", ckpt_dir, steps[0])
+
+    def expected_tree() -> dict:  # for checkpoints saved without their model size
+        shapes = jax.eval_shape(lambda: init_variables(exp.model, jax.random.PRNGKey(0)))
+        return {"params": shapes["params"], "batch_stats": shapes["batch_stats"]}
+
+    used, state, _ = checkpoints.restore_newest_intact(manager, steps, model=exp.model, expected_tree=expected_tree)
+    logging.info("Restored step %d from %s", used, ckpt_dir)
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
@@ -312,7 +346,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not config.init_checkpoint:
         raise ValueError("--mode=eval needs --config.init_checkpoint=DIR (a converted weights folder or a workdir).")
     exp = setup_experiment(config)
-    variables = load_checkpoint_variables(config.init_checkpoint, exp)
+    variables = load_checkpoint_variables(config.init_checkpoint, exp, step=_init_step(config))
     results = run_evaluation(exp, variables)
     os.makedirs(workdir, exist_ok=True)
     write_results(workdir, results)
@@ -321,6 +355,12 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logger.close()
     logging.info("Evaluation of %s: %s", config.init_checkpoint, evaluate.summarize(results))
     return results
+
+
+def _init_step(config: ml_collections.ConfigDict) -> int | None:
+    """``config.init_step`` (a workdir's step to load; -1 or absent = the best by mAP, else the latest)."""
+    step = int(config.get("init_step", -1))
+    return step if step >= 0 else None
 
 
 def evaluate_untrained(
@@ -358,20 +398,10 @@ def train_and_evaluate(
     sharding.check_global_batch(cfg.data.batch_size, exp.mesh)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
-    logger = MetricsLogger(workdir, enabled=is_main)
 
     rng = jax.random.PRNGKey(cfg.seed)
     init_rng, step_rng = jax.random.split(rng)
     total_epochs = int(cfg.train.epochs)
-
-    targets = parsing.load_targets(
-        cfg.parsing, exp.train_split, exp.grid, cfg.data.data_dir, cfg.data.train, parsing.config_geometry(cfg)
-    )
-    if targets.num_missing:
-        logging.warning("%d training images have no parsing map: their segmentation loss weight is 0.", targets.num_missing)
-    train_pipe = pipeline.TrainPipeline(
-        cfg, exp.train_split, targets, process_index=jax.process_index(), process_count=jax.process_count()
-    )
 
     manager = make_checkpoint_manager(workdir, cfg.train)
     with jax.set_mesh(exp.mesh):
@@ -388,19 +418,42 @@ def train_and_evaluate(
                 opt_state=tx.init(variables["params"]),
             )
 
-        start_epoch, start_batch = 1, 0
-        latest = manager.latest_step()
-        if latest is None:
-            state = sharding.replicate(fresh_state(initial_variables(exp, init_rng, load_pretrained)), exp.mesh)
-        else:
+        # Resume before reading the data or compiling: a checkpoint of another model size is refused at once, and a
+        # damaged one is moved aside for the newest intact one.
+        start_epoch, start_batch, resumed_from, data_state = 1, 0, None, None
+        steps = checkpoints.candidate_steps(manager, prefer_best=False)
+        if steps:
             replicated = sharding.replicated(exp.mesh)
             abstract = jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), jax.eval_shape(fresh_state, shapes)
             )
-            state, data_state = restore_state(manager, latest, abstract)
-            train_pipe.set_state(data_state)
+            resumed_from, state, data_state = checkpoints.restore_newest_intact(
+                manager, steps, model=exp.model, abstract_state=abstract, move_damaged=True,
+                expected_tree=lambda: {"params": abstract.params, "batch_stats": abstract.batch_stats},
+            )
             start_epoch, start_batch = int(data_state["next_epoch"]), int(data_state["next_batch"])
-            logging.info("Resumed from step %d: epoch %d, batch %d", latest, start_epoch, start_batch)
+            logging.info("Resumed from step %d: epoch %d, batch %d", resumed_from, start_epoch, start_batch)
+            if start_epoch > total_epochs:
+                manager.close()
+                saved = read_results(workdir)
+                logging.info("Training already finished (%d epochs, step %d) in %s.", total_epochs, resumed_from,
+                             workdir)
+                return saved
+
+        logger = MetricsLogger(workdir, enabled=is_main, resume_step=resumed_from)
+        targets = parsing.load_targets(
+            cfg.parsing, exp.train_split, exp.grid, cfg.data.data_dir, cfg.data.train, parsing.config_geometry(cfg)
+        )
+        if targets.num_missing:
+            logging.warning("%d training images have no parsing map: their segmentation loss weight is 0.",
+                            targets.num_missing)
+        train_pipe = pipeline.TrainPipeline(
+            cfg, exp.train_split, targets, process_index=jax.process_index(), process_count=jax.process_count()
+        )
+        if data_state is not None:
+            train_pipe.set_state(data_state)
+        else:
+            state = sharding.replicate(fresh_state(initial_variables(exp, init_rng, load_pretrained)), exp.mesh)
         train_step = jax.jit(make_train_step(exp.model, tx, cfg.loss), donate_argnums=(0,))
         extract_fn = inference.make_extract_fn(exp.model, flip=bool(cfg.eval.flip))
 
@@ -417,19 +470,30 @@ def train_and_evaluate(
         steps_this_call = 0
         pending = None  # (step, metrics) of the previous step, checked one step late so dispatch stays asynchronous
         last_log_time, last_log_step = time.perf_counter(), host_step
+        saves = _Saves(manager, exp.model, resumed_from)
 
         def check(item) -> None:
             step_no, metrics = item
             if not bool(metrics["finite"]):
-                manager.wait_until_finished()
+                saves.wait()
                 raise NonFiniteLossError(
                     f"Loss is {float(metrics['loss'])} at step {step_no}: training stopped. That step did not update "
                     f"the state; the last good checkpoint in {manager.directory} is step {manager.latest_step()}."
                 )
 
+        def preempted() -> Preempted:
+            saves.wait()
+            bar.close()
+            logger.close()
+            return Preempted(
+                f"Stopped by SIGTERM after step {host_step}: checkpoint step {saves.last} saved in {manager.directory}; "
+                "run the same command to resume."
+            )
+
         # One data pipeline for the whole run: its worker processes start once (about a second each time on the demo).
-        with train_pipe.run_iterator(start_epoch, total_epochs, start_batch=start_batch,
-                                     num_batches=epoch_steps) as batches:
+        with _StopOnSigterm() as stop, train_pipe.run_iterator(
+            start_epoch, total_epochs, start_batch=start_batch, num_batches=epoch_steps
+        ) as batches:
             epoch = start_epoch
             while epoch <= total_epochs:
                 lrs = optim.learning_rates(epoch, cfg.optim, total_epochs)
@@ -441,6 +505,7 @@ def train_and_evaluate(
                     state, metrics = train_step(state, arrays, step_rng)
                     if pending is not None:
                         check(pending)
+                    saves.check()  # a failed asynchronous save stops the run at the next step
                     host_step += 1
                     steps_this_call += 1
                     pending = (host_step, metrics)
@@ -449,7 +514,7 @@ def train_and_evaluate(
                     next_batch = train_pipe.position.batch  # the position after the batch just run
                     if every > 0 and host_step % every == 0 and next_batch < n_steps:
                         check(pending)
-                        manager.save(host_step, args=_save_args(state, train_pipe, epoch, next_batch))
+                        saves.save(host_step, state, train_pipe, epoch, next_batch)
                     if host_step % int(cfg.train.log_every) == 0:
                         check(pending)
                         host = jax.device_get(metrics)
@@ -460,9 +525,13 @@ def train_and_evaluate(
                         record.update(epoch=epoch, lr_weight=lrs["weight"], lr_bias=lrs["bias"], samples_per_s=rate)
                         logger.write("train", host_step, record)
                         bar.set_postfix(loss=f"{float(host['loss']):.3f}", acc=f"{float(host.get('acc', 0.0)):.2f}")
+                    if stop.requested(manager, host_step):
+                        check(pending)
+                        saves.save(host_step, state, train_pipe, epoch, next_batch)
+                        raise preempted()
                     if stop_after_steps is not None and steps_this_call >= stop_after_steps:
                         check(pending)
-                        manager.wait_until_finished()
+                        saves.wait()
                         bar.close()
                         logger.close()
                         return results
@@ -475,15 +544,100 @@ def train_and_evaluate(
                     results = run_evaluation(exp, state.variables, extract_fn, desc=f"eval epoch {epoch}")
                     results["epoch"] = epoch
                     logger.write("eval", int(state.step), results)
-                    write_results(workdir, results)
                     logging.info("Epoch %d: %s", epoch, evaluate.summarize(results))
                     metrics_for_ckpt = {"mAP": float(results["mAP"]), "rank1": float(results["rank1"])}
                 if epoch % int(cfg.train.checkpoint_every) == 0 or epoch == total_epochs or metrics_for_ckpt:
-                    manager.save(host_step, args=_save_args(state, train_pipe, epoch + 1, 0), metrics=metrics_for_ckpt)
+                    saves.save(host_step, state, train_pipe, epoch + 1, 0, metrics=metrics_for_ckpt)
+                if metrics_for_ckpt:
+                    # results.json claims an epoch only once its checkpoint is on disk (evaluations are rare; the wait
+                    # is short beside them).
+                    saves.wait()
+                    write_results(workdir, results)
+                if stop.requested(manager, host_step):
+                    raise preempted()
                 epoch += 1
         bar.close()
-    manager.wait_until_finished()
+    saves.wait()
     best = manager.best_step()
     logging.info("Training finished; best checkpoint: step %s", best)
     logger.close()
     return results
+
+
+def read_results(workdir: str) -> dict:
+    """``results.json`` of a workdir (empty when there is none)."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+class _Saves:
+    """Asynchronous checkpoint saves of one run, with their failures turned into :class:`CheckpointSaveError`."""
+
+    def __init__(self, manager: ocp.CheckpointManager, model: Any, last: int | None):
+        self.manager, self.model, self.last = manager, model, last
+
+    def save(self, step: int, state: TrainState, pipe: Any, epoch: int, batch: int, metrics: dict | None = None):
+        if step == self.last:
+            return  # this step is already saved (a mid-epoch save, or the checkpoint resumed from)
+        self.check()
+        self.manager.save(step, args=_save_args(state, pipe, epoch, batch, self.model), metrics=metrics)
+        self.last = step
+
+    def check(self) -> None:
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:
+            raise self._failed(e) from e
+
+    def wait(self) -> None:
+        try:
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as e:
+            raise self._failed(e) from e
+
+    def _failed(self, e: BaseException) -> CheckpointSaveError:
+        try:
+            self.manager.reload()
+            intact = self.manager.latest_step()
+        except Exception:  # the folder itself may be gone
+            intact = None
+        text = " ".join(str(e).split())[:300]
+        return CheckpointSaveError(
+            f"Saving checkpoint step {self.last} in {self.manager.directory} failed ({type(e).__name__}: {text}): "
+            f"training stopped; the newest complete checkpoint is step {intact}. Free space and run the same "
+            "command to resume."
+        )
+
+
+class _StopOnSigterm:
+    """SIGTERM (what job schedulers and cloud preemption send) asks the loop to stop after the current step, save
+    and exit; a second SIGTERM ends the process at once. Several processes agree on the step through JAX's
+    preemption sync point instead (its coordination service catches the signal)."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> "_StopOnSigterm":
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def requested(self, manager: ocp.CheckpointManager, step: int) -> bool:
+        if jax.process_count() > 1:
+            return bool(manager.reached_preemption(step))
+        if self.received:
+            logging.warning("SIGTERM received: saving step %d and stopping.", step)
+        return self.received
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
