@@ -33,6 +33,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.seed = 1234  # SOLVER.SEED
     c.img_size = (256, 128)  # INPUT.SIZE_TRAIN == SIZE_TEST, (H, W)
     c.init_checkpoint = ""  # converted or trained checkpoint to start from / evaluate (--mode=eval)
+    c.init_step = -1  # step of a training workdir's init_checkpoint; -1 = the best by mAP, else the latest
 
     # ---------------------------------------------------------------- model (docs/reference.md §2-§8)
     m = c.model = ml_collections.ConfigDict()
