@@ -25,6 +25,9 @@ class MappingReport:
     ignored: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
+SHOWN = 5  # keys listed per kind of problem in an error message; the count gives the rest
+
+
 class MappingError(ValueError):
     """The reference state dict does not match the model (missing / unexpected keys, wrong shapes, bad values)."""
 
@@ -184,15 +187,21 @@ def reference_to_variables(state: Mapping[str, Any], model: Any, *, batch_size: 
     unexpected = sorted(set(state) - used)
     problems = []
     if missing:
-        problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
+        problems.append(f"missing keys ({len(missing)}): " + first_few(missing, ", "))
     if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected)
-                        + " (strip the reference's unused modules with torch_ref.strip_unused first)")
+        problems.append(f"unexpected keys ({len(unexpected)}): " + first_few(unexpected, ", ")
+                        + " (strip the reference's unused modules with tmspr_jax.oracles.tmspr.strip_unused first)")
     if bad_shape:
-        problems.append(f"wrong shapes ({len(bad_shape)}): " + "; ".join(bad_shape))
+        problems.append(f"wrong shapes ({len(bad_shape)}): " + first_few(bad_shape, "; "))
     if problems:
         raise MappingError(f"{source} does not match the model:\n  " + "\n  ".join(problems))
     return out, report
+
+
+def first_few(items: list[str], sep: str, n: int = SHOWN) -> str:
+    """The first ``n`` items joined by ``sep``, then how many more (a model of another size mismatches every key)."""
+    more = f"{sep}... and {len(items) - n} more" if len(items) > n else ""
+    return sep.join(items[:n]) + more
 
 
 def variables_to_reference(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:

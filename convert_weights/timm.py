@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from convert_weights.mapping import first_few
 from convert_weights.readers import CheckpointError
 from convert_weights.resize import resize_pos_embed
 from convert_weights.tmspr import ConversionReport, init_heads
@@ -207,11 +208,11 @@ def timm_to_reference(state: dict[str, np.ndarray], model: Any, rng: jax.Array,
              if k in state and s is not None and tuple(state[k].shape) != s]
     problems = []
     if missing:
-        problems.append(f"missing keys {missing}")
+        problems.append(f"missing keys ({len(missing)}): " + first_few(missing, ", "))
     if unknown:
-        problems.append(f"unknown keys {unknown}")
+        problems.append(f"unknown keys ({len(unknown)}): " + first_few(unknown, ", "))
     if wrong:
-        problems.append("wrong shapes: " + "; ".join(wrong))
+        problems.append(f"wrong shapes ({len(wrong)}): " + first_few(wrong, "; "))
     if problems:
         raise CheckpointError(f"{source!r} is not a ViT with embed_dim={d}, depth={depth}, patch={patch}, "
                               f"mlp hidden={mlp_hidden} in timm naming: " + " | ".join(problems))

@@ -1,8 +1,7 @@
 """The demo in CI: training on the synthetic occluded dataset must raise mAP by at least 0.2 over the untrained model.
 
 The same code path as `python -m tmspr_jax.main` (data generation, TFDS build, parsing targets, training, evaluation)
-with the demo's data, model and schedule, evaluated once at the end instead of every 8 epochs (about 8 minutes on a
-2-core CPU).
+with the demo's data, model and schedule, evaluated once at the end instead of twice.
 """
 
 from __future__ import annotations

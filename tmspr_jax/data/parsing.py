@@ -36,6 +36,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from tmspr_jax.utils import pair, patch_grid
+
 LIP_CLASSES: tuple[str, ...] = (
     "Background", "Hat", "Hair", "Glove", "Sunglasses", "Upper-clothes", "Dress", "Coat", "Socks", "Pants",
     "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm", "Left-leg", "Right-leg", "Left-shoe", "Right-shoe",
@@ -152,12 +154,7 @@ def read_map(path: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- pooling
 
 
-def grid_shape(img_size: Sequence[int], patch: int, stride: Sequence[int]) -> tuple[int, int]:
-    """Patch grid ``(gh, gw)``; the formula of ``tmspr_jax.models.vit.patch_grid`` (docs/interfaces.md)."""
-    (h, w), (sy, sx) = img_size, stride
-    if h < patch or w < patch or sy < 1 or sx < 1:
-        raise ValueError(f"img_size {tuple(img_size)} must be >= patch {patch} and stride {tuple(stride)} >= 1")
-    return (h - patch) // sy + 1, (w - patch) // sx + 1
+grid_shape = patch_grid  # patch grid ``(gh, gw)``: the model's own formula (docs/interfaces.md)
 
 
 def _pil_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -227,8 +224,7 @@ def grid_targets(
         return _bilinear_half_pixel(merged, (gh, gw))
     if method != "patch_mean":
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    ay, ax = _pooling_matrices(merged.shape[:2], (int(img_size[0]), int(img_size[1])), int(patch),
-                               (int(stride[0]), int(stride[1])))  # fmt: skip
+    ay, ax = _pooling_matrices(merged.shape[:2], pair(img_size, "img_size"), int(patch), pair(stride, "stride"))
     # einsum's own loops, not BLAS: these products are tiny, and BLAS threads only contend for the cores
     rows = np.einsum("yi,ijc->yjc", ay, merged.astype(np.float64))
     out = np.maximum(np.einsum("xj,yjc->yxc", ax, rows), 0.0)
@@ -357,7 +353,7 @@ Geometry = tuple[tuple[int, int], int, tuple[int, int]]  # (img_size, patch, str
 
 
 def pooling_geometry(img_size: Sequence[int], patch: int, stride: Sequence[int]) -> Geometry:
-    return (int(img_size[0]), int(img_size[1])), int(patch), (int(stride[0]), int(stride[1]))
+    return pair(img_size, "img_size"), int(patch), pair(stride, "stride")  # one number: square
 
 
 def config_geometry(config: Any) -> Geometry:
@@ -481,9 +477,9 @@ def _main(argv: Sequence[str]) -> None:
         raise _usage_error(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     cfg = f.config
-    img_size = _int_pair(f.img_size, "--img_size") if f.img_size else (tuple(cfg.img_size) if cfg else (256, 128))
+    img_size = _int_pair(f.img_size, "--img_size") if f.img_size else (pair(cfg.img_size, "config.img_size") if cfg else (256, 128))
     patch = f.patch if f.patch else (int(cfg.model.patch_size) if cfg else 16)
-    stride = _int_pair(f.stride, "--stride") if f.stride else (tuple(cfg.model.stride) if cfg else (11, 11))
+    stride = _int_pair(f.stride, "--stride") if f.stride else (pair(cfg.model.stride, "config.model.stride") if cfg else (11, 11))
     dataset = f.dataset or (cfg.data.train if cfg else "")
     data_dir = f.data_dir or (cfg.data.data_dir if cfg else "")
     if not dataset or not data_dir:
@@ -519,10 +515,9 @@ def _main(argv: Sequence[str]) -> None:
 
 def _int_pair(text: str, flag: str) -> tuple[int, int]:
     try:
-        a, b = (int(v) for v in text.split(","))
+        return pair(text, flag)  # 'A,B', or one number for both
     except ValueError:
-        raise _usage_error(f"{flag} expects two integers 'A,B', got {text!r}") from None
-    return a, b
+        raise _usage_error(f"{flag} expects two integers 'A,B' or one, got {text!r}") from None
 
 
 def _usage_error(msg: str) -> Exception:

@@ -30,6 +30,7 @@ import numpy as np
 
 from tmspr_jax.data import sampler as sampler_lib
 from tmspr_jax.data import sources, views
+from tmspr_jax.utils import pair
 
 STATE_VERSION = 1
 VIEWS_STREAM = 2  # tag of the per-sample view generators (the sampler uses sampler.SAMPLER_STREAM)
@@ -440,7 +441,7 @@ def flip_misalignment(config: ml_collections.ConfigDict) -> int:
     """
     if str(config.parsing.get("method", "patch_mean")) == "reference":
         return 0
-    width, patch, sx = int(config.img_size[1]), int(config.model.patch_size), int(config.model.stride[1])
+    width, patch, sx = int(config.img_size[1]), int(config.model.patch_size), pair(config.model.stride, "config.model.stride")[1]
     return (width - patch) % sx
 
 
