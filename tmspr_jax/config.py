@@ -97,6 +97,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     p.path = ""  # '' = stored with the dataset (see tmspr_jax.data.parsing)
     p.missing = "error"  # 'error' or 'zero_weight'
     p.maps_dir = ""  # LIP maps (<stem>.png / .npy); if set, targets missing from `path` are computed on first use
+    # Converted SCHP LIP parser folder (python -m convert_weights schp): if set (and maps_dir is not), targets
+    # missing from `path` are made from the training images on first use, with no intermediate files.
+    p.parser = ""
+    p.parser_dtype = "float32"  # or 'bfloat16' (faster on accelerators)
     p.method = "patch_mean"  # 'patch_mean' (each patch's own window) or 'reference' (bilinear resize to the grid)
 
     # ---------------------------------------------------------------- losses (docs/reference.md §9)

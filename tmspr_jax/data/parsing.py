@@ -20,6 +20,11 @@ CLI::
 
     python -m tmspr_jax.data.parsing --maps_dir MAPS --data_dir DATA --dataset NAME \
         [--config=configs/occ_duke.py | --img_size 256,128 --patch 16 --stride 11,11] [--out PATH] [--allow_missing]
+
+or, with the converted SCHP parser instead of a folder of maps (no intermediate files; restartable)::
+
+    python -m tmspr_jax.data.parsing --parser weights/schp_lip --data_dir DATA --dataset NAME [--config=...]
+        [--dtype bfloat16] [--batch_size 8]
 """
 
 from __future__ import annotations
@@ -314,6 +319,62 @@ def compute_targets(
     return [j[0] for j in jobs], targets, missing
 
 
+def parse_targets(
+    split: Any,
+    parser_dir: str,
+    img_size: Sequence[int],
+    patch: int,
+    stride: Sequence[int],
+    *,
+    out: str,
+    method: str = "patch_mean",
+    dtype: str = "float32",
+    batch_size: int = 8,
+    max_images: int | None = None,
+    progress: bool = False,
+) -> tuple[list[str], np.ndarray] | None:
+    """Targets straight from the images of ``split`` with the converted SCHP parser in ``parser_dir``:
+    ``(names, targets [n, gh, gw, 6])``, one per distinct file name, in record order.
+
+    Each image gets the LIP logits SCHP's ``simple_extractor.py --logits`` would write for it
+    (:mod:`tmspr_jax.parser`), merged and pooled as :func:`compute_targets` does with those files, with nothing written
+    but the finished batches in ``<out>.partial/``: a killed run resumes there, and the targets equal an uninterrupted
+    run's. ``max_images`` stops after about that many images and returns None (unfinished).
+    """
+    from tmspr_jax.parser import preprocess
+    from tmspr_jax.parser.runner import Item, Parser, run_restartable
+
+    parser = Parser(parser_dir, dtype=dtype, batch_size=batch_size)
+    if parser.num_classes != NUM_LIP:
+        raise ValueError(f"{parser_dir}: the parsing targets need a LIP parser ({NUM_LIP} classes), this one has "
+                         f"{parser.num_classes} ({parser.meta.get('dataset')})")
+    geometry = pooling_geometry(img_size, patch, stride)
+    first: dict[str, int] = {}
+    for i, name in enumerate(split.file_names):
+        first.setdefault(str(name), i)
+
+    def load(i: int, name: str) -> np.ndarray:
+        data = split[i]["image"]
+        img = preprocess.decode_image(data, name)
+        size = _image_size(data)
+        if img.shape[:2] != size:  # e.g. an EXIF rotation that OpenCV applies and the training views do not
+            raise ValueError(f"{name}: decoded as {img.shape[0]}x{img.shape[1]} (h x w) but the image is "
+                             f"{size[0]}x{size[1]}")
+        return img
+
+    items = [Item(n, functools.partial(load, i, n)) for n, i in first.items()]
+
+    def post(_: Item, logits: np.ndarray) -> np.ndarray:
+        return grid_targets(merge_lip(logits), *geometry, method)
+
+    settings = {"img_size": geometry[0], "patch": geometry[1], "stride": geometry[2], "method": method}
+    targets = run_restartable(parser, items, post, out + ".partial", settings, max_images=max_images,
+                              progress=progress, desc="parsing targets")
+    if targets is None:
+        return None
+    return [it.name for it in items], targets
+
+
 def save_targets(
     path: str,
     names: Sequence[str],
@@ -492,6 +553,27 @@ def _main(argv: Sequence[str]) -> None:
 
     t0 = time.perf_counter()
     manual_dir = (cfg.data.manual_dir or None) if cfg else None
+    if bool(f.maps_dir) == bool(f.parser):
+        raise _usage_error("give exactly one of --maps_dir (SCHP's output files) and --parser (a converted parser)")
+    if f.parser:
+        try:
+            split = sources.open_split(dataset, "train", data_dir, manual_dir=manual_dir)
+            got = parse_targets(split, f.parser, img_size, patch, stride, out=out, method=method, dtype=f.dtype,
+                                batch_size=f.batch_size, max_images=f.max_images, progress=True)
+        except (ValueError, OSError) as e:
+            sys.exit(f"error: {e}")
+        if got is None:
+            print(f"parsing targets: stopped after --max_images={f.max_images}; finished batches are in "
+                  f"{out}.partial; rerun to continue")
+            return
+        names, targets = got
+        save_targets(out, names, targets, img_size=img_size, patch=patch, stride=stride, method=method,
+                     source=os.path.abspath(f.parser))  # fmt: skip
+        remove_partial(out)
+        print(f"parsing targets: dataset={dataset} images={len(names)} grid={grid[0]}x{grid[1]} "
+              f"img_size={img_size[0]}x{img_size[1]} patch={patch} stride={stride[0]},{stride[1]} method={method} "
+              f"parser={f.parser} -> {out} ({time.perf_counter() - t0:.1f}s)")
+        return
     try:
         split = sources.open_split(dataset, "train", data_dir, manual_dir=manual_dir)
         file_names = [str(n) for n in split.file_names]
@@ -513,6 +595,14 @@ def _main(argv: Sequence[str]) -> None:
         print(f"  missing maps (written without them): {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
 
 
+def remove_partial(out: str) -> None:
+    """Drops the finished batches of :func:`parse_targets` once the targets file is written."""
+    import shutil
+
+    if os.path.isdir(out + ".partial"):
+        shutil.rmtree(out + ".partial")
+
+
 def _int_pair(text: str, flag: str) -> tuple[int, int]:
     try:
         return pair(text, flag)  # 'A,B', or one number for both
@@ -532,7 +622,12 @@ def _define_flags() -> None:
 
     config_flags.DEFINE_config_file("config", None, "config file giving img_size, model.patch_size/stride, data.*",
                                     lock_config=True)  # fmt: skip
-    flags.DEFINE_string("maps_dir", None, "folder of SCHP outputs <stem>.png and/or <stem>.npy", required=True)
+    flags.DEFINE_string("maps_dir", None, "folder of SCHP outputs <stem>.png and/or <stem>.npy")
+    flags.DEFINE_string("parser", None, "converted SCHP LIP parser folder (python -m convert_weights schp): parse the "
+                        "training images directly instead of reading --maps_dir")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "with --parser: convolution dtype")
+    flags.DEFINE_integer("batch_size", 8, "with --parser: images per batch per device")
+    flags.DEFINE_integer("max_images", None, "with --parser: stop after about this many images; rerun to continue")
     flags.DEFINE_string("data_dir", None, "TFDS data dir of the prepared dataset (default: the config's)")
     flags.DEFINE_string("dataset", None, "TFDS builder name of the training split (default: config data.train)")
     flags.DEFINE_string("img_size", None, "model input 'H,W' (default: config, else 256,128)")

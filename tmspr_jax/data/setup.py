@@ -1,7 +1,7 @@
 """Makes sure what a config needs on disk exists before training: datasets, parsing targets, the demo's data.
 
 Paper settings expect the datasets to be prepared (``python -m tmspr_jax.data.prepare``) and their parsing targets
-computed (``python -m tmspr_jax.data.parsing``); with ``data.manual_dir`` / ``parsing.maps_dir`` set, missing pieces are
+computed (``python -m tmspr_jax.data.parsing``); with ``data.manual_dir`` / ``parsing.maps_dir`` (or ``parsing.parser``) set, missing pieces are
 built here on first use instead. The demo (``data.synthetic=True``) also generates its synthetic dataset.
 """
 
@@ -53,10 +53,12 @@ def ensure_synthetic_dataset(out_dir: str, options: dict | None = None) -> bool:
 
 
 def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, int]) -> None:
-    """Computes the training split's parsing targets from ``parsing.maps_dir`` when they are not stored yet."""
+    """Computes the training split's parsing targets from ``parsing.maps_dir``, or else with the parser in
+    ``parsing.parser``, when they are not stored yet."""
     cfg = config.parsing
     path = cfg.path or parsing.default_path(config.data.data_dir, config.data.train, grid)
-    if not cfg.maps_dir:
+    parser_dir = "" if cfg.maps_dir else cfg.get("parser", "")
+    if not cfg.maps_dir and not parser_dir:
         return
     img_size, patch, stride = geometry = parsing.config_geometry(config)
     if os.path.exists(path):
@@ -70,6 +72,16 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
         config.data.train, "train", config.data.data_dir, manual_dir=config.data.manual_dir or None
     )
     t0 = time.perf_counter()
+    if parser_dir:
+        got = parsing.parse_targets(split, parser_dir, img_size, patch, stride, out=path, method=cfg.method,
+                                    dtype=cfg.get("parser_dtype", "float32"), progress=True)
+        assert got is not None  # no max_images: the run finishes or raises
+        parsing.save_targets(path, *got, img_size=img_size, patch=patch, stride=stride, method=cfg.method,
+                             source=os.path.abspath(parser_dir))  # fmt: skip
+        parsing.remove_partial(path)
+        logging.info("Parsing targets for %d images made by the parser %s -> %s in %.1fs", len(got[0]), parser_dir,
+                     path, time.perf_counter() - t0)
+        return
     names, targets, missing = parsing.compute_targets(
         list(split.file_names),
         cfg.maps_dir,
