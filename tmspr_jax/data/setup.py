@@ -1,8 +1,9 @@
 """Makes sure what a config needs on disk exists before training: datasets, parsing targets, the demo's data.
 
 Paper settings expect the datasets to be prepared (``python -m tmspr_jax.data.prepare``) and their parsing targets
-computed (``python -m tmspr_jax.data.parsing``); with ``data.manual_dir`` / ``parsing.maps_dir`` (or ``parsing.parser``) set, missing pieces are
-built here on first use instead. The demo (``data.synthetic=True``) also generates its synthetic dataset.
+computed (``python -m tmspr_jax.data.parsing``); with ``data.manual_dir`` / ``parsing.maps_dir`` (or
+``parsing.parser``) set, missing pieces are built here on first use instead. The demo (``data.synthetic=True``)
+also generates its synthetic dataset.
 """
 
 from __future__ import annotations

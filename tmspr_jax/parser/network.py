@@ -51,7 +51,7 @@ class Arch:
 
 
 def torch_key_to_path(key: str) -> tuple[str, ...]:
-    """SCHP state-dict key -> Flax module path plus the torch leaf name: ``a.0.b.weight`` -> ``('a_0', 'b', 'weight')``."""
+    """SCHP state-dict key -> Flax module path and torch leaf: ``a.0.b.weight`` -> ``('a_0', 'b', 'weight')``."""
     out: list[str] = []
     for tok in key.split("."):
         if tok.isdigit() and out:
@@ -242,7 +242,7 @@ class AugmentCE2P(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         feats = []
         inplanes = a.stem[2]
-        for i, (n, planes) in enumerate(zip(a.layers, a.planes)):
+        for i, (n, planes) in enumerate(zip(a.layers, a.planes, strict=True)):
             stride, dilation = ((1, 1), (2, 1), (2, 1), (1, 2))[i]  # stage 4: stride 1, dilation 2
             for j in range(n):
                 first = j == 0

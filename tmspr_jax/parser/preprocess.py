@@ -8,8 +8,8 @@
 4. The fusion logits, upsampled to the input size (align-corners bilinear, done on device), are warped back to the
    image by the inverse affine, bilinear, border 0, channel by channel (:func:`warp_to_image`).
 
-The warps are OpenCV's ``warpAffine`` itself: its fixed-point coordinate rounding (1/32 pixel) and ``uint8`` rounding are
-part of the result, and no other library reproduces them.
+The warps are OpenCV's ``warpAffine`` itself: its fixed-point coordinate rounding (1/32 pixel) and ``uint8`` rounding
+are part of the result, and no other library reproduces them.
 """
 
 from __future__ import annotations

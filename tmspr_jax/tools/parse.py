@@ -16,6 +16,7 @@ device count). A corrupt or unreadable image stops the run with an error naming 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -79,7 +80,7 @@ def parse_folder(parser_dir: str, images_dir: str, out_dir: str, *, logits: bool
         base = os.path.join(out_dir, stems[i])
         return [base + ".png"] + ([base + ".npy"] if logits else [])
 
-    items = [Item(n, lambda p=os.path.join(images_dir, n): preprocess.read_image(p)) for n in names]
+    items = [Item(n, functools.partial(preprocess.read_image, os.path.join(images_dir, n))) for n in names]
     b = parser.batch_size
     todo = [k for k in range(parser.num_batches(len(items)))
             if not all(os.path.isfile(o) for i in range(k * b, min((k + 1) * b, len(items))) for o in outputs(i))]
