@@ -5,6 +5,9 @@ Usage::
     python -m convert_weights timm SRC.{pth,npz,safetensors} --out DIR --config=configs/X.py \
         [--num_classes N --num_cameras M --seed S]
     python -m convert_weights tmspr SRC.pth --out DIR --config=configs/X.py [--resize_pos [--src_grid HxW]]
+    python -m convert_weights schp exp-schp-201908261155-lip.pth --out DIR
+
+``schp``: an SCHP human-parser checkpoint (LIP, ATR or Pascal; no --config) -> a folder for ``tmspr_jax.parser``.
 
 ``timm``: an ImageNet ViT (timm naming, e.g. ``jx_vit_base_p16_224-80ecf9dd.pth``, or Google's vit_jax ``.npz``,
 which needs no torch). ``tmspr``: a trained T-MSPR checkpoint as the reference saves it, or a TransReID JPM one.
@@ -31,7 +34,7 @@ _SRC_GRID = flags.DEFINE_string("src_grid", None, "tmspr with --resize_pos: the 
                                 "cannot be inferred.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the contents of an existing --out folder.")
 
-MODES = ("timm", "tmspr")
+MODES = ("timm", "tmspr", "schp")
 
 
 def _parse_grid(text: str | None) -> tuple[int, int] | None:
@@ -52,6 +55,9 @@ def main(argv: list[str]) -> None:
     if len(argv) != 3 or argv[1] not in MODES:
         raise app.UsageError(f"usage: python -m convert_weights {{{'|'.join(MODES)}}} SRC --out DIR --config=X.py")
     mode, src = argv[1], argv[2]
+    if mode == "schp":
+        _convert_schp(src)
+        return
     if _CONFIG.value is None:
         raise app.UsageError("--config is required (it gives the model size, stride and img_size)")
     if not _OUT.value:
@@ -71,6 +77,18 @@ def main(argv: list[str]) -> None:
     n = sum(int(x.size) for x in jax.tree_util.tree_leaves(variables))
     print(f"kind: {meta['kind']}; classes: {meta['num_classes']}; cameras: {meta['num_cameras']}; "
           f"grid: {meta['grid'][0]}x{meta['grid'][1]}; {n:,} values")
+    print(f"wrote {_OUT.value}")
+
+
+def _convert_schp(src: str) -> None:
+    from convert_weights import schp
+    from tmspr_jax.utils import one_line_errors
+
+    if not _OUT.value:
+        raise app.UsageError("--out is required")
+    with one_line_errors():  # a missing, unknown or mis-shaped key: one line naming it
+        report = schp.convert_file(src, _OUT.value, overwrite=_OVERWRITE.value)
+    print("\n".join(report))
     print(f"wrote {_OUT.value}")
 
 

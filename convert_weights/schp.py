@@ -1,8 +1,8 @@
 """SCHP human-parser checkpoints (``exp-schp-201908261155-lip.pth`` and its ATR / Pascal siblings) -> a parser
 folder for :mod:`tmspr_jax.parser` (``python -m convert_weights schp SRC.pth --out DIR``).
 
-SCHP saves ``{'state_dict': {'module.<key>': tensor}, ...}``; :func:`convert_weights.readers.read_checkpoint` removes
-the wrapper and the prefix. The architecture (depths, widths, class count) is read from the shapes; every key must then be
+SCHP saves ``{'state_dict': {'module.<key>': tensor}, ...}``; ``convert_weights.readers.read_checkpoint`` removes the
+wrapper and the prefix. The architecture (depths, widths, class count) is read from the shapes; every key must then be
 a variable of that Flax network with the matching shape, and every variable must have a key: one missing, unknown or
 mis-shaped key is an error naming it. Conv weights ``[out, in, kh, kw]`` become kernels ``[kh, kw, in, out]``;
 ``InPlaceABNSync`` weight / bias / running_mean / running_var become scale / bias / mean / var (the kernel's
