@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,14 +13,14 @@ import numpy as np
 import pytest
 
 from convert_weights.convert import convert_file
-from convert_weights.mapping import MappingError, variables_to_reference
+from convert_weights.mapping import MappingError, reference_to_variables, variables_to_reference
 from convert_weights.readers import CheckpointError, read_checkpoint
 from convert_weights.resize import bilinear_resize, resize_pos_embed
 from convert_weights.timm import timm_to_reference, vit_jax_to_timm
 from convert_weights.tmspr import tmspr_only_heads, tmspr_to_reference
 from convert_fixtures import (CONFIG_PATH, D, HEADS, timm_to_vit_jax_layout, timm_vit_state, tiny_config,
                                     write_all_formats)
-from tmspr_jax.models import build_model
+from tmspr_jax.models import build_model, init_variables
 from tmspr_jax.weights import load_variables
 
 import torch  # the oracle and .pth writing need torch (the [torch] extra, installed by the test command)
@@ -370,3 +371,39 @@ def test_meta_json_is_written(tmp_path, formats):
     meta = json.loads((tmp_path / "w" / "meta.json").read_text())
     assert meta["heads"].startswith("placeholder") and meta["num_classes"] == 1
     assert meta["conversion"]["skipped"]["head.weight"].startswith("ImageNet classifier")
+
+
+# ------------------------------------------------------------------------------------------------ short errors, stride
+
+
+def test_a_checkpoint_of_another_size_gets_a_short_error():
+    """Every tensor of a D=64 checkpoint mismatches a D=32 model: the message shows the first few and a count."""
+    cfg = tiny_config()
+    cfg.model.embed_dim = 32
+    small = build_model(cfg.model, cfg.img_size, NUM_CLASSES, NUM_CAMERAS)
+    with pytest.raises(CheckpointError) as e:
+        timm_to_reference(timm_vit_state(), small, jax.random.key(0), source="big.pth")
+    msg = str(e.value)
+    n = int(re.search(r"wrong shapes \((\d+)\)", msg).group(1))
+    assert n > 10 and f"... and {n - 5} more" in msg and msg.count("(expected") == 5, msg
+    # the strict mapping of a whole T-MSPR state dict (about 150 tensors) into a model of another width
+    big = variables_to_reference(init_variables(_model(), jax.random.key(0)))
+    with pytest.raises(MappingError) as e:
+        reference_to_variables(big, small, source="big.pth")
+    msg = str(e.value)
+    n = int(re.search(r"wrong shapes \((\d+)\)", msg).group(1))
+    assert n > 100 and f"... and {n - 5} more" in msg and msg.count(": got (") == 5 and len(msg) < 1500, msg
+
+
+def test_cli_single_number_stride_and_one_line_errors(formats, tmp_path):
+    _, paths = formats
+    r = _run_cli("timm", paths["npz"], f"--out={tmp_path / 'w'}", f"--config={CONFIG_PATH}",
+                 "--config.model.stride=12")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "w" / "meta.json").read_text())
+    assert meta["stride"] == [12, 12] and meta["grid"] == [21, 10]
+    for override, text in (("--config.model.embed_dim=32", "wrong shapes"), ("--config.model.stride=0", "stride")):
+        r = _run_cli("timm", paths["npz"], f"--out={tmp_path / 'bad'}", f"--config={CONFIG_PATH}", override)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert last.startswith("error: ") and text in last and len(last) < 1500, last
