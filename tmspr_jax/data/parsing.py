@@ -419,7 +419,8 @@ def pooling_geometry(img_size: Sequence[int], patch: int, stride: Sequence[int])
 
 def config_geometry(config: Any) -> Geometry:
     """The ``(img_size, patch, stride)`` a config's model pools its parsing targets with."""
-    return pooling_geometry(config.img_size, config.model.patch_size, config.model.stride)
+    img_size, stride = pair(config.img_size, "config.img_size"), pair(config.model.stride, "config.model.stride")
+    return pooling_geometry(img_size, config.model.patch_size, stride)
 
 
 def _geometry_in(f: Any) -> Geometry | None:
