@@ -160,6 +160,76 @@ def test_eval_reid_errors_and_clipping():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         evaluate.eval_reid(bad, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+    bad[0, 0] = -np.inf
+    with pytest.raises(ValueError, match="inf"):
+        evaluate.eval_reid(bad, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+
+
+# ------------------------------------------------------------------------------- eval_reid against a full stable sort
+def stable_sort_eval(distmat, q_pids, g_pids, q_camids, g_camids):
+    """Per valid query (index, AP, INP, first hit) from a full ``argsort(kind='stable')`` of every row, vectorised."""
+    order = np.argsort(distmat, axis=1, kind="stable")
+    same_pid = g_pids[order] == q_pids[:, None]
+    keep = ~(same_pid & (g_camids[order] == q_camids[:, None]))
+    hits = same_pid & keep
+    num_rel = hits.sum(axis=1)
+    valid = num_rel > 0
+    hits, keep, num_rel = hits[valid], keep[valid], num_rel[valid]
+    pos = np.cumsum(keep, axis=1)
+    ap = np.divide(np.cumsum(hits, axis=1), pos, out=np.zeros(hits.shape), where=hits).sum(axis=1) / num_rel
+    first = np.where(hits, pos, pos.shape[1] + 1).min(axis=1)
+    last = np.where(hits, pos, 0).max(axis=1)
+    return np.flatnonzero(valid), ap, num_rel / last, first
+
+
+def _reid_case(rng, nq, ng, kind):
+    """Re-ID-like identities (several gallery images per id, a few query ids absent) and distances of one ``kind``."""
+    g_pids = rng.integers(0, ng // 8, ng)
+    q_pids = rng.integers(0, ng // 8 + 3, nq)
+    q_cams, g_cams = rng.integers(0, 4, nq), rng.integers(0, 4, ng)
+    if kind == "integer":  # many exact ties
+        dist = np.round(rng.random((nq, ng)) * 6).astype(np.float32)
+    elif kind == "signed":  # negative values, +0.0 and -0.0 (equal under comparison), duplicates
+        dist = rng.choice(np.array([-2.5, -1.0, -0.0, 0.0, 0.5, 3.0], np.float32), (nq, ng))
+        dist += np.where(rng.random((nq, ng)) < 0.5, 0, rng.random((nq, ng))).astype(np.float32)
+    elif kind == "extreme":  # a range that overflows float32 differences, and neighbours one ulp apart
+        one = np.float32(1.0)
+        dist = rng.choice(np.array([-3e38, 3e38, one, np.nextafter(one, np.float32(2)), 1e-30], np.float32), (nq, ng))
+    elif kind == "float64":
+        dist = rng.random((nq, ng))
+    elif kind == "int":
+        dist = rng.integers(-3, 4, (nq, ng))
+    else:  # features: true matches nearer than the rest, as with a trained model
+        dist = (rng.random((nq, ng)) + 0.7 * (q_pids[:, None] != g_pids[None, :])).astype(np.float32)
+    return dist, q_pids, g_pids, q_cams, g_cams
+
+
+@pytest.mark.parametrize("kind", ["integer", "signed", "extreme", "float64", "int", "features"])
+def test_eval_reid_equals_a_full_stable_sort(kind, monkeypatch):
+    rng = np.random.default_rng(len(kind))
+    monkeypatch.setattr(evaluate, "_CHUNK_ELEMS", 5000)  # several query chunks
+    case = _reid_case(rng, 37, 400, kind)
+    index, ap, inp, first = stable_sort_eval(*case)
+    assert 0 < len(index) < 37  # some queries skipped
+    res = evaluate.eval_reid(*case, max_rank=20, per_query=True)
+    per = res["per_query"]
+    np.testing.assert_array_equal(per["index"], index)
+    np.testing.assert_array_equal(per["first_hit"], first)  # the same tie order: ranks equal exactly
+    np.testing.assert_allclose(per["ap"], ap, rtol=1e-12)
+    np.testing.assert_allclose(per["inp"], inp, rtol=1e-12)
+    np.testing.assert_allclose(res["cmc"], np.mean(first[:, None] <= np.arange(1, 21), axis=0), rtol=1e-12)
+    assert res["mAP"] == pytest.approx(np.mean(ap), rel=1e-12)
+
+
+def test_stable_positions_equal_the_stable_argsort_with_ties():
+    rng = np.random.default_rng(7)
+    for values in (3, 50, 10**6):
+        block = rng.integers(0, values, (9, 300)).astype(np.float32)
+        inverse = np.argsort(np.argsort(block, axis=1, kind="stable"), axis=1, kind="stable")
+        row = np.sort(rng.integers(0, 9, 200))
+        row = row[row != 4]  # a row with nothing asked
+        col = rng.integers(0, 300, len(row))
+        np.testing.assert_array_equal(evaluate._stable_positions(block, row, col), inverse[row, col])
 
 
 # ----------------------------------------------------------------------------------------------- distances

@@ -40,6 +40,58 @@ def _check_1d(name: str, x: Any, n: int) -> np.ndarray:
     return x
 
 
+def _pid_groups(g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Gallery indices grouped by identity: ``(order, pids, starts, counts)``, group ``i`` being
+    ``order[starts[i]:starts[i] + counts[i]]`` (ascending gallery index) for identity ``pids[i]``."""
+    order = np.argsort(g_pids, kind="stable")
+    pids, starts, counts = np.unique(g_pids[order], return_index=True, return_counts=True)
+    return order, pids, starts, counts
+
+
+def _same_pid_pairs(q_pids: np.ndarray, groups: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, col)``: every (query, gallery item) pair of the same identity, by query then gallery index."""
+    order, pids, starts, counts = groups
+    at = np.minimum(np.searchsorted(pids, q_pids), len(pids) - 1)
+    found = pids[at] == q_pids
+    n = np.where(found, counts[at], 0)
+    row = np.repeat(np.arange(len(q_pids)), n)
+    first = np.repeat(np.where(found, starts[at], 0) - (np.cumsum(n) - n), n)
+    return row, order[first + np.arange(len(row))]
+
+
+def _stable_positions(block: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """0-based position of ``block[row, col]`` in its row's stable ascending order (what
+    ``argsort(kind='stable')`` would give): the entries of the row that are smaller, plus the equal ones at lower
+    columns. ``row`` must be non-decreasing. Per row, only the values up to the largest asked-for one count: they are
+    sorted (values, no argsort) and searched. With real features the true matches lie near the top, so that is a small
+    fraction of the gallery."""
+    value = block[row, col]
+    less = np.empty(len(row), np.int64)
+    equal = np.empty(len(row), np.int64)
+    bounds = np.searchsorted(row, np.arange(block.shape[0] + 1))
+    rows = np.flatnonzero(np.diff(bounds))
+    top = np.maximum.reduceat(value, bounds[rows])
+    for r, t in zip(rows, top):
+        a, b = bounds[r], bounds[r + 1]
+        x = block[r]
+        srt = np.sort(x[x <= t])
+        less[a:b] = np.searchsorted(srt, value[a:b], "left")
+        equal[a:b] = np.searchsorted(srt, value[a:b], "right") - less[a:b]
+    tied = np.flatnonzero(equal > 1)
+    if tied.size:
+        # Exact ties: the equal entries at lower columns, one pass per distinct (row, value).
+        key_row, key_value = row[tied], value[tied]
+        order = np.lexsort((key_value, key_row))
+        tied, key_row, key_value = tied[order], key_row[order], key_value[order]
+        new = np.ones(len(tied), bool)
+        new[1:] = (key_row[1:] != key_row[:-1]) | (key_value[1:] != key_value[:-1])
+        edges = np.append(np.flatnonzero(new), len(tied))
+        for a, b in zip(edges[:-1], edges[1:]):
+            same = np.flatnonzero(block[key_row[a]] == key_value[a])
+            less[tied[a:b]] += np.searchsorted(same, col[tied[a:b]])
+    return less
+
+
 def eval_reid(
     distmat: np.ndarray,
     q_pids: np.ndarray,
@@ -58,7 +110,9 @@ def eval_reid(
 
     The ranking uses a STABLE argsort: ties are ordered by gallery index. The reference's default quicksort orders
     ties arbitrarily; stable sorting makes results reproducible and equal to the reference whenever there are no ties.
-    Vectorised over the gallery, queries processed in chunks.
+    No full argsort is done: every metric follows from the ranks of the query identity's gallery items alone, and
+    the rank of an item is the number of row entries that are smaller, plus the equal ones at lower gallery index
+    (sorted values searched, ties counted exactly). Queries are processed in chunks (bounded memory).
 
     Returns ``{'cmc': float64 [max_rank], 'mAP': float, 'mINP': float, 'num_valid_queries': int}``; with
     ``per_query`` also ``'per_query': {'index', 'pid', 'ap', 'inp', 'first_hit'}``, one entry per valid query
@@ -73,7 +127,7 @@ def eval_reid(
     q_camids = _check_1d("q_camids", q_camids, num_q)
     g_pids = _check_1d("g_pids", g_pids, num_g)
     g_camids = _check_1d("g_camids", g_camids, num_g)
-    if not np.all(np.isfinite(distmat)):
+    if not (np.isfinite(distmat.min()) and np.isfinite(distmat.max())):  # NaN propagates; no [Nq, Ng] mask
         raise ValueError("eval_reid: distmat contains NaN or inf (check the features)")
     if int(max_rank) < 1:
         raise ValueError(f"eval_reid: max_rank must be >= 1, got {max_rank}")
@@ -82,6 +136,7 @@ def eval_reid(
         warnings.warn(f"eval_reid: gallery has only {num_g} items; max_rank {max_rank} clipped to {num_g}", stacklevel=2)
         max_rank = num_g
 
+    groups = _pid_groups(g_pids)
     ranks = np.arange(1, max_rank + 1)
     cmc_sum = np.zeros(max_rank, np.float64)
     ap_sum = inp_sum = 0.0
@@ -90,23 +145,31 @@ def eval_reid(
     rows = max(1, _CHUNK_ELEMS // num_g)
     for s in range(0, num_q, rows):
         e = min(num_q, s + rows)
-        order = np.argsort(distmat[s:e], axis=1, kind="stable")
-        same_pid = g_pids[order] == q_pids[s:e, None]
-        keep = ~(same_pid & (g_camids[order] == q_camids[s:e, None]))
-        hits = same_pid & keep
-        num_rel = hits.sum(axis=1)
-        valid = num_rel > 0
-        if not np.any(valid):
+        # Only the gallery items of the query's identity matter: the true matches and the removed same-camera items.
+        row, col = _same_pid_pairs(q_pids[s:e], groups)
+        removed = g_camids[col] == q_camids[s:e][row]
+        if np.all(removed):
             continue
-        hits, keep, num_rel = hits[valid], keep[valid], num_rel[valid]
-        pos = np.cumsum(keep, axis=1)  # 1-based rank of each item in the kept list
-        hit_count = np.cumsum(hits, axis=1)
-        precision = np.divide(hit_count, pos, out=np.zeros(hits.shape, np.float64), where=hits)
-        ap = precision.sum(axis=1) / num_rel
-        ap_sum += float(np.sum(ap))
-        first_hit = np.where(hits, pos, np.iinfo(pos.dtype).max).min(axis=1)
-        last_hit = np.where(hits, pos, 0).max(axis=1)
+        pos = _stable_positions(distmat[s:e], row, col)
+        order = np.lexsort((pos, row))
+        row, pos, removed = row[order], pos[order], removed[order]
+        # 1-based rank among the kept items: the position minus the removed items ranked before it in the same row.
+        n_removed = np.cumsum(removed)
+        row_start = np.searchsorted(row, row)
+        removed_before = n_removed - removed - (n_removed - removed)[row_start]
+        hit = ~removed
+        row, rank = row[hit], (pos - removed_before + 1)[hit]
+        k = np.arange(1, len(row) + 1) - np.searchsorted(row, row)  # 1-based hit number within its query
+        num_rel = np.bincount(row, minlength=e - s)
+        valid = num_rel > 0
+        ap = np.bincount(row, weights=k / rank, minlength=e - s)[valid] / num_rel[valid]
+        first_hit = np.zeros(e - s, np.int64)
+        first_hit[row[k == 1]] = rank[k == 1]
+        last_hit = np.zeros(e - s, np.int64)
+        last_hit[row[k == num_rel[row]]] = rank[k == num_rel[row]]
+        num_rel, first_hit, last_hit = num_rel[valid], first_hit[valid], last_hit[valid]
         inp = num_rel / last_hit
+        ap_sum += float(np.sum(ap))
         inp_sum += float(np.sum(inp))
         cmc_sum += np.sum(first_hit[:, None] <= ranks[None, :], axis=0)
         num_valid += int(valid.sum())

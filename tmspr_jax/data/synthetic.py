@@ -860,5 +860,7 @@ def _main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     from absl import app
 
+    from tmspr_jax.utils import one_line_errors
+
     _define_flags()
-    app.run(_main)
+    app.run(one_line_errors()(_main))  # a bad flag or config value: one line, no traceback

@@ -30,6 +30,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from tmspr_jax.config import get_base_config
+from tmspr_jax.utils import one_line_errors
 
 FLAGS = flags.FLAGS
 
@@ -229,4 +230,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(one_line_errors()(main))  # a bad flag or config value: one line, no traceback

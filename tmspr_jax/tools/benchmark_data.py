@@ -23,6 +23,7 @@ from PIL import Image
 from tmspr_jax.config import get_base_config
 from tmspr_jax.data import pipeline, sources, views
 from tmspr_jax.data.parsing import ParsingTargets
+from tmspr_jax.utils import one_line_errors
 
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Worker-process counts to measure.")
 _BATCHES = flags.DEFINE_integer("batches", 12, "Timed batches per setting (after the warm-up batches).")
@@ -135,4 +136,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(one_line_errors()(main))  # a bad flag or config value: one line, no traceback

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-# User mistakes (a missing file or folder, a checkpoint of another model or dataset, a bad value): one line each.
-USER_ERRORS = (ValueError, FileNotFoundError)
+from tmspr_jax.utils import one_line_errors
 
 
 def config_or_demo(config: Any) -> Any:
@@ -30,10 +28,7 @@ def run(main: Callable[[], None], required: Sequence[str] = ()) -> None:
     def guarded(argv: Sequence[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        try:
+        with one_line_errors():
             main()
-        except USER_ERRORS as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
 
     app.run(guarded)

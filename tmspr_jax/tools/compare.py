@@ -40,6 +40,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tmspr_jax.utils import USER_ERRORS, error_message
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the model and the test dataset (data.test).",
                                           lock_config=True)
 _CKPT = flags.DEFINE_string("torch_checkpoint", None, "Trained T-MSPR / TransReID checkpoint (.pth or .safetensors).")
@@ -467,14 +469,12 @@ def main(argv: list[str]) -> None:
         print("compare: error: PyTorch is not installed; install the [torch] extra (pip install 'tmspr_jax[torch]')",
               file=sys.stderr)
         sys.exit(1)
-    from tmspr_jax.data.sources import CorruptImageError
-
     logging.set_verbosity(logging.WARNING)
     try:
         results = run_compare(_CONFIG.value, _CKPT.value, max_images=_MAX_IMAGES.value, device=_DEVICE.value,
                               seed=_SEED.value, show_progress=sys.stderr.isatty())
-    except (CompareError, CorruptImageError) as e:
-        print(f"compare: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:  # CompareError, CorruptImageError, a bad config value: one line
+        print(f"compare: error: {error_message(e)}", file=sys.stderr)
         sys.exit(1)
     print(format_report(results))
     if _OUT.value:
