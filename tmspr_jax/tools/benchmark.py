@@ -186,7 +186,7 @@ def main(argv: list[str]) -> None:
     pids_np = rs.randint(0, FLAGS.num_classes, b).astype(np.int32)
     m = cfg.model
     print(f"model: depth {m.depth}, embed_dim {m.embed_dim}, heads {m.num_heads}, img {h}x{w}, stride "
-          f"{tuple(m.stride)}, grid {model.grid[0]}x{model.grid[1]}, classes {FLAGS.num_classes}, batch {b}, "
+          f"{tuple(model.stride)}, grid {model.grid[0]}x{model.grid[1]}, classes {FLAGS.num_classes}, batch {b}, "
           f"dtype {FLAGS.dtype}, drop_path {m.drop_path}")
     print(f"JAX device: {_jax_device()} (jax {jax.__version__})")
 
