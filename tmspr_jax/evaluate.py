@@ -11,15 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from tmspr_jax.utils import config_value, l2_normalise
+
 # Elements per chunk of the [queries, gallery] work arrays (bounded memory, still fully vectorised per chunk).
 _CHUNK_ELEMS = 1 << 21
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows divided by ``max(||row||, eps)`` (PyTorch ``F.normalize``)."""
-    x = np.asarray(x)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, eps).astype(x.dtype)
 
 
 def pairwise_distances(qf: np.ndarray, gf: np.ndarray) -> np.ndarray:
@@ -359,10 +354,7 @@ def re_ranking(
 
 
 def _cfg(eval_cfg: Any, key: str) -> Any:
-    try:
-        return eval_cfg[key] if isinstance(eval_cfg, Mapping) else getattr(eval_cfg, key)
-    except (KeyError, AttributeError):
-        raise KeyError(f"evaluation config is missing key 'eval.{key}' (see configs/common.py)") from None
+    return config_value(eval_cfg, key, "eval")
 
 
 def distance_matrix(qf: np.ndarray, gf: np.ndarray, eval_cfg: Any) -> np.ndarray:
@@ -373,7 +365,7 @@ def distance_matrix(qf: np.ndarray, gf: np.ndarray, eval_cfg: Any) -> np.ndarray
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"distance_matrix: expected [Nq, D] and [Ng, D] features, got {qf.shape} and {gf.shape}")
     if bool(_cfg(eval_cfg, "feat_norm")):
-        qf, gf = l2_normalize(qf), l2_normalize(gf)
+        qf, gf = l2_normalise(qf), l2_normalise(gf)
     dist = pairwise_distances(qf, gf)
     if bool(_cfg(eval_cfg, "rerank")):
         dist = re_ranking(

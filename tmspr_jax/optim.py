@@ -17,12 +17,14 @@ every leaf it is given; our model has no unused modules, so this changes nothing
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from tmspr_jax.utils import config_value
 
 GROUPS = ("weight", "bias")
 FROZEN = "frozen"
@@ -30,10 +32,7 @@ _OPTIMIZERS = ("sgd", "adamw")
 
 
 def _cfg(optim_cfg: Any, key: str) -> Any:
-    try:
-        return optim_cfg[key] if isinstance(optim_cfg, Mapping) else getattr(optim_cfg, key)
-    except (KeyError, AttributeError):
-        raise KeyError(f"optimiser config is missing key 'optim.{key}' (see configs/common.py)") from None
+    return config_value(optim_cfg, key, "optim")
 
 
 def _path_str(path: tuple) -> str:

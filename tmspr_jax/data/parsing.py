@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from tmspr_jax.utils import pair, patch_grid
+from tmspr_jax.utils import config_value, pair, patch_grid
 
 LIP_CLASSES: tuple[str, ...] = (
     "Background", "Hat", "Hair", "Glove", "Sunglasses", "Upper-clothes", "Dress", "Coat", "Socks", "Pants",
@@ -407,7 +407,7 @@ def save_targets(
 
 
 def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return config_value(cfg, key, "parsing", default)
 
 
 Geometry = tuple[tuple[int, int], int, tuple[int, int]]  # (img_size, patch, stride)
