@@ -20,14 +20,19 @@ import numpy as np
 # ---------------------------------------------------------------------------------------------------- config values
 
 
-def config_value(node: Any, key: str, where: str) -> Any:
-    """``node[key]`` of a config node (``ConfigDict``, dict or attribute object).
+_REQUIRED = object()
 
-    A missing key is a :class:`KeyError` naming ``config.<where>.<key>``, e.g. ``where='loss'``.
+
+def config_value(node: Any, key: str, where: str, default: Any = _REQUIRED) -> Any:
+    """``node[key]`` of a config node (``ConfigDict``, dict or attribute object), else ``default`` when given.
+
+    A missing required key is a :class:`KeyError` naming ``config.<where>.<key>``, e.g. ``where='loss'``.
     """
     try:
         return node[key] if isinstance(node, Mapping) or hasattr(node, "__getitem__") else getattr(node, key)
     except (KeyError, AttributeError):
+        if default is not _REQUIRED:
+            return default
         raise KeyError(f"config.{where}.{key} is missing (see tmspr_jax/config.py for the keys)") from None
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tmspr_jax.utils import USER_ERRORS, error_message
+from tmspr_jax.utils import USER_ERRORS, error_message, jsonable
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the model and the test dataset (data.test).",
                                           lock_config=True)
@@ -438,22 +438,12 @@ def format_report(r: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)  # JSON has no inf/nan
-    return obj
-
-
 def write_json(path: str, results: Mapping[str, Any]) -> None:
     """Writes ``results`` as indented JSON (creating the parent folder)."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     with open(path, "w") as f:
-        json.dump(_jsonable(results), f, indent=1)
+        json.dump(jsonable(results), f, indent=1)
 
 
 def main(argv: list[str]) -> None:
