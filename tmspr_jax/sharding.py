@@ -18,19 +18,57 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def maybe_initialize_distributed() -> None:
-    """Joins a multi-host job when launched as one (coordinator address etc. in the environment).
+# Variables of the launchers whose multi-process jobs jax.distributed.initialize() recognises by itself.
+_CLUSTER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
-    ``jax.distributed.initialize()`` reads the cluster settings (SLURM, Open MPI, or ``JAX_COORDINATOR_ADDRESS`` /
-    ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``); on a single host with none of them set it is skipped.
+
+def distributed_settings(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The arguments of ``jax.distributed.initialize`` for a multi-process launch, or None for a single process.
+
+    * ``JAX_COORDINATOR_ADDRESS=host:port``, ``JAX_NUM_PROCESSES=N``, ``JAX_PROCESS_ID=i``: all three are needed (JAX
+      reads only the address from the environment, so the other two are passed explicitly);
+    * SLURM (``srun``), Open MPI (``mpirun``) with more than one task, and Kubernetes indexed jobs
+      (``JOB_COMPLETION_INDEX``): JAX's own cluster detection (an empty dict: no arguments).
+    """
+    address = env.get("JAX_COORDINATOR_ADDRESS", "").strip()
+    if address:
+        values = {}
+        for key in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+            text = env.get(key, "").strip()
+            if not text:
+                raise ValueError(f"JAX_COORDINATOR_ADDRESS={address} is set but {key} is not: a multi-process launch "
+                                 "sets JAX_NUM_PROCESSES (the number of processes) and JAX_PROCESS_ID (0..N-1) too.")
+            try:
+                values[key] = int(text)
+            except ValueError:
+                raise ValueError(f"{key}={text!r}: expected an integer.") from None
+        n, i = values["JAX_NUM_PROCESSES"], values["JAX_PROCESS_ID"]
+        if n < 1 or not 0 <= i < n:
+            raise ValueError(f"JAX_PROCESS_ID={i} with JAX_NUM_PROCESSES={n}: expected 0 <= JAX_PROCESS_ID < "
+                             "JAX_NUM_PROCESSES.")
+        return {"coordinator_address": address, "num_processes": n, "process_id": i}
+    for key in _CLUSTER_SIZE_VARS:
+        if env.get(key, "").strip().isdigit() and int(env[key]) > 1:
+            return {}
+    if env.get("KUBERNETES_SERVICE_HOST") and env.get("JOB_COMPLETION_INDEX"):
+        return {}
+    return None
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins a multi-process job when launched as one (see :func:`distributed_settings`); else does nothing.
+
+    Must run before anything touches a JAX backend. On CPU the processes' collectives go through gloo.
     """
     import os
 
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS") or os.environ.get(
-        "OMPI_COMM_WORLD_SIZE"
-    ):
-        jax.distributed.initialize()
-        logging.info("Joined distributed job: process %d of %d", jax.process_index(), jax.process_count())
+    settings = distributed_settings(os.environ)
+    if settings is None:
+        return
+    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only hosts (and CI)
+    jax.distributed.initialize(**settings)
+    logging.info("Joined distributed job: process %d of %d", jax.process_index(), jax.process_count())
 
 
 def make_data_mesh(devices: list | None = None) -> jax.sharding.Mesh:
