@@ -70,14 +70,17 @@ def render_ranked_list(
     border: int = 4,
     gap: int = 6,
     labels: Sequence[str] | None = None,
+    colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> Image.Image:
     """One row: the query (grey frame), a gap, then the gallery images in rank order framed by ``matches``.
 
     Every image is resized to ``size = (H, W)`` and framed by ``border`` pixels; ``labels`` (one per image, query
-    first) are written under the images.
+    first) are written under the images; ``colours`` (one per gallery image) replace the match colours.
     """
     if len(gallery) != len(matches):
         raise ValueError(f"render_ranked_list: {len(gallery)} gallery images but {len(matches)} match flags")
+    if colours is not None and len(colours) != len(gallery):
+        raise ValueError(f"render_ranked_list: {len(gallery)} gallery images but {len(colours)} colours")
     h, w = int(size[0]), int(size[1])
     cell_w, cell_h = w + 2 * border, h + 2 * border
     text_h = 12 if labels is not None else 0
@@ -85,7 +88,7 @@ def render_ranked_list(
     canvas = Image.new("RGB", (cell_w * (n + 1) + 2 * gap, cell_h + text_h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     images = [query, *gallery]
-    colours = [QUERY, *[MATCH if m else MISMATCH for m in matches]]
+    colours = [QUERY, *(colours if colours is not None else [MATCH if m else MISMATCH for m in matches])]
     for j, (img, colour) in enumerate(zip(images, colours)):
         x = j * cell_w + (0 if j == 0 else 2 * gap)
         draw.rectangle([x, 0, x + cell_w - 1, cell_h - 1], fill=colour)
