@@ -83,7 +83,9 @@ def patch_grid(img_size: Sequence[int], patch: int, stride: Sequence[int] | int)
 
 
 def l2_normalise(x: Any, axis: int = -1, eps: float = 1e-12) -> Any:
-    """``x / max(|x|, eps)`` along ``axis`` (torch ``F.normalize``): NumPy in, NumPy out; JAX (traced too) in, JAX out."""
+    """``x / max(|x|, eps)`` along ``axis`` (torch ``F.normalize``).
+
+    NumPy in, NumPy out (host features); JAX in, JAX out (also inside ``jit``)."""
     xp = jnp if isinstance(x, jax.Array) else np
     x = xp.asarray(x)
     return x / xp.maximum(xp.linalg.norm(x, axis=axis, keepdims=True), eps).astype(x.dtype)
