@@ -21,6 +21,9 @@ import dataclasses
 import functools
 import math
 import os
+import signal
+import threading
+import time
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import grain
@@ -79,7 +82,32 @@ def _maybe_mp_prefetch(ds: grain.IterDataset, num_workers: int, prefetch_buffer:
             "absl.app.run, or call absl.flags.FLAGS.mark_as_parsed() first; or set config.data.num_workers=0"
         )
     options = grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(1, int(prefetch_buffer)))
-    return ds.mp_prefetch(options)
+    return ds.mp_prefetch(options, worker_init_fn=functools.partial(_bind_worker_to_parent, os.getpid()))
+
+
+PARENT_POLL_S = 0.5  # how often a worker checks that the trainer still lives
+
+
+def _bind_worker_to_parent(parent_pid: int, worker_index: int, num_workers: int) -> None:
+    """Runs first in every grain worker process: the worker never outlives the trainer that started it.
+
+    The trainer stops its workers itself (SIGTERM and Ctrl-C go to it, not to them, so that it can finish its step and
+    save); a trainer killed outright (``kill -9``, out of memory) cannot, so each worker also watches its parent and
+    exits within ``PARENT_POLL_S`` of its death. (``prctl(PR_SET_PDEATHSIG)`` is not used: it fires when the *thread*
+    that started the worker ends, which need not be the trainer's main thread.)
+    """
+    del worker_index, num_workers
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    if os.getppid() != parent_pid:  # the parent died before this worker started
+        os._exit(0)
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="tmspr-parent-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(0)
 
 
 def _img_size(config: ml_collections.ConfigDict) -> tuple[int, int]:

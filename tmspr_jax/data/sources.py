@@ -25,6 +25,11 @@ from tmspr_jax.data.builders import CorruptImageError
 _READ_CHUNK = 1024  # records per random-access batch when scanning a whole split for its labels
 
 
+class CorruptDatasetError(ValueError):
+    """A prepared dataset's files cannot be read (truncated, overwritten): the message names them and says how to
+    prepare the dataset again."""
+
+
 def _builder_name(name: str) -> str:
     return name.split("/")[0].split(":")[0]
 
@@ -64,11 +69,18 @@ def prepare_dataset(
 class ReIDSplit:
     """One split of a prepared re-ID dataset: random access to records plus its label arrays and metadata."""
 
-    def __init__(self, name: str, split: str, source: Any, metadata: Mapping[str, Any]):
+    def __init__(self, name: str, split: str, source: Any, metadata: Mapping[str, Any], files: list[str] | None = None,
+                 data_dir: str = ""):
         self.name = name
         self.split = split
         self._source = source
         self.metadata = dict(metadata)
+        self.files = list(files or [])
+        self.data_dir = data_dir
+
+    def _damaged(self, e: BaseException) -> CorruptDatasetError:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        return corrupt_dataset_error(self.name, self.split, self.files, self.data_dir, f"{type(e).__name__}: {first}")
 
     def __len__(self) -> int:
         return len(self._source)
@@ -78,7 +90,10 @@ class ReIDSplit:
         i = int(index)
         if not -n <= i < n:
             raise IndexError(f"{self.name}/{self.split}: index {index} out of range for {n} records.")
-        return _normalise(self._source[i % n])
+        try:
+            return _normalise(self._source[i % n])
+        except Exception as e:  # array_record / riegeli / tfds decoding raise many types for damaged files
+            raise self._damaged(e) from e
 
     def __repr__(self) -> str:
         return f"ReIDSplit(name={self.name!r}, split={self.split!r}, records={len(self)})"
@@ -86,11 +101,14 @@ class ReIDSplit:
     @functools.cached_property
     def _labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pids, camids, names = [], [], []
-        for start in range(0, len(self), _READ_CHUNK):
-            for rec in self._source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(self))))):
-                pids.append(int(rec["pid"]))
-                camids.append(int(rec["camid"]))
-                names.append(_text(rec["file_name"]))
+        try:
+            for start in range(0, len(self), _READ_CHUNK):
+                for rec in self._source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(self))))):
+                    pids.append(int(rec["pid"]))
+                    camids.append(int(rec["camid"]))
+                    names.append(_text(rec["file_name"]))
+        except Exception as e:
+            raise self._damaged(e) from e
         return np.asarray(pids, np.int64), np.asarray(camids, np.int64), np.asarray(names, dtype=object)
 
     @property
@@ -125,6 +143,15 @@ class ReIDSplit:
             "images": len(self),
             "cameras": int(len(np.unique(self.camids))),
         }
+
+
+def corrupt_dataset_error(name: str, split: str, files: list[str], data_dir: str, reason: str) -> CorruptDatasetError:
+    where = ", ".join(files) if files else f"the {split} files under {data_dir}"
+    return CorruptDatasetError(
+        f"The prepared dataset {name!r} ({split} split) is damaged: cannot read {where} ({reason}). Prepare it again: "
+        f"python -m tmspr_jax.data.prepare --dataset {name} --manual_dir <raw release folder> --data_dir {data_dir} "
+        "--overwrite"
+    )
 
 
 def _text(value: Any) -> str:
@@ -164,8 +191,21 @@ def open_split(
     available = list(builder.info.splits.keys())
     if split not in available:
         raise ValueError(f"Dataset {name!r} has no split {split!r}; its splits are {available}.")
-    source = tfds.data_source(name, split=split, data_dir=os.fspath(data_dir), download=False)
-    return ReIDSplit(name, split, source, builder.info.metadata)
+    files = sorted(str(f) for f in _split_files(builder, split))
+    try:
+        source = tfds.data_source(name, split=split, data_dir=os.fspath(data_dir), download=False)
+    except Exception as e:
+        raise corrupt_dataset_error(name, split, files, os.fspath(data_dir), f"{type(e).__name__}: {e}") from e
+    return ReIDSplit(name, split, source, builder.info.metadata, files=files, data_dir=os.fspath(data_dir))
+
+
+def _split_files(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
+    try:
+        return list(builder.info.splits[split].filepaths)
+    except Exception:  # older tfds: the files by their naming pattern
+        import glob
+
+        return glob.glob(os.path.join(os.fspath(builder.data_dir), f"*-{split}.*"))
 
 
 def decode_image(record: Mapping[str, Any]) -> np.ndarray:
