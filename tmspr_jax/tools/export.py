@@ -10,7 +10,9 @@ config's training split is opened for its identity and camera counts). The progr
   ``(x/255 - mean)/std``), and
 * ``camids`` int32 ``[b]`` (0-based cameras; any value when the model has no camera embedding)
 
-to the evaluation feature float32 ``[b, D]`` (``eval.flip`` included; L2-normalise it before ranking, as the
+to the evaluation feature float32 ``[b, D]``. A program cannot raise, so a camera id outside the camera table
+(``0 <= camid < num_cameras`` in ``<out>.json``) gives a row of NaN instead of the silently clamped row that indexing
+would read; such rows take no part in the batch's part normalisation (``eval.flip`` included; L2-normalise it before ranking, as the
 evaluation does). ``--batch=0`` exports a symbolic batch size: one file serves every batch size. With
 ``model.part_norm='batch'`` (the reference's default) a feature depends on the rest of its batch, as in the reference.
 Anywhere JAX runs, without this package::
@@ -48,10 +50,14 @@ def export_features_fn(
         raise ValueError(f"batch must be >= 0 (0 = any batch size), got {batch}")
     extract = inference.make_extract_fn(model, flip=flip)
     variables = jax.tree.map(jnp.asarray, variables)
+    num_cameras = camera_table_size(model)
 
     def features(images: jax.Array, camids: jax.Array) -> jax.Array:
-        valid = jnp.ones(images.shape[:1], bool)
-        return extract(variables, images, camids, valid)
+        if num_cameras:
+            valid = (camids >= 0) & (camids < num_cameras)
+            out = extract(variables, images, jnp.clip(camids, 0, num_cameras - 1), valid)
+            return jnp.where(valid[:, None], out, jnp.nan)
+        return extract(variables, images, camids, jnp.ones(images.shape[:1], bool))
 
     b = jax.export.symbolic_shape("b")[0] if batch == 0 else int(batch)
     h, w = int(img_size[0]), int(img_size[1])
@@ -59,7 +65,14 @@ def export_features_fn(
     return jax.export.export(jax.jit(features), platforms=tuple(platforms) if platforms else None)(*args)
 
 
-def _model_and_variables(config: ml_collections.ConfigDict, checkpoint: str) -> tuple[Any, Any]:
+def camera_table_size(model: Any) -> int:
+    """How many camera ids the model's camera embedding takes (0: it takes none, any id is accepted)."""
+    cams = int(getattr(model, "num_cameras", 0))
+    return cams if cams > 1 else 0
+
+
+def _model_and_variables(config: ml_collections.ConfigDict, checkpoint: str, step: int | None = None
+                         ) -> tuple[Any, Any]:
     from tmspr_jax import train, weights
     from tmspr_jax.models import build_model
 
@@ -67,24 +80,28 @@ def _model_and_variables(config: ml_collections.ConfigDict, checkpoint: str) -> 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--checkpoint {path!r} is not a folder (a converted weights folder or a workdir)")
     if weights.is_weights_folder(path):  # converted weights: their meta gives the head sizes
-        variables, meta = weights.load_variables(path)
+        with open(os.path.join(path, weights.META_FILE)) as f:
+            meta = json.load(f)
         for key in ("num_classes", "num_cameras"):
             if key not in meta:
                 raise ValueError(
                     f"{path}/{weights.META_FILE} has no {key!r}; re-convert the weights with convert_weights"
                 )
         model = build_model(config.model, tuple(config.img_size), int(meta["num_classes"]), int(meta["num_cameras"]))
+        weights.check_model_size(meta, model, os.path.join(path, weights.META_FILE))  # before reading the arrays
+        variables, _ = weights.load_variables(path)
         return model, variables
     exp = train.setup_experiment(config)
-    return exp.model, train.load_checkpoint_variables(path, exp)
+    return exp.model, train.load_checkpoint_variables(path, exp, step=step)
 
 
 def export_to_file(
     config: ml_collections.ConfigDict, checkpoint: str, out: str, *, batch: int = 0,
-    platforms: Sequence[str] | None = None,
+    platforms: Sequence[str] | None = None, step: int | None = None,
 ) -> str:
-    """Exports ``checkpoint``'s feature function to ``out`` and its description to ``out + '.json'``."""
-    model, variables = _model_and_variables(config, checkpoint)
+    """Exports ``checkpoint``'s feature function to ``out`` and its description to ``out + '.json'``; ``step``
+    picks a training workdir's checkpoint (default: the best by mAP, else the latest)."""
+    model, variables = _model_and_variables(config, checkpoint, step)
     flip = bool(config.eval.flip)
     exported = export_features_fn(model, variables, config.img_size, flip=flip, batch=batch, platforms=platforms)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -100,6 +117,7 @@ def export_to_file(
         "part_norm": str(config.model.part_norm),
         "part_pool": str(config.model.part_pool),
         "batch": batch or "any",
+        "num_cameras": camera_table_size(model),  # camids outside [0, num_cameras) give NaN rows; 0 = any id
         "platforms": list(exported.platforms),
         "checkpoint": os.path.abspath(checkpoint),
     }
@@ -126,7 +144,8 @@ def _main() -> None:
     f = flags.FLAGS
     config = cli.config_or_demo(f.config)
     platforms = [p for p in f.platforms.split(",") if p] if f.platforms else None
-    path = export_to_file(config, f.checkpoint, f.out, batch=f.batch, platforms=platforms)
+    path = export_to_file(config, f.checkpoint, f.out, batch=f.batch, platforms=platforms,
+                          step=f.step if f.step >= 0 else None)
     with open(path + ".json") as fh:  # the description, not the (possibly large) program
         info = json.load(fh)
     shape = (info["batch"], *info["img_size"], 3)
@@ -143,5 +162,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", None, "Converted weights folder or training workdir.")
     flags.DEFINE_string("out", None, "Output file (the description goes to <out>.json).")
     flags.DEFINE_integer("batch", 0, "Batch size of the program; 0 = symbolic (any batch size).")
+    flags.DEFINE_integer("step", -1, "Step of a training workdir to export; -1 = the best by mAP, else the latest.")
     flags.DEFINE_string("platforms", "", "Comma-separated: cpu, cuda, rocm, tpu (default: the current backend).")
     cli.run(_main, required=["checkpoint", "out"])

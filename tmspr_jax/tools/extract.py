@@ -116,14 +116,16 @@ class Extracted(NamedTuple):
     feature_dim: int
 
 
-def extract_to_file(config: ml_collections.ConfigDict, checkpoint: str, out: str = "") -> Extracted:
-    """Extracts the test features of ``checkpoint`` on the config's test split and saves them (see module doc)."""
+def extract_to_file(config: ml_collections.ConfigDict, checkpoint: str, out: str = "", step: int | None = None
+                    ) -> Extracted:
+    """Extracts the test features of ``checkpoint`` on the config's test split and saves them (see module doc);
+    ``step`` picks a training workdir's checkpoint (default: the best by mAP, else the latest)."""
     import jax
 
     from tmspr_jax import train
 
     exp = train.setup_experiment(config)
-    variables = train.load_checkpoint_variables(checkpoint, exp)
+    variables = train.load_checkpoint_variables(checkpoint, exp, step=step)
     query, gallery = train.extract_test_features(exp, variables, desc="extract")
     out = out or os.path.join(os.path.abspath(os.path.expanduser(checkpoint)), "features.npz")
     if jax.process_index() == 0:
@@ -420,7 +422,7 @@ def _main() -> None:
     from tmspr_jax.data import setup
 
     setup.prepare_for_config(config)
-    done = extract_to_file(config, f.checkpoint, f.out)
+    done = extract_to_file(config, f.checkpoint, f.out, step=f.step if f.step >= 0 else None)
     print(
         f"{done.num_query} query and {done.num_gallery} gallery features ({done.feature_dim}-d) of {config.data.test} "
         f"written to {done.path}"
@@ -434,6 +436,7 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "Config of the checkpoint (default: the demo).")
     flags.DEFINE_string("checkpoint", None, "Training workdir or converted weights folder.")
+    flags.DEFINE_integer("step", -1, "Step of a training workdir to use; -1 = the best by mAP, else the latest.")
     flags.DEFINE_string("out", "", "Output .npz (default: <checkpoint>/features.npz; features.npz with --images).")
     flags.DEFINE_string("images", "", "A folder, image file or list file of images: extract these instead of the "
                         "config's test split (no prepared dataset needed).")
