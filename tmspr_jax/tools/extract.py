@@ -217,19 +217,19 @@ def read_image(path: str) -> np.ndarray:
 
 
 def _restore_workdir(path: str) -> dict:
-    """The best-by-mAP checkpoint's variables of a training workdir (or its ``checkpoints`` folder)."""
-    import orbax.checkpoint as ocp
+    """A training workdir's (or its ``checkpoints`` folder's) variables: its best checkpoint by mAP, else the latest;
+    a damaged one falls back to the newest intact one (``tmspr_jax.checkpoints``)."""
+    from tmspr_jax import checkpoints
 
-    ckpt_dir = path if os.path.basename(path) == "checkpoints" else os.path.join(path, "checkpoints")
+    ckpt_dir = checkpoints.checkpoints_dir(path)
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"--checkpoint {path!r} is neither a converted weights folder (with meta.json) nor a "
                                 "training workdir (with a checkpoints/ folder)")  # fmt: skip
-    options = ocp.CheckpointManagerOptions(best_fn=lambda m: m["mAP"], best_mode="max", read_only=True)
-    with ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"), options=options) as manager:
-        step = manager.best_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager = checkpoints.make_manager(path, 1, read_only=True)
+    steps = checkpoints.candidate_steps(manager)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+    _, state, _ = checkpoints.restore_newest_intact(manager, steps)
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
