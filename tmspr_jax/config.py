@@ -101,6 +101,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # missing from `path` are made from the training images on first use, with no intermediate files.
     p.parser = ""
     p.parser_dtype = "float32"  # or 'bfloat16' (faster on accelerators)
+    p.parser_batch_size = 8  # images per device per parser batch
     p.method = "patch_mean"  # 'patch_mean' (each patch's own window) or 'reference' (bilinear resize to the grid)
 
     # ---------------------------------------------------------------- losses (docs/reference.md §9)

@@ -75,7 +75,8 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
     t0 = time.perf_counter()
     if parser_dir:
         got = parsing.parse_targets(split, parser_dir, img_size, patch, stride, out=path, method=cfg.method,
-                                    dtype=cfg.get("parser_dtype", "float32"), progress=True)
+                                    dtype=cfg.get("parser_dtype", "float32"),
+                                    batch_size=cfg.get("parser_batch_size", 8), progress=True)
         assert got is not None  # no max_images: the run finishes or raises
         parsing.save_targets(path, *got, img_size=img_size, patch=patch, stride=stride, method=cfg.method,
                              source=os.path.abspath(parser_dir))  # fmt: skip

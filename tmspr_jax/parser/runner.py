@@ -12,6 +12,7 @@ to the input size) with the batch sharded over a 1-D ``'data'`` mesh and the wei
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from tmspr_jax.parser import preprocess
-from tmspr_jax.parser.network import AugmentCE2P, resize_align_corners
+from tmspr_jax.parser.network import Arch, AugmentCE2P, resize_align_corners
 from tmspr_jax.parser.weights import load_parser
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -45,6 +46,21 @@ class Prepared(NamedTuple):
     scale: np.ndarray
     height: int
     width: int
+
+
+@functools.lru_cache(maxsize=8)
+def _forward_fn(arch: Arch, dtype: str, size: tuple[int, int], out_sharding: Any) -> Callable:
+    """The jitted device program, one per network and setting, so that parsers of the same weights share compiles."""
+    precision = jax.lax.Precision.HIGHEST if dtype == "float32" else None
+    net = AugmentCE2P(arch, dtype=DTYPES[dtype], precision=precision)
+    mean = np.asarray(preprocess.BGR_MEAN, np.float32)
+    std = np.asarray(preprocess.BGR_STD, np.float32)
+
+    def forward(variables: Any, images: jax.Array) -> jax.Array:
+        x = (images.astype(jnp.float32) / 255.0 - mean) / std  # ToTensor then Normalize, as SCHP
+        return resize_align_corners(net.apply(variables, x)["fusion"], size)
+
+    return jax.jit(forward, out_shardings=out_sharding)
 
 
 class Parser:
@@ -73,17 +89,7 @@ class Parser:
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self._data = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
         self.variables = jax.device_put(variables, replicated)
-        precision = jax.lax.Precision.HIGHEST if dtype == "float32" else None
-        net = AugmentCE2P(self.arch, dtype=DTYPES[dtype], precision=precision)
-        mean = np.asarray(preprocess.BGR_MEAN, np.float32)
-        std = np.asarray(preprocess.BGR_STD, np.float32)
-        size = self.input_size
-
-        def forward(variables: Any, images: jax.Array) -> jax.Array:
-            x = (images.astype(jnp.float32) / 255.0 - mean) / std  # ToTensor then Normalize, as SCHP
-            return resize_align_corners(net.apply(variables, x)["fusion"], size)
-
-        self._forward = jax.jit(forward, out_shardings=self._data)
+        self._forward = _forward_fn(self.arch, dtype, self.input_size, self._data)
 
     def fingerprint(self) -> dict[str, Any]:
         """What determines the numbers: the weights file, dtype and batch size (see the module docstring)."""
