@@ -67,18 +67,19 @@ class Parser:
     """A converted SCHP parser ready to run: ``Parser(folder).logits(batch)`` or :meth:`run` over many images.
 
     ``dtype='float32'`` computes the convolutions at full float32 precision (``Precision.HIGHEST``, no TF32 on GPUs);
-    ``'bfloat16'`` runs them in bfloat16 (batch norms and the upsampling stay float32).
+    ``'bfloat16'`` runs them in bfloat16 (batch norms and the upsampling stay float32). ``input_size`` overrides the
+    network input SCHP uses for the checkpoint's dataset (``meta.json``).
     """
 
     def __init__(self, folder: str, *, dtype: str = "float32", batch_size: int = 8,
-                 devices: Sequence[jax.Device] | None = None):
+                 devices: Sequence[jax.Device] | None = None, input_size: Sequence[int] | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.folder = os.path.abspath(folder)
         self.arch, variables, self.meta = load_parser(folder)
-        self.input_size = tuple(int(v) for v in self.meta["input_size"])
+        self.input_size = tuple(int(v) for v in (input_size or self.meta["input_size"]))
         self.num_classes = int(self.meta["num_classes"])
         self.labels = tuple(self.meta.get("labels", ()))
         self.dtype = dtype
