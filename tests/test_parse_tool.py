@@ -169,3 +169,12 @@ def test_bfloat16_parser_runs_close_to_float32(tiny, parser):
     assert got.dtype == np.float32 and got.shape == want.shape
     assert 0 < rel_err(got, want) < 0.05  # bfloat16 convolutions: close, not equal
     assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.9
+
+
+def test_benchmark_times_both_sides_of_a_parser_that_agrees(parser):
+    from tmspr_jax.tools import benchmark_parser
+
+    # the tests' network, input and batch: the parser fixture's compiled program is reused
+    r = benchmark_parser.benchmark(None, input_size=473, batch=BATCH, dtype="float32", iters=1, warmup=0, tiny=True)
+    assert r["rel_diff"] <= 1e-5 and r["jax_img_s"] > 0 and r["torch_img_s"] > 0
+    assert r["ratio"] == pytest.approx(r["jax_img_s"] / r["torch_img_s"])
