@@ -123,8 +123,11 @@ def _remove_stale_builds(config: ml_collections.ConfigDict) -> None:
 
 def prepare_for_config(config: ml_collections.ConfigDict) -> None:
     """Generates / builds what the config names and is missing (see the module docstring)."""
-    from tmspr_jax.utils import patch_grid
+    from tmspr_jax.utils import pair, patch_grid
 
+    # The geometry first: a mistake in it is reported before any dataset is generated or built.
+    grid = patch_grid(pair(config.img_size, "config.img_size"), config.model.patch_size,
+                      pair(config.model.stride, "config.model.stride"))  # one number: square
     d = config.data
     if d.get("synthetic", False):
         if not d.manual_dir:
@@ -135,5 +138,4 @@ def prepare_for_config(config: ml_collections.ConfigDict) -> None:
     manual = d.manual_dir or None
     for name, split in ((d.train, "train"), (d.test, "query"), (d.test, "gallery")):
         sources.open_split(name, split, d.data_dir, manual_dir=manual)  # builds on first use, or explains what to run
-    grid = patch_grid(tuple(config.img_size), config.model.patch_size, tuple(config.model.stride))
     ensure_parsing_targets(config, grid)
