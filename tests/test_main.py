@@ -68,3 +68,16 @@ def test_eval_mode_needs_a_checkpoint(tmp_path):
     out = _run_main("--config=configs/occ_duke.py", "--mode=eval", f"--config.data.data_dir={tmp_path}",
                     f"--workdir={tmp_path / 'w'}")  # fmt: skip
     assert out.returncode == 1 and "error: " in out.stderr
+
+
+def test_a_bad_stride_is_one_line_before_any_data_is_touched(tmp_path):
+    """``--config.model.stride=12`` reaches the tuple field as ``(12,)``, a square stride; three numbers are an error."""
+    out = _run_main("--config=configs/occ_duke.py", "--config.model.stride=1,2,3",
+                    f"--config.data.data_dir={tmp_path / 'no_data_here'}", f"--workdir={tmp_path / 'w'}")
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert len(errors) == 1 and "config.model.stride=(1, 2, 3)" in errors[0], out.stderr
+    # a single number passes the geometry check: the run gets as far as the missing dataset
+    out = _run_main("--config=configs/occ_duke.py", "--config.model.stride=12",
+                    f"--config.data.data_dir={tmp_path / 'no_data_here'}", f"--workdir={tmp_path / 'w'}")
+    assert out.returncode == 1 and "no_data_here" in out.stderr and "config.model.stride" not in out.stderr, out.stderr
