@@ -28,7 +28,7 @@ from absl import logging
 
 from tmspr_jax.parser import preprocess
 from tmspr_jax.parser.network import Arch, AugmentCE2P, resize_align_corners
-from tmspr_jax.parser.weights import load_parser
+from tmspr_jax.parser.weights import VARIABLES_FILE, load_parser
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -94,7 +94,7 @@ class Parser:
 
     def fingerprint(self) -> dict[str, Any]:
         """What determines the numbers: the weights file, dtype and batch size (see the module docstring)."""
-        st = os.stat(os.path.join(self.folder, "variables.npz"))
+        st = os.stat(os.path.join(self.folder, VARIABLES_FILE))
         return {"parser": self.folder, "weights_size": st.st_size, "weights_mtime": int(st.st_mtime),
                 "dtype": self.dtype, "batch_size": self.batch_size}
 
