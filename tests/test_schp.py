@@ -13,7 +13,6 @@ from convert_weights.schp import convert_state
 from tmspr_jax.oracles import schp as oracle
 from tmspr_jax.parser.network import Arch, AugmentCE2P
 
-
 # Faster CPU compiles for these one-off programs (LLVM's expensive passes off); the numbers are the same ops.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
