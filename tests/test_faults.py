@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from test_train import data_root, latest_variables, read_jsonl, tiny_config  # noqa: F401  (data_root: a fixture)
-from tmspr_jax import checkpoints, train, weights
+from tmspr_jax import train, weights
 from tmspr_jax.data import sources
 from tmspr_jax.models import build_model, init_variables
 from tmspr_jax.tools import export as ex
@@ -90,6 +90,8 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_n
 
 
 def test_every_checkpoint_damaged_is_one_error(trained, tmp_path):
+    from tmspr_jax import checkpoints
+
     workdir = _copy(trained, tmp_path)
     for step in (2, 4):
         _damage(os.path.join(workdir, "checkpoints", str(step)), "flip")
@@ -139,6 +141,8 @@ def test_eval_without_an_evaluated_checkpoint_uses_the_latest_and_a_step_can_be_
     exp = train.setup_experiment(cfg)
     two = train.load_checkpoint_variables(trained[0], exp, step=2)
     four = train.load_checkpoint_variables(trained[0], exp, step=4)
+    from tmspr_jax import checkpoints
+
     manager = checkpoints.make_manager(trained[0], 2, read_only=True)
     saved_two = checkpoints.restore_verified(manager, 2)[0]["params"]
     for a, b in zip(jax.tree.leaves(two["params"]), jax.tree.leaves(saved_two)):
