@@ -1,0 +1,495 @@
+r"""One command for a GPU (or TPU): training and test-feature speed, FLOP utilisation, memory, the PyTorch oracle with
+automatic mixed precision side by side, and the input pipeline, written to one JSON and a markdown table.
+
+    python -m tmspr_jax.tools.benchmark_gpu [--out=benchmark_gpu.json] [--table=benchmark_gpu.md] [--profile=DIR]
+        [--tiny] [--dtypes=float32,bfloat16] [--train_batch=64] [--eval_batch=256] [--steps=20] [--skip_torch]
+        [--data_workers=-1]
+
+At the base config (ViT-B/16, 256x128, stride 11, Occluded-Duke's 702 classes and 8 cameras) it measures:
+
+* the real training step: ``train.make_train_step`` (the full T-MSPR loss), the reference's optimiser
+  (``optim.make_optimizer``), the state donated, batch ``--train_batch`` samples of 4 views (P x 4 identities), per
+  compute dtype: step time, samples/s, XLA's FLOP count of the compiled step (``cost_analysis``), the model FLOP
+  utilisation against the device's peak (a table by ``device_kind``; float32 against the TF32 tensor-core peak, which
+  XLA's default matmul precision uses on Ampere and newer), XLA's memory plan and the device's peak bytes in use;
+* the test feature (``TMSPR.extract``) at ``--eval_batch`` images: images/s and the same figures;
+* a bfloat16 matmul's measured rate, as a sanity check of the peak table;
+* the PyTorch oracle (``tmspr_jax.oracles.tmspr``, same weights) with ``torch.autocast``: float16 and a GradScaler on
+  CUDA, as the reference trains (float32 on a CPU). Its training step uses the reference's loss formulas
+  (``tmspr_jax.oracles.losses``) and SGD; its test feature runs the reference's four-view graph. It runs first and
+  empties its cache, so JAX (not preallocating here) and PyTorch do not compete for memory;
+* the input pipeline (``tools/benchmark_data``'s in-memory JPEG split, four views, parsing targets) with
+  ``--data_workers`` processes (-1 = the host's cores less one).
+
+``--profile=DIR`` writes a ``jax.profiler`` trace of a few bfloat16 (else float32) training steps and test batches
+(``tensorboard --logdir DIR``, profile plugin). ``--tiny`` runs the same code on a tiny model and small batches (CPU
+tests). Each timing runs ``--warmup`` untimed steps then ``--steps`` timed ones back to back (dispatch overlaps, as in
+training). The JSON is rewritten after every measurement, so a run cut short keeps what it measured. At full size it
+takes about 5-8 minutes on an H100-class GPU, most of it compilation.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before any JAX backend starts: allocate as needed, so the device's peak bytes in use mean something and the PyTorch
+# oracle can run in the same process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+
+from tmspr_jax import optim  # noqa: E402
+from tmspr_jax.config import get_base_config  # noqa: E402
+from tmspr_jax.tools import cli  # noqa: E402
+from tmspr_jax.tools.benchmark import _time  # noqa: E402
+from tmspr_jax.train import TrainState, make_train_step  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# Dense peak FLOP/s (no sparsity) by device kind, in TFLOP/s: (bfloat16, float32 matmuls at XLA's default precision =
+# TF32 tensor cores where the chip has them, else plain FP32). Matched on jax.devices()[0].device_kind, lower case, in
+# this order (the first pattern whose words all occur wins). None = no such tensor cores.
+PEAK_TFLOPS: tuple[tuple[tuple[str, ...], str, float | None, float], ...] = (
+    (("h200", "nvl"), "H200 NVL", 835.5, 417.5),
+    (("h200",), "H200", 989.4, 494.7),
+    (("h100", "pcie"), "H100 PCIe", 756.5, 378.0),
+    (("h100", "nvl"), "H100 NVL", 835.5, 417.5),
+    (("h100",), "H100 SXM", 989.4, 494.7),
+    (("b200",), "B200", 2250.0, 1100.0),
+    (("a100",), "A100", 312.0, 156.0),
+    (("l40s",), "L40S", 362.1, 183.0),
+    (("l40",), "L40", 181.0, 90.5),
+    (("l4",), "L4", 121.0, 60.0),
+    (("v100",), "V100", None, 15.7),
+    (("t4",), "T4", None, 8.1),
+    (("tpu", "v6"), "TPU v6e", 918.0, 918.0),
+    (("tpu", "v5p"), "TPU v5p", 459.0, 459.0),
+    (("tpu", "v5"), "TPU v5e", 197.0, 197.0),
+    (("tpu", "v4"), "TPU v4", 275.0, 275.0),
+)
+
+
+def define_flags() -> None:
+    """The command line's flags (defined only when run as a program, so that importing this module defines none)."""
+    flags.DEFINE_string("out", "benchmark_gpu.json", "JSON written with every figure.")
+    flags.DEFINE_string("table", None, "Markdown table written here too (default: --out with .md).")
+    flags.DEFINE_string("profile", None, "Folder for a jax.profiler trace of a few training steps and test batches.")
+    flags.DEFINE_bool("tiny", False, "A tiny model and small batches (runs in a minute on a CPU; for tests).")
+    flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes of the JAX model.")
+    flags.DEFINE_integer("train_batch", 64, "Samples (of 4 views) per training step; a multiple of 4.")
+    flags.DEFINE_integer("eval_batch", 256, "Images per test-feature batch.")
+    flags.DEFINE_integer("steps", 20, "Timed steps / batches per measurement.")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps / batches before timing (after compilation).")
+    flags.DEFINE_integer("num_classes", 702, "Classifier width (Occluded-Duke: 702).")
+    flags.DEFINE_integer("num_cameras", 8, "Camera-embedding rows (Occluded-Duke: 8).")
+    flags.DEFINE_integer("matmul_n", 8192, "Size of the square bfloat16 matmul timed as a sanity check.")
+    flags.DEFINE_bool("skip_torch", False, "Leave out the PyTorch oracle.")
+    flags.DEFINE_integer("data_workers", -1, "Input-pipeline worker processes (-1: the host's cores less one, at "
+                         "most 32; -2: leave the pipeline out).")
+    flags.DEFINE_integer("data_batches", 10, "Timed input-pipeline batches.")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def peak_tflops(device_kind: str) -> tuple[str, float | None, float | None] | None:
+    """``(name, bfloat16, float32)`` dense peak TFLOP/s of a device kind, or None when it is not in the table."""
+    kind = device_kind.lower()
+    for words, name, bf16, f32 in PEAK_TFLOPS:
+        if all(w in kind for w in words):
+            return name, bf16, f32
+    return None
+
+
+def utilisation(flops: float | None, seconds: float, peak: float | None) -> float | None:
+    """Achieved FLOP/s over the peak (TFLOP/s), or None when either is unknown."""
+    if not flops or not peak or seconds <= 0:
+        return None
+    return flops / seconds / (peak * 1e12)
+
+
+def _compiled_figures(compiled: Any) -> dict[str, Any]:
+    """XLA's FLOP count and memory plan (bytes: arguments + outputs + temporaries - aliased) of a compiled program."""
+    out: dict[str, Any] = {"flops": None, "xla_bytes": None}
+    try:
+        ca = compiled.cost_analysis()
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        out["flops"] = float(ca["flops"]) if ca and ca.get("flops", 0) > 0 else None
+    except Exception:  # noqa: BLE001 - backends without a cost model: the figure stays null
+        pass
+    try:
+        m = compiled.memory_analysis()
+        out["xla_bytes"] = int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                               - m.alias_size_in_bytes)
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def _peak_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def _settings() -> dict[str, Any]:
+    s = {"train_batch": FLAGS.train_batch, "eval_batch": FLAGS.eval_batch, "steps": FLAGS.steps,
+         "warmup": FLAGS.warmup, "num_classes": FLAGS.num_classes, "num_cameras": FLAGS.num_cameras,
+         "matmul_n": FLAGS.matmul_n, "data_batches": FLAGS.data_batches, "data_images": 3000}  # fmt: skip
+    if FLAGS.tiny:
+        s.update(train_batch=8, eval_batch=8, steps=2, warmup=1, num_classes=5, num_cameras=2, matmul_n=128,
+                 data_batches=2, data_images=120)  # fmt: skip
+    if s["train_batch"] < 4 or s["train_batch"] % 4:
+        raise ValueError(f"--train_batch={s['train_batch']}: expected a positive multiple of 4 (P identities x 4)")
+    if min(s["eval_batch"], s["steps"], s["matmul_n"]) < 1 or s["warmup"] < 0:
+        raise ValueError("--eval_batch, --steps and --matmul_n must be >= 1 and --warmup >= 0")
+    for d in FLAGS.dtypes:
+        if d not in ("float32", "bfloat16"):
+            raise ValueError(f"--dtypes: unknown dtype {d!r}; expected float32 or bfloat16")
+    return s
+
+
+def _config(tiny: bool) -> Any:
+    cfg = get_base_config()
+    if tiny:
+        cfg.model.depth, cfg.model.embed_dim, cfg.model.num_heads = 2, 32, 2
+        cfg.img_size = (64, 32)
+    return cfg
+
+
+def _inputs(cfg: Any, s: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    from tmspr_jax.models import patch_grid
+
+    rs = np.random.RandomState(seed)
+    b, (h, w) = s["train_batch"], cfg.img_size
+    gh, gw = patch_grid(tuple(cfg.img_size), cfg.model.patch_size, tuple(cfg.model.stride))
+    parsing = rs.rand(b, gh, gw, 6).astype(np.float32)
+    return {
+        "views": rs.randn(b, 4, h, w, 3).astype(np.float32),
+        "camids": rs.randint(0, s["num_cameras"], b).astype(np.int32),
+        "pids": np.repeat(rs.choice(s["num_classes"], b // 4, replace=b // 4 > s["num_classes"]), 4).astype(np.int32),
+        "parsing": parsing / parsing.sum(-1, keepdims=True),
+        "parsing_weight": np.ones(b, np.float32),
+        "images": rs.randn(s["eval_batch"], h, w, 3).astype(np.float32),
+        "eval_camids": rs.randint(0, s["num_cameras"], s["eval_batch"]).astype(np.int32),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ JAX measurements
+def measure_matmul(n: int, steps: int, peak_bf16: float | None) -> dict[str, Any]:
+    """TFLOP/s of an ``n x n`` bfloat16 matmul (float32 accumulation), back to back."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
+    sec = _back_to_back(lambda: f(a, a), 2, max(steps, 10))
+    tflops = 2 * n**3 / sec / 1e12
+    return {"n": n, "tflops": tflops, "fraction_of_peak": tflops / peak_bf16 if peak_bf16 else None}
+
+
+def _back_to_back(fn: Callable[[], Any], warmup: int, steps: int) -> float:
+    """Seconds per call of ``fn`` run ``steps`` times without waiting in between (after ``warmup`` calls)."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(steps):
+        out = fn()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / steps
+
+
+def measure_train(cfg: Any, dtype: str, s: dict, inputs: dict, variables: dict, peak: float | None,
+                  profile_dir: str | None = None) -> dict[str, Any]:
+    """The real training step at ``dtype``: compile time, step time, samples/s, FLOPs, utilisation, memory.
+
+    ``variables``: float32 ``init_variables`` output (parameters stay float32 at every compute dtype); copied, since
+    the step donates its state."""
+    from tmspr_jax.models import build_model
+
+    cfg = cfg.copy_and_resolve_references()
+    cfg.model.dtype = dtype
+    model = build_model(cfg.model, cfg.img_size, s["num_classes"], s["num_cameras"])
+    variables = jax.tree_util.tree_map(jnp.copy, variables)
+    tx = optim.make_optimizer(cfg.optim, variables["params"], int(cfg.train.epochs))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))  # fmt: skip
+    batch = {k: jnp.asarray(inputs[k]) for k in ("views", "camids", "pids", "parsing", "parsing_weight")}
+    rng = jax.random.PRNGKey(0)
+    t0 = time.perf_counter()
+    compiled = jax.jit(make_train_step(model, tx, cfg.loss), donate_argnums=(0,)).lower(state, batch, rng).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def step():
+        holder["state"], metrics = compiled(holder["state"], batch, rng)
+        return metrics
+
+    sec = _back_to_back(step, s["warmup"], s["steps"])
+    metrics = jax.device_get(step())
+    if not bool(metrics["finite"]):
+        raise RuntimeError(f"the {dtype} training step gave a non-finite loss {metrics['loss']}; timing discarded")
+    if profile_dir:
+        with jax.profiler.trace(profile_dir):
+            for _ in range(3):
+                jax.block_until_ready(step())
+    fig = _compiled_figures(compiled)
+    return {"compile_s": compile_s, "step_s": sec, "samples_per_s": s["train_batch"] / sec,
+            "flops_per_step": fig["flops"], "tflops": fig["flops"] / sec / 1e12 if fig["flops"] else None,
+            "mfu": utilisation(fig["flops"], sec, peak), "xla_bytes": fig["xla_bytes"],
+            "peak_bytes_in_use": _peak_bytes(), "loss": float(metrics["loss"])}  # fmt: skip
+
+
+def measure_eval(cfg: Any, dtype: str, s: dict, inputs: dict, variables: dict, peak: float | None,
+                 profile_dir: str | None = None) -> dict[str, Any]:
+    """The test feature (``TMSPR.extract``) at ``dtype``: images/s, FLOPs, utilisation, memory."""
+    from tmspr_jax.models import TMSPR, build_model
+
+    cfg = cfg.copy_and_resolve_references()
+    cfg.model.dtype = dtype
+    model = build_model(cfg.model, cfg.img_size, s["num_classes"], s["num_cameras"])
+    images, camids = jnp.asarray(inputs["images"]), jnp.asarray(inputs["eval_camids"])
+    t0 = time.perf_counter()
+    compiled = jax.jit(lambda v, x, c: model.apply(v, x, c, method=TMSPR.extract)).lower(variables, images,
+                                                                                         camids).compile()
+    compile_s = time.perf_counter() - t0
+    sec = _back_to_back(lambda: compiled(variables, images, camids), s["warmup"], s["steps"])
+    feat = np.asarray(compiled(variables, images, camids), np.float32)
+    if not np.all(np.isfinite(feat)):
+        raise RuntimeError(f"the {dtype} test feature is not finite; timing discarded")
+    if profile_dir:
+        with jax.profiler.trace(profile_dir):
+            for _ in range(2):
+                jax.block_until_ready(compiled(variables, images, camids))
+    fig = _compiled_figures(compiled)
+    return {"compile_s": compile_s, "batch_s": sec, "images_per_s": s["eval_batch"] / sec,
+            "flops_per_batch": fig["flops"], "tflops": fig["flops"] / sec / 1e12 if fig["flops"] else None,
+            "mfu": utilisation(fig["flops"], sec, peak), "xla_bytes": fig["xla_bytes"],
+            "peak_bytes_in_use": _peak_bytes(), "feature_dim": int(feat.shape[1])}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ the oracle
+def measure_torch(cfg: Any, s: dict, inputs: dict, variables: dict) -> dict[str, Any]:
+    """The PyTorch oracle with autocast: training step (reference loss, SGD) and the four-view test feature, with
+    the JAX model's weights."""
+    import torch
+
+    from convert_weights.mapping import variables_to_reference
+    from tmspr_jax.oracles.losses import reference_total_loss
+    from tmspr_jax.oracles.tmspr import build_torch_model, load_numpy_state
+
+    cuda = torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    # The reference's AMP: float16 with a GradScaler on CUDA. On a CPU (tests) plain float32: bfloat16 autocast there
+    # is emulated on most CPUs and would time the emulation.
+    amp_dtype = torch.float16 if cuda else None
+    model = build_torch_model(cfg.model, cfg.img_size, s["num_classes"], s["num_cameras"])
+    load_numpy_state(model, variables_to_reference(jax.tree_util.tree_map(np.array, variables)))
+    model.to(dev)
+    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(dev)  # noqa: E731
+    views = [nchw(inputs["views"][:, v]) for v in range(4)]
+    cams = torch.from_numpy(inputs["camids"].astype(np.int64)).to(dev)
+    pids = torch.from_numpy(inputs["pids"].astype(np.int64)).to(dev)
+    parsing = torch.from_numpy(inputs["parsing"]).to(dev)
+    images = nchw(inputs["images"])
+    eval_cams = torch.from_numpy(inputs["eval_camids"].astype(np.int64)).to(dev)
+    o = cfg.optim
+    opt = torch.optim.SGD(model.parameters(), lr=float(o.base_lr), momentum=float(o.momentum),
+                          weight_decay=float(o.weight_decay))
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    sync = (lambda _: torch.cuda.synchronize()) if cuda else (lambda _: None)
+
+    def train_step():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=cuda):
+            scores, feats = model(*views, cams)
+            loss, _ = reference_total_loss(scores, feats, pids, parsing)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss
+
+    def eval_step():
+        model.eval()
+        with torch.no_grad(), torch.autocast(dev.type, dtype=amp_dtype, enabled=cuda):
+            return model.extract(images, eval_cams)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    train_s = float(np.median(_time(train_step, sync, s["warmup"], s["steps"])))
+    eval_s = float(np.median(_time(eval_step, sync, s["warmup"], s["steps"])))
+    out = {
+        "device": torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})",
+        "torch_version": torch.__version__, "amp_dtype": "float16" if cuda else None,
+        "train": {"step_s": train_s, "samples_per_s": s["train_batch"] / train_s},
+        "eval": {"batch_s": eval_s, "images_per_s": s["eval_batch"] / eval_s},
+        "peak_bytes_allocated": int(torch.cuda.max_memory_allocated()) if cuda else None,
+    }  # fmt: skip
+    del model, opt, views, images
+    if cuda:
+        torch.cuda.empty_cache()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ input pipeline
+def measure_data(cfg: Any, s: dict, workers: int) -> dict[str, Any]:
+    """Samples/s of the training input pipeline (decode, four views, parsing targets, PK batches) with ``workers``."""
+    from tmspr_jax.data.parsing import ParsingTargets
+    from tmspr_jax.models import patch_grid
+    from tmspr_jax.tools.benchmark_data import InMemorySplit, measure
+
+    cfg = cfg.copy_and_resolve_references()
+    cfg.data.batch_size = s["train_batch"]
+    cfg.data.num_instances = 4
+    # enough identities for the worker start-up batches and the timed ones (10 images per identity)
+    split = InMemorySplit(max(s["data_images"], 12 * s["train_batch"] * (4 + 2 * workers + s["data_batches"]) // 10))
+    gh, gw = patch_grid(tuple(cfg.img_size), cfg.model.patch_size, tuple(cfg.model.stride))
+    targets = ParsingTargets(targets=np.zeros((len(split), gh, gw, 6), np.float32),
+                             weights=np.ones(len(split), np.float32), num_missing=0)  # fmt: skip
+    rate = measure(split, targets, cfg, workers, s["data_batches"])
+    return {"workers": workers, "host_cores": os.cpu_count(), "samples_per_s": rate,
+            "per_worker": rate / workers if workers else None}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _fmt(v: float | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if v is None else format(v * scale, spec)
+
+
+def markdown_table(res: dict[str, Any]) -> str:
+    """The README table of a result dict (as written to the JSON)."""
+    dev, dtypes = res["device"], res["settings"]["dtypes"]
+    torch_res = res.get("torch") or {}
+    torch_head = f"PyTorch AMP ({torch_res['amp_dtype']})" if torch_res.get("amp_dtype") else "PyTorch float32"
+    head = [f"JAX {d}" for d in dtypes] + ([torch_head] if torch_res else [])
+    lines = [f"Device: {dev['device_kind']} ({dev['platform']}), jax {dev['jax_version']}"
+             + (f", torch {torch_res['torch_version']}" if torch_res else "") + f"; model {res['model']}.", "",
+             "| measurement | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]  # fmt: skip
+    tb, eb = res["settings"]["train_batch"], res["settings"]["eval_batch"]
+
+    def row(name: str, values: list[str], torch_value: str | None = None) -> None:
+        cells = values + ([torch_value or "-"] if torch_res else [])
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    tr, ev = res["train"], res["eval"]
+    row(f"training step, batch {tb} x 4 views: samples/s", [_fmt(tr.get(d, {}).get("samples_per_s"), ".1f")
+        for d in dtypes], _fmt(torch_res.get("train", {}).get("samples_per_s"), ".1f"))  # fmt: skip
+    row("training step: ms", [_fmt(tr.get(d, {}).get("step_s"), ".1f", 1e3) for d in dtypes],
+        _fmt(torch_res.get("train", {}).get("step_s"), ".1f", 1e3))
+    row("training step: model FLOP utilisation", [_fmt(tr.get(d, {}).get("mfu"), ".1%") for d in dtypes])
+    row("training step: device peak memory, GiB", [_fmt(tr.get(d, {}).get("peak_bytes_in_use"), ".2f", 2**-30)
+        for d in dtypes], _fmt(torch_res.get("peak_bytes_allocated"), ".2f", 2**-30))  # fmt: skip
+    row(f"test feature, batch {eb}: images/s", [_fmt(ev.get(d, {}).get("images_per_s"), ".1f") for d in dtypes],
+        _fmt(torch_res.get("eval", {}).get("images_per_s"), ".1f"))
+    row("test feature: model FLOP utilisation", [_fmt(ev.get(d, {}).get("mfu"), ".1%") for d in dtypes])
+    ratios = res.get("ratios", {})
+    if ratios:
+        row("speed against PyTorch (train / test)", [f"{_fmt(ratios.get(f'train_{d}'), '.2f')}x / "
+            f"{_fmt(ratios.get(f'eval_{d}'), '.2f')}x" for d in dtypes])  # fmt: skip
+    lines.append("")
+    mm = res.get("matmul_bf16")
+    if mm:
+        lines.append(f"bfloat16 matmul {mm['n']}x{mm['n']}: {mm['tflops']:.1f} TFLOP/s"
+                     + (f" ({mm['fraction_of_peak']:.0%} of the {dev['peak_name']} peak)" if mm["fraction_of_peak"]
+                        else " (no peak known for this device)"))  # fmt: skip
+    data = res.get("data")
+    if data:
+        lines.append(f"Input pipeline: {data['samples_per_s']:.0f} samples/s with {data['workers']} worker processes "
+                     f"on {data['host_cores']} host cores.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _write(res: dict[str, Any], out: str, table: str) -> None:
+    for path in (out, table):
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(res, f, indent=1)
+    with open(table, "w") as f:
+        f.write(markdown_table(res))
+
+
+def main() -> None:
+    """Runs every measurement, rewriting the JSON and the table after each, then prints the table."""
+    s = _settings()
+    out = FLAGS.out
+    table = FLAGS.table or os.path.splitext(out)[0] + ".md"
+    cfg = _config(FLAGS.tiny)
+    m = cfg.model
+    d0 = jax.devices()[0]
+    kind = getattr(d0, "device_kind", d0.platform)
+    peak = peak_tflops(kind)
+    t_start = time.perf_counter()
+    res: dict[str, Any] = {
+        "device": {"platform": d0.platform, "device_kind": kind, "device_count": jax.device_count(),
+                   "jax_version": jax.__version__,
+                   "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"), "host": platform.processor() or platform.machine(),
+                   "host_cores": os.cpu_count(), "peak_name": peak[0] if peak else None,
+                   "peak_tflops": {"bfloat16": peak[1], "float32": peak[2]} if peak else None},
+        "model": f"ViT depth {m.depth}, width {m.embed_dim}, heads {m.num_heads}, {cfg.img_size[0]}x{cfg.img_size[1]}, "
+                 f"stride {tuple(m.stride)}, {s['num_classes']} classes",
+        "settings": dict(s, dtypes=list(FLAGS.dtypes), tiny=bool(FLAGS.tiny)),
+        "matmul_bf16": None, "train": {}, "eval": {}, "torch": None, "ratios": {}, "data": None,
+        "profile_dir": FLAGS.profile, "wall_s": None, "errors": {},
+    }  # fmt: skip
+    print(f"device: {kind} ({d0.platform}) x{jax.device_count()}; peak table: {peak[0] if peak else 'unknown'}")
+    inputs = _inputs(cfg, s)
+    from tmspr_jax.models import build_model, init_variables
+
+    # One set of float32 weights for every measurement (one initialisation to compile, not one per stage).
+    variables = init_variables(build_model(cfg.model, cfg.img_size, s["num_classes"], s["num_cameras"]),
+                               jax.random.key(0))
+    host_vars = jax.device_get(variables)
+    stages: list[tuple[str, Callable[[], None]]] = []
+    if not FLAGS.skip_torch:
+        stages.append(("PyTorch oracle (AMP)", lambda: res.update(torch=measure_torch(cfg, s, inputs, host_vars))))
+    stages.append(("bfloat16 matmul", lambda: res.update(matmul_bf16=measure_matmul(
+        s["matmul_n"], s["steps"], peak[1] if peak else None))))  # fmt: skip
+    # Smaller programs first: the device's peak bytes in use only grow, so each stage's figure is its own.
+    profiled = "bfloat16" if "bfloat16" in FLAGS.dtypes else FLAGS.dtypes[0]
+    for dtype in FLAGS.dtypes:
+        p = (peak[1] if dtype == "bfloat16" else peak[2]) if peak else None
+        prof = FLAGS.profile if dtype == profiled else None
+        stages.append((f"test feature {dtype}", lambda d=dtype, p=p, prof=prof: res["eval"].update(
+            {d: measure_eval(cfg, d, s, inputs, variables, p, prof)})))  # fmt: skip
+    for dtype in FLAGS.dtypes:
+        p = (peak[1] if dtype == "bfloat16" else peak[2]) if peak else None
+        prof = FLAGS.profile if dtype == profiled else None
+        stages.append((f"training step {dtype}", lambda d=dtype, p=p, prof=prof: res["train"].update(
+            {d: measure_train(cfg, d, s, inputs, variables, p, prof)})))  # fmt: skip
+    if FLAGS.data_workers != -2:
+        workers = min(32, max(0, (os.cpu_count() or 1) - 1)) if FLAGS.data_workers == -1 else FLAGS.data_workers
+        stages.append((f"input pipeline ({workers} workers)", lambda: res.update(data=measure_data(cfg, s, workers))))
+    for name, run in stages:
+        t0 = time.perf_counter()
+        try:
+            run()
+            print(f"{name}: done in {time.perf_counter() - t0:.1f} s", flush=True)
+        except Exception as e:  # noqa: BLE001 - one failed measurement must not lose the others
+            res["errors"][name] = f"{type(e).__name__}: {e}"
+            print(f"{name}: FAILED after {time.perf_counter() - t0:.1f} s: {res['errors'][name]}", flush=True)
+        if res["torch"]:
+            for d in FLAGS.dtypes:
+                if d in res["train"]:
+                    res["ratios"][f"train_{d}"] = res["train"][d]["samples_per_s"] / res["torch"]["train"]["samples_per_s"]
+                if d in res["eval"]:
+                    res["ratios"][f"eval_{d}"] = res["eval"][d]["images_per_s"] / res["torch"]["eval"]["images_per_s"]
+        res["wall_s"] = time.perf_counter() - t_start
+        _write(res, out, table)
+    print()
+    print(markdown_table(res), end="")
+    print(f"\nwritten: {out}, {table}" + (f", trace in {FLAGS.profile}" if FLAGS.profile else ""))
+    if res["errors"]:
+        print(f"{len(res['errors'])} measurement(s) failed: " + "; ".join(f"{k}: {v}" for k, v in res["errors"].items()),
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main)
