@@ -301,7 +301,7 @@ def _start_trainer(tmp_path, root: str) -> tuple[subprocess.Popen, str, list[int
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, JAX_PLATFORMS="cpu"),
         )  # fmt: skip
     metrics = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + 240
+    deadline = time.time() + 480  # compilation on a busy 2-core machine
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(metrics) and any('"train"' in line for line in open(metrics)):
             break
