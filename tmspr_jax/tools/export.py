@@ -21,6 +21,14 @@ Anywhere JAX runs, without this package::
     features = exported.call(images, camids)
 
 ``<out>.json`` records what a caller needs: ``img_size``, ``mean``, ``std``, ``feature_dim``, ``flip``, ``platforms``.
+
+``--format=onnx`` writes the same function as an ONNX model (jax2onnx; ``pip install -e '.[onnx]'``) with inputs
+``images`` ``[batch, H, W, 3]`` and ``camids`` ``[batch]`` and output ``features``, the batch axis dynamic unless
+``--batch`` fixes it; outside JAX::
+
+    import onnxruntime as ort
+    session = ort.InferenceSession("tmspr.onnx")
+    features = session.run(None, {"images": images, "camids": camids})[0]
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ import ml_collections
 from tmspr_jax import inference
 from tmspr_jax.tools import cli
 
+FORMATS = ("stablehlo", "onnx")
+
 
 def export_features_fn(
     model: Any, variables: Any, img_size: Sequence[int], *, flip: bool = False, batch: int = 0,
@@ -48,6 +58,15 @@ def export_features_fn(
     """
     if batch < 0:
         raise ValueError(f"batch must be >= 0 (0 = any batch size), got {batch}")
+    features = feature_function(model, variables, flip=flip)
+    b = jax.export.symbolic_shape("b")[0] if batch == 0 else int(batch)
+    h, w = int(img_size[0]), int(img_size[1])
+    args = (jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32))
+    return jax.export.export(jax.jit(features), platforms=tuple(platforms) if platforms else None)(*args)
+
+
+def feature_function(model: Any, variables: Any, *, flip: bool = False) -> Any:
+    """``(images, camids) -> features`` with ``variables`` as constants, the function both formats export."""
     extract = inference.make_extract_fn(model, flip=flip)
     variables = jax.tree.map(jnp.asarray, variables)
     num_cameras = camera_table_size(model)
@@ -59,10 +78,36 @@ def export_features_fn(
             return jnp.where(valid[:, None], out, jnp.nan)
         return extract(variables, images, camids, jnp.ones(images.shape[:1], bool))
 
-    b = jax.export.symbolic_shape("b")[0] if batch == 0 else int(batch)
+    return features
+
+
+def _import_onnx() -> tuple[Any, Any]:
+    try:
+        import jax2onnx
+        import onnx
+    except ImportError as e:
+        raise ValueError(f"--format=onnx needs jax2onnx and onnx ({e}); install them with pip install -e '.[onnx]'"
+                         ) from e
+    return jax2onnx, onnx
+
+
+def export_onnx(model: Any, variables: Any, img_size: Sequence[int], *, flip: bool = False, batch: int = 0) -> Any:
+    """The feature function as an ONNX ``ModelProto`` (jax2onnx), weights included: inputs ``images`` float32
+    ``[batch, H, W, 3]`` and ``camids`` int32 ``[batch]``, output ``features`` float32 ``[batch, D]``; ``batch=0``
+    leaves the batch axis dynamic."""
+    if batch < 0:
+        raise ValueError(f"batch must be >= 0 (0 = any batch size), got {batch}")
+    jax2onnx, _ = _import_onnx()
+    # jax2onnx sizes the per-branch slices of a stacked batch (out[k*b:(k+1)*b]) as 0 rows when b is symbolic; the
+    # unstacked branches compute the same features from the same parameters.
+    if getattr(model, "stack_branches", False):
+        model = model.clone(stack_branches=False)
+    features = feature_function(model, variables, flip=flip)
+    b = "batch" if batch == 0 else int(batch)
     h, w = int(img_size[0]), int(img_size[1])
-    args = (jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32))
-    return jax.export.export(jax.jit(features), platforms=tuple(platforms) if platforms else None)(*args)
+    args = [jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32)]
+    return jax2onnx.to_onnx(features, args, model_name="tmspr_features", input_names=["images", "camids"],
+                            output_names=["features"])  # fmt: skip
 
 
 def camera_table_size(model: Any) -> int:
@@ -97,28 +142,42 @@ def _model_and_variables(config: ml_collections.ConfigDict, checkpoint: str, ste
 
 def export_to_file(
     config: ml_collections.ConfigDict, checkpoint: str, out: str, *, batch: int = 0,
-    platforms: Sequence[str] | None = None, step: int | None = None,
+    platforms: Sequence[str] | None = None, step: int | None = None, format: str = "stablehlo",
 ) -> str:
     """Exports ``checkpoint``'s feature function to ``out`` and its description to ``out + '.json'``; ``step``
-    picks a training workdir's checkpoint (default: the best by mAP, else the latest)."""
+    picks a training workdir's checkpoint (default: the best by mAP, else the latest); ``format`` is
+    ``'stablehlo'`` (``jax.export``) or ``'onnx'``."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if format == "onnx":
+        _import_onnx()  # a missing extra is reported before the checkpoint is read
     model, variables = _model_and_variables(config, checkpoint, step)
     flip = bool(config.eval.flip)
-    exported = export_features_fn(model, variables, config.img_size, flip=flip, batch=batch, platforms=platforms)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "wb") as f:
-        f.write(exported.serialize())
+    if format == "onnx":
+        proto = export_onnx(model, variables, config.img_size, flip=flip, batch=batch)
+        _import_onnx()[1].save_model(proto, out)
+        feature_dim = int(proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
+        platforms_done = ["onnx"]
+    else:
+        exported = export_features_fn(model, variables, config.img_size, flip=flip, batch=batch, platforms=platforms)
+        with open(out, "wb") as f:
+            f.write(exported.serialize())
+        feature_dim = int(exported.out_avals[0].shape[-1])
+        platforms_done = list(exported.platforms)
     info = {
+        "format": format,
         "img_size": [int(s) for s in config.img_size],
         "mean": [float(v) for v in config.data.mean],
         "std": [float(v) for v in config.data.std],
-        "feature_dim": int(exported.out_avals[0].shape[-1]),
+        "feature_dim": feature_dim,
         "flip": flip,
         "neck_feat": str(config.model.neck_feat),
         "part_norm": str(config.model.part_norm),
         "part_pool": str(config.model.part_pool),
         "batch": batch or "any",
         "num_cameras": camera_table_size(model),  # camids outside [0, num_cameras) give NaN rows; 0 = any id
-        "platforms": list(exported.platforms),
+        "platforms": platforms_done,
         "checkpoint": os.path.abspath(checkpoint),
     }
     with open(out + ".json", "w") as f:
@@ -145,7 +204,7 @@ def _main() -> None:
     config = cli.config_or_demo(f.config)
     platforms = [p for p in f.platforms.split(",") if p] if f.platforms else None
     path = export_to_file(config, f.checkpoint, f.out, batch=f.batch, platforms=platforms,
-                          step=f.step if f.step >= 0 else None)
+                          step=f.step if f.step >= 0 else None, format=f.format)
     with open(path + ".json") as fh:  # the description, not the (possibly large) program
         info = json.load(fh)
     shape = (info["batch"], *info["img_size"], 3)
@@ -164,4 +223,5 @@ if __name__ == "__main__":
     flags.DEFINE_integer("batch", 0, "Batch size of the program; 0 = symbolic (any batch size).")
     flags.DEFINE_integer("step", -1, "Step of a training workdir to export; -1 = the best by mAP, else the latest.")
     flags.DEFINE_string("platforms", "", "Comma-separated: cpu, cuda, rocm, tpu (default: the current backend).")
+    flags.DEFINE_enum("format", "stablehlo", list(FORMATS), "stablehlo: jax.export; onnx: jax2onnx (extra [onnx]).")
     cli.run(_main, required=["checkpoint", "out"])

@@ -216,9 +216,9 @@ def read_image(path: str) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
-def _restore_workdir(path: str) -> dict:
-    """A training workdir's (or its ``checkpoints`` folder's) variables: its best checkpoint by mAP, else the latest;
-    a damaged one falls back to the newest intact one (``tmspr_jax.checkpoints``)."""
+def _restore_workdir(path: str, step: int | None = None) -> dict:
+    """A training workdir's variables: ``step`` when given, else the best by mAP, else the latest (a damaged
+    checkpoint falls back to the newest intact one, as ``--mode=eval`` does)."""
     from tmspr_jax import checkpoints
 
     ckpt_dir = checkpoints.checkpoints_dir(path)
@@ -226,17 +226,18 @@ def _restore_workdir(path: str) -> dict:
         raise FileNotFoundError(f"--checkpoint {path!r} is neither a converted weights folder (with meta.json) nor a "
                                 "training workdir (with a checkpoints/ folder)")  # fmt: skip
     manager = checkpoints.make_manager(path, 1, read_only=True)
-    steps = checkpoints.candidate_steps(manager)
-    if not steps:
+    found = checkpoints.restore_newest_intact(manager, checkpoints.candidate_steps(manager, step))
+    if found is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-    _, state, _ = checkpoints.restore_newest_intact(manager, steps)
+    state = found[1]
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
-def load_model(config: ml_collections.ConfigDict, checkpoint: str) -> tuple[Any, dict]:
+def load_model(config: ml_collections.ConfigDict, checkpoint: str, step: int | None = None) -> tuple[Any, dict]:
     """``(model, variables)`` of a converted weights folder or a training workdir, without any dataset: the
     identity and camera counts come from ``meta.json`` or from the checkpoint's classifier and SIE table shapes.
-    Variables that do not fit the config's model raise ``ValueError`` naming the first differing key."""
+    Variables that do not fit the config's model raise ``ValueError`` naming the first differing key. ``step``
+    picks a workdir's checkpoint (default: the best by mAP, else the latest)."""
     import jax
 
     from tmspr_jax import weights
@@ -246,9 +247,11 @@ def load_model(config: ml_collections.ConfigDict, checkpoint: str) -> tuple[Any,
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--checkpoint {path!r} is not a folder (a converted weights folder or a workdir)")
     if weights.is_weights_folder(path):
+        if step is not None and step >= 0:
+            raise ValueError(f"{path}: a converted weights folder holds one set of weights; --step is for workdirs")
         variables, _ = weights.load_variables(path)
     else:
-        variables = _restore_workdir(path)
+        variables = _restore_workdir(path, step)
     params = variables["params"]
     try:
         num_classes = int(np.shape(params["classifier"]["kernel"])[-1])
@@ -396,11 +399,12 @@ def load_image_features(path: str) -> dict[str, Any]:
 
 
 def extract_images_to_file(
-    config: ml_collections.ConfigDict, checkpoint: str, images: str, out: str, **kwargs: Any
+    config: ml_collections.ConfigDict, checkpoint: str, images: str, out: str, *, step: int | None = None,
+    **kwargs: Any,
 ) -> tuple[str, Images]:
     """``--images`` mode of the command: lists, extracts and saves; returns the path and the features."""
     root, paths = list_images(images)
-    model, variables = load_model(config, checkpoint)
+    model, variables = load_model(config, checkpoint, step)
     result = extract_images(model, variables, paths, config, **kwargs)
     save_image_features(out, result, root, checkpoint=os.path.abspath(checkpoint), config_json=config.to_json())
     return out, result
@@ -414,7 +418,8 @@ def _main() -> None:
     if f.images:
         out = f.out or "features.npz"
         path, got = extract_images_to_file(config, f.checkpoint, f.images, out, camid=f.camid,
-                                           parse_names=f.parse_names, batch_size=f.batch_size)  # fmt: skip
+                                           parse_names=f.parse_names, batch_size=f.batch_size,
+                                           step=f.step if f.step >= 0 else None)  # fmt: skip
         parsed = int((got.pids >= 0).sum()) if f.parse_names else 0
         print(f"{len(got.paths)} image features ({got.features.shape[1]}-d; cameras from {parsed} release names, "
               f"--camid={f.camid} for the rest) written to {path}")  # fmt: skip
