@@ -44,7 +44,9 @@ def test_tiny_run_on_cpu_writes_every_field(tmp_path):
     out, table, prof = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "trace"
     cmd = [sys.executable, "-m", "tmspr_jax.tools.benchmark_gpu", "--tiny", "--dtypes=bfloat16", "--data_workers=0",
            f"--out={out}", f"--table={table}", f"--profile={prof}"]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    # XLA's LLVM optimisation level 0: the same program, compiled in about half the time (compilation dominates here)
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip())
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["errors"] == {} and res["settings"]["tiny"] is True and _positive(res["wall_s"])

@@ -141,7 +141,8 @@ def _peak_bytes() -> int | None:
 def _settings() -> dict[str, Any]:
     s = {"train_batch": FLAGS.train_batch, "eval_batch": FLAGS.eval_batch, "steps": FLAGS.steps,
          "warmup": FLAGS.warmup, "num_classes": FLAGS.num_classes, "num_cameras": FLAGS.num_cameras,
-         "matmul_n": FLAGS.matmul_n, "data_batches": FLAGS.data_batches, "data_images": 3000}  # fmt: skip
+         "matmul_n": FLAGS.matmul_n, "data_batches": FLAGS.data_batches, "data_images": 3000,
+         "tiny": bool(FLAGS.tiny)}  # fmt: skip
     if FLAGS.tiny:
         s.update(train_batch=8, eval_batch=8, steps=2, warmup=1, num_classes=5, num_cameras=2, matmul_n=128,
                  data_batches=2, data_images=120)  # fmt: skip
@@ -284,6 +285,8 @@ def measure_torch(cfg: Any, s: dict, inputs: dict, variables: dict) -> dict[str,
 
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
+    if s["tiny"] and not cuda:
+        torch.set_num_threads(1)  # a tiny model on a busy CPU: thread hand-offs would cost more than the work
     # The reference's AMP: float16 with a GradScaler on CUDA. On a CPU (tests) plain float32: bfloat16 autocast there
     # is emulated on most CPUs and would time the emulation.
     amp_dtype = torch.float16 if cuda else None
@@ -394,7 +397,7 @@ def markdown_table(res: dict[str, Any]) -> str:
     lines.append("")
     mm = res.get("matmul_bf16")
     if mm:
-        lines.append(f"bfloat16 matmul {mm['n']}x{mm['n']}: {mm['tflops']:.1f} TFLOP/s"
+        lines.append(f"bfloat16 matmul {mm['n']}x{mm['n']}: {mm['tflops']:.3g} TFLOP/s"
                      + (f" ({mm['fraction_of_peak']:.0%} of the {dev['peak_name']} peak)" if mm["fraction_of_peak"]
                         else " (no peak known for this device)"))  # fmt: skip
     data = res.get("data")
@@ -433,7 +436,7 @@ def main() -> None:
                    "peak_tflops": {"bfloat16": peak[1], "float32": peak[2]} if peak else None},
         "model": f"ViT depth {m.depth}, width {m.embed_dim}, heads {m.num_heads}, {cfg.img_size[0]}x{cfg.img_size[1]}, "
                  f"stride {tuple(m.stride)}, {s['num_classes']} classes",
-        "settings": dict(s, dtypes=list(FLAGS.dtypes), tiny=bool(FLAGS.tiny)),
+        "settings": dict(s, dtypes=list(FLAGS.dtypes)),
         "matmul_bf16": None, "train": {}, "eval": {}, "torch": None, "ratios": {}, "data": None,
         "profile_dir": FLAGS.profile, "wall_s": None, "errors": {},
     }  # fmt: skip
