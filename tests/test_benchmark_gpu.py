@@ -36,6 +36,13 @@ def test_peak_unknown_and_utilisation():
     assert benchmark_gpu.utilisation(5e12, 0.01, 1000.0) == pytest.approx(0.5)
 
 
+def test_goals_read_the_figures():
+    res = {"settings": {"tiny": False}, "train": {"bfloat16": {"mfu": 0.55}}, "ratios": {"train_bfloat16": 2.5},
+           "eval": {}}
+    assert list(benchmark_gpu.goals(res).values()) == [True, False, None]
+    assert set(benchmark_gpu.goals(dict(res, settings={"tiny": True})).values()) == {None}
+
+
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
@@ -67,6 +74,7 @@ def test_tiny_run_on_cpu_writes_every_field(tmp_path):
     assert res["ratios"]["train_bfloat16"] == pytest.approx(train["samples_per_s"] / torch_res["train"]["samples_per_s"])
     assert res["ratios"]["eval_bfloat16"] == pytest.approx(ev["images_per_s"] / torch_res["eval"]["images_per_s"])
     assert res["data"]["workers"] == 0 and _positive(res["data"]["samples_per_s"])
+    assert len(res["goals"]) == 3 and set(res["goals"].values()) == {None}  # goals are for ViT-B on a GPU
     # the trace for TensorBoard's profile plugin
     assert any(name.endswith(".xplane.pb") for _, _, files in os.walk(prof) for name in files)
     md = table.read_text()

@@ -30,28 +30,23 @@ takes about 5-8 minutes on an H100-class GPU, most of it compilation.
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import sys
+import time
+from typing import Any, Callable
 
-# Before any JAX backend starts: allocate as needed, so the device's peak bytes in use mean something and the PyTorch
-# oracle can run in the same process.
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
 
-import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from typing import Any, Callable  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-
-from tmspr_jax import optim  # noqa: E402
-from tmspr_jax.config import get_base_config  # noqa: E402
-from tmspr_jax.tools import cli  # noqa: E402
-from tmspr_jax.tools.benchmark import _time  # noqa: E402
-from tmspr_jax.train import TrainState, make_train_step  # noqa: E402
+from tmspr_jax import optim
+from tmspr_jax.config import get_base_config
+from tmspr_jax.tools import cli
+from tmspr_jax.tools.benchmark import _time
+from tmspr_jax.train import TrainState, make_train_step
 
 FLAGS = flags.FLAGS
 
@@ -400,11 +395,35 @@ def markdown_table(res: dict[str, Any]) -> str:
         lines.append(f"bfloat16 matmul {mm['n']}x{mm['n']}: {mm['tflops']:.3g} TFLOP/s"
                      + (f" ({mm['fraction_of_peak']:.0%} of the {dev['peak_name']} peak)" if mm["fraction_of_peak"]
                         else " (no peak known for this device)"))  # fmt: skip
+    for name, met in (res.get("goals") or {}).items():
+        lines.append(f"Goal {name}: {'met' if met else 'not met' if met is not None else 'not measured'}.")
     data = res.get("data")
     if data:
         lines.append(f"Input pipeline: {data['samples_per_s']:.0f} samples/s with {data['workers']} worker processes "
                      f"on {data['host_cores']} host cores.")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+GOALS = (
+    ("training bfloat16: model FLOP utilisation >= 50%", ("train", "bfloat16", "mfu"), 0.5),
+    ("training bfloat16: >= 3x the PyTorch oracle with AMP", ("ratios", "train_bfloat16"), 3.0),
+    ("test feature bfloat16: >= 6,000 images/s", ("eval", "bfloat16", "images_per_s"), 6000.0),
+)
+
+
+def goals(res: dict[str, Any]) -> dict[str, bool | None]:
+    """Each speed goal (for ViT-B on an H100-class GPU) met (True/False), or None where its figure is missing (no
+    peak known, no oracle) or the model is the tiny one."""
+    out = {}
+    for name, path, least in GOALS:
+        if res["settings"].get("tiny"):
+            out[name] = None
+            continue
+        v: Any = res
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        out[name] = None if v is None else bool(v >= least)
+    return out
 
 
 def _write(res: dict[str, Any], out: str, table: str) -> None:
@@ -483,6 +502,7 @@ def main() -> None:
                 if d in res["eval"]:
                     res["ratios"][f"eval_{d}"] = res["eval"][d]["images_per_s"] / res["torch"]["eval"]["images_per_s"]
         res["wall_s"] = time.perf_counter() - t_start
+        res["goals"] = goals(res)
         _write(res, out, table)
     print()
     print(markdown_table(res), end="")
@@ -494,5 +514,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # Before the JAX backend starts (at the first device query): allocate as needed, so the device's peak bytes in use
+    # mean something and the PyTorch oracle can run in the same process.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     define_flags()
     cli.run(main)
