@@ -128,7 +128,8 @@ def eval_reid(
         raise ValueError(f"eval_reid: max_rank must be >= 1, got {max_rank}")
     max_rank = int(max_rank)
     if num_g < max_rank:
-        warnings.warn(f"eval_reid: gallery has only {num_g} items; max_rank {max_rank} clipped to {num_g}", stacklevel=2)
+        warnings.warn(f"eval_reid: gallery has only {num_g} items; max_rank {max_rank} clipped to {num_g}",
+                      stacklevel=2)
         max_rank = num_g
 
     groups = _pid_groups(g_pids)
@@ -169,7 +170,8 @@ def eval_reid(
         cmc_sum += np.sum(first_hit[:, None] <= ranks[None, :], axis=0)
         num_valid += int(valid.sum())
         if per_query:
-            for key, value in (("index", s + np.flatnonzero(valid)), ("ap", ap), ("inp", inp), ("first_hit", first_hit)):
+            values = {"index": s + np.flatnonzero(valid), "ap": ap, "inp": inp, "first_hit": first_hit}
+            for key, value in values.items():
                 collected[key].append(value)
     if num_valid == 0:
         raise ValueError("eval_reid: no query identity appears in the gallery (under another camera); nothing to score")

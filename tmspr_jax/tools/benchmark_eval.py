@@ -32,7 +32,8 @@ import platform
 import statistics
 import time
 import tracemalloc
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from absl import flags
@@ -217,7 +218,7 @@ def main() -> None:
             sec = time.perf_counter() - t0
             ref = res if ref is None else ref
             _check_agree(name, res, ref)
-            mb = _peak_mb(lambda: fn(*args, max_rank=FLAGS.max_rank))
+            mb = _peak_mb(lambda fn=fn: fn(*args, max_rank=FLAGS.max_rank))
             print(f"{name:<28} {sec:>9.3f} {mb:>14.1f}")
 
 
