@@ -71,7 +71,8 @@ def test_tiny_run_on_cpu_writes_every_field(tmp_path):
     torch_res = res["torch"]
     assert _positive(torch_res["train"]["samples_per_s"]) and _positive(torch_res["eval"]["images_per_s"])
     assert torch_res["amp_dtype"] is None  # no autocast on a CPU
-    assert res["ratios"]["train_bfloat16"] == pytest.approx(train["samples_per_s"] / torch_res["train"]["samples_per_s"])
+    torch_rate = torch_res["train"]["samples_per_s"]
+    assert res["ratios"]["train_bfloat16"] == pytest.approx(train["samples_per_s"] / torch_rate)
     assert res["ratios"]["eval_bfloat16"] == pytest.approx(ev["images_per_s"] / torch_res["eval"]["images_per_s"])
     assert res["data"]["workers"] == 0 and _positive(res["data"]["samples_per_s"])
     assert len(res["goals"]) == 3 and set(res["goals"].values()) == {None}  # goals are for ViT-B on a GPU

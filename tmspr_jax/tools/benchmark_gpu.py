@@ -35,7 +35,8 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -271,7 +272,19 @@ def measure_eval(cfg: Any, dtype: str, s: dict, inputs: dict, variables: dict, p
 # ------------------------------------------------------------------------------------------------ the oracle
 def measure_torch(cfg: Any, s: dict, inputs: dict, variables: dict) -> dict[str, Any]:
     """The PyTorch oracle with autocast: training step (reference loss, SGD) and the four-view test feature, with
-    the JAX model's weights."""
+    the JAX model's weights. Its memory goes back to the device afterwards."""
+    import gc
+
+    import torch
+
+    out = _measure_torch(cfg, s, inputs, variables)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
+
+
+def _measure_torch(cfg: Any, s: dict, inputs: dict, variables: dict) -> dict[str, Any]:
     import torch
 
     from convert_weights.mapping import variables_to_reference
@@ -328,9 +341,6 @@ def measure_torch(cfg: Any, s: dict, inputs: dict, variables: dict) -> dict[str,
         "eval": {"batch_s": eval_s, "images_per_s": s["eval_batch"] / eval_s},
         "peak_bytes_allocated": int(torch.cuda.max_memory_allocated()) if cuda else None,
     }  # fmt: skip
-    del model, opt, views, images
-    if cuda:
-        torch.cuda.empty_cache()
     return out
 
 
@@ -450,7 +460,8 @@ def main() -> None:
     res: dict[str, Any] = {
         "device": {"platform": d0.platform, "device_kind": kind, "device_count": jax.device_count(),
                    "jax_version": jax.__version__,
-                   "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"), "host": platform.processor() or platform.machine(),
+                   "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
+                   "host": platform.processor() or platform.machine(),
                    "host_cores": os.cpu_count(), "peak_name": peak[0] if peak else None,
                    "peak_tflops": {"bfloat16": peak[1], "float32": peak[2]} if peak else None},
         "model": f"ViT depth {m.depth}, width {m.embed_dim}, heads {m.num_heads}, {cfg.img_size[0]}x{cfg.img_size[1]}, "
@@ -497,10 +508,11 @@ def main() -> None:
             print(f"{name}: FAILED after {time.perf_counter() - t0:.1f} s: {res['errors'][name]}", flush=True)
         if res["torch"]:
             for d in FLAGS.dtypes:
+                tr, ev = res["torch"]["train"]["samples_per_s"], res["torch"]["eval"]["images_per_s"]
                 if d in res["train"]:
-                    res["ratios"][f"train_{d}"] = res["train"][d]["samples_per_s"] / res["torch"]["train"]["samples_per_s"]
+                    res["ratios"][f"train_{d}"] = res["train"][d]["samples_per_s"] / tr
                 if d in res["eval"]:
-                    res["ratios"][f"eval_{d}"] = res["eval"][d]["images_per_s"] / res["torch"]["eval"]["images_per_s"]
+                    res["ratios"][f"eval_{d}"] = res["eval"][d]["images_per_s"] / ev
         res["wall_s"] = time.perf_counter() - t_start
         res["goals"] = goals(res)
         _write(res, out, table)
@@ -508,8 +520,8 @@ def main() -> None:
     print(markdown_table(res), end="")
     print(f"\nwritten: {out}, {table}" + (f", trace in {FLAGS.profile}" if FLAGS.profile else ""))
     if res["errors"]:
-        print(f"{len(res['errors'])} measurement(s) failed: " + "; ".join(f"{k}: {v}" for k, v in res["errors"].items()),
-              file=sys.stderr)
+        failed = "; ".join(f"{k}: {v}" for k, v in res["errors"].items())
+        print(f"{len(res['errors'])} measurement(s) failed: {failed}", file=sys.stderr)
         sys.exit(1)
 
 
