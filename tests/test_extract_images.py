@@ -93,7 +93,8 @@ def test_image_features_equal_the_evaluations(tiny, tmp_path):
     fn = inference.make_extract_fn(model, flip=bool(cfg.eval.flip))
     from tmspr_jax.data import views
 
-    images = np.stack([views.eval_view(extract.read_image(p), cfg.img_size, cfg.data.mean, cfg.data.std) for p in paths])
+    mean, std = cfg.data.mean, cfg.data.std
+    images = np.stack([views.eval_view(extract.read_image(p), cfg.img_size, mean, std) for p in paths])
     for lo, hi in ((0, 4), (4, 6)):
         want = fn(variables, images[lo:hi], got.camids[lo:hi].astype(np.int32), np.ones(hi - lo, bool))
         np.testing.assert_allclose(small.features[lo:hi], np.asarray(want), rtol=1e-5, atol=1e-5)

@@ -105,7 +105,8 @@ def test_command_line_search_and_benchmark(tiny, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1 queries ranked against 18 gallery images (features extracted and cached)" in r.stdout
-    assert (tmp_path / "c.npz").exists() and len(json.loads((tmp_path / "o" / "results.json").read_text())[0]["results"]) == 4
+    listed = json.loads((tmp_path / "o" / "results.json").read_text())[0]["results"]
+    assert (tmp_path / "c.npz").exists() and len(listed) == 4
     r = subprocess.run([sys.executable, "-m", "tmspr_jax.tools.search", "--benchmark=2000", "--benchmark_dim=64"],
                        capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)  # fmt: skip
     assert r.returncode == 0 and "gallery 2000 x 64 float32" in r.stdout and "one query:" in r.stdout, r.stderr[-2000:]

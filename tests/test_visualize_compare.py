@@ -70,7 +70,7 @@ def test_comparison_picture_has_both_lists_with_their_frames(tmp_path):
     img = np.asarray(Image.open(paths[0]).convert("RGB"))
     cell, row_h = 8 + 8, 16 + 8 + 12
     assert img.shape == (2 * (14 + row_h) + 8, cell * 4 + 12, 3)
-    for top, (name, y) in enumerate((("good", 14), ("bad", 14 + row_h + 8 + 14))):
+    for name, y in (("good", 14), ("bad", 14 + row_h + 8 + 14)):
         assert tuple(img[y, 0]) == vis.QUERY
         for r, gname in enumerate(summary[0][name]["top"]):
             colour = vis.MATCH if int(gname[1]) // 2 == 1 else vis.MISMATCH  # g2, g3 are identity 1

@@ -82,7 +82,9 @@ def load_features(path: str) -> dict[str, Any]:
         out = {k: f[k] for k in f.files}
     for key in ("dataset",) + tuple(f"{s}_{k}" for s in SPLITS for k in _PER_SPLIT):
         if key not in out:
-            raise ValueError(f"{path}: not a features file from tmspr_jax.tools.extract (no {key!r}; has {sorted(out)})")
+            raise ValueError(
+                f"{path}: not a features file from tmspr_jax.tools.extract (no {key!r}; has {sorted(out)})"
+            )
     for key in ("dataset", "checkpoint", "config"):
         if key in out:
             out[key] = str(out[key])

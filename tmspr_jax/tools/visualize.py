@@ -183,8 +183,9 @@ def align_features(features: dict[str, Any], other: dict[str, Any], what: str = 
         theirs = {str(n): i for i, n in enumerate(other[f"{split}_file_names"])}
         missing = [n for n in mine if n not in theirs]
         if missing or len(theirs) != len(mine):
+            first = missing[0] if missing else "-"
             raise ValueError(f"{what}: its {split} files differ from --features' ({len(theirs)} against {len(mine)}; "
-                             f"first missing: {missing[0] if missing else '-'}); extract both on the same split")  # fmt: skip
+                             f"first missing: {first}); extract both on the same split")  # fmt: skip
         order = np.asarray([theirs[n] for n in mine], np.int64)
         for key in ("features", "pids", "camids", "file_names"):
             out[f"{split}_{key}"] = np.asarray(other[f"{split}_{key}"])[order]
@@ -209,7 +210,9 @@ def difference_order(ap_a: np.ndarray, ap_b: np.ndarray, top_a: np.ndarray, top_
     return np.lexsort((shared, -diff))
 
 
-def render_comparison(rows: Sequence[Image.Image], titles: Sequence[str], *, band: int = 14, gap: int = 8) -> Image.Image:
+def render_comparison(
+    rows: Sequence[Image.Image], titles: Sequence[str], *, band: int = 14, gap: int = 8
+) -> Image.Image:
     """Ranked-list rows one above the other, each under its title."""
     if len(rows) != len(titles):
         raise ValueError(f"render_comparison: {len(rows)} rows but {len(titles)} titles")
