@@ -20,7 +20,7 @@ from convert_weights.readers import CheckpointError, is_weight_file, read_checkp
 from convert_weights.timm import is_timm_vit, is_vit_jax, timm_to_reference, vit_jax_to_timm
 from convert_weights.tmspr import BOTTLENECKS, CLASSIFIERS, default_counts, init_heads, sie_rows, tmspr_to_reference
 from tmspr_jax.models import build_model
-from tmspr_jax.weights import KINDS, META_FILE, WeightsError, load_variables, model_meta, refuse_local_mlp
+from tmspr_jax.weights import KINDS, META_FILE, WeightsError, load_variables, model_meta
 
 MODES = ("timm", "tmspr", "auto")
 
@@ -39,7 +39,6 @@ def convert_file(path: str, model_cfg: Any, img_size: Sequence[int], rng: jax.Ar
         raise ValueError(f"convert_file: mode={mode!r}, expected one of {MODES}")
     img_size = tuple(int(s) for s in img_size)
     # Refused before the file is read and converted (a ViT-B checkpoint is 350 MB); building the module is cheap.
-    refuse_local_mlp(build_model(model_cfg, img_size, 1, 0), path)
     state = read_checkpoint(path)
     if mode == "auto":
         mode = "tmspr" if "base.cls_token" in state or "classifier.weight" in state else "timm"
@@ -92,7 +91,6 @@ def _from_folder(path: str, model_cfg: Any, img_size: tuple[int, int], num_class
                  rng: jax.Array) -> dict:
     variables, meta = load_variables(path)
     model = build_model(model_cfg, img_size, num_classes, num_cameras)
-    refuse_local_mlp(model, path)
     want = model_meta(model)
     kind = meta.get("kind")
     if kind not in KINDS:

@@ -100,11 +100,16 @@ def init_heads(model: Any, rng: jax.Array, names: tuple[str, ...] | None = None)
 
     ``base.sie_embed`` N(0, 0.02^2) (trunc_normal with absolute cut-offs, docs/reference.md §2.4);
     ``linear_layer.weight`` N(0, 1e-4^2); classifiers N(0, 0.001^2); BNNecks weight 1, bias 0, running mean 0, running
-    var 1. ``names`` restricts the result to those modules (e.g. only T-MSPR's extra heads for a TransReID checkpoint).
+    var 1. Modules the model lacks are left out; ``names`` restricts the result further to those modules (e.g. only T-MSPR's extra heads for a TransReID checkpoint).
     """
+    from tmspr_jax.models import init_variables
+
     d, c = int(model.embed_dim), int(model.num_classes)
     out: dict[str, np.ndarray] = {}
-    want = (lambda n: True) if names is None else (lambda n: n in names)
+    # Only modules the configured model has (the TransReID baseline has no T-MSPR heads: model.perception etc.).
+    params = jax.eval_shape(lambda r: init_variables(model, r), jax.random.key(0))["params"]
+    has = {"linear_layer" if k == "part_head" else k for k in params} | {"base.sie_embed"}
+    want = lambda n: n in has and (names is None or n in names)  # noqa: E731
     rows = sie_rows(model)
     if rows and want("base.sie_embed"):
         out["base.sie_embed"] = _normal(rng, "base.sie_embed", (rows, 1, d), SIE_STD)

@@ -7,6 +7,8 @@ positive BN running statistics) are mapped with ``convert_weights.mapping`` into
 
 from __future__ import annotations
 
+import types
+
 import jax
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import torch
 from convert_weights.mapping import reference_to_variables, variables_to_reference
 from model_utils import model_config, randomize_reference_state, rel_err
 from tmspr_jax.models import TMSPR, build_model
+from tmspr_jax.models.outputs import reference_order
 from tmspr_jax.oracles.tmspr import build_torch_model, load_numpy_state, state_dict_numpy
 
 IMG = (256, 128)
@@ -88,6 +91,11 @@ def _design_part_head(views, camids):
     return edit
 
 
+def _reference_lists(out) -> types.SimpleNamespace:
+    logits, feats = reference_order(out)
+    return types.SimpleNamespace(logits=logits, feats=feats)
+
+
 def test_training_outputs_match_oracle_full_vit_b():
     # drop_path 0 so both sides are deterministic; torch in train mode so the BNNecks use batch statistics.
     cfg = model_config(drop_path=0.0)
@@ -101,6 +109,7 @@ def test_training_outputs_match_oracle_full_vit_b():
         scores, feats = oracle(*(_to_torch(views[:, v]) for v in range(4)), torch.from_numpy(camids).long())
     apply = jax.jit(lambda v, x, c: model.apply(v, x, c, train=True, mutable=["batch_stats"]))
     out, updates = apply(variables, views, camids)
+    out = _reference_lists(out)
     assert len(out.logits) == 15 and len(out.feats) == 18
     recovered = (feats[2] != feats[3]).any(-1).numpy()  # [B, 5]: parts taken from the nearest neighbour
     assert 3 <= recovered.sum() <= 15, recovered  # the recovery path is exercised, not the identity

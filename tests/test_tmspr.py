@@ -4,6 +4,7 @@ bfloat16, stochastic depth, visibility/recovery, remat."""
 from __future__ import annotations
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +13,9 @@ import pytest
 
 from model_utils import TINY_IMG, rel_err, tiny_config
 from tmspr_jax.models import TMSPR, build_model, init_variables
-from tmspr_jax.models.tmspr import (PART_BIAS_EPS, nearest_neighbour, part_minmax, recover_parts, shuffle_unit,
-                                    visibility)
+from tmspr_jax.models.branches import (PART_BIAS_EPS, nearest_neighbour, part_minmax, recover_parts, shuffle_unit,
+                                       visibility)
+from tmspr_jax.models.outputs import reference_order
 
 C, CAMS, D = 7, 3, 64
 
@@ -42,11 +44,17 @@ def _views(b: int, seed: int = 0) -> np.ndarray:
 CAMIDS = np.array([0, 1, 2, 1, 0], np.int32)
 
 
+def _ref(out) -> types.SimpleNamespace:
+    """The training outputs as the reference's lists: ``.logits`` (15) and ``.feats`` (18)."""
+    logits, feats = reference_order(out)
+    return types.SimpleNamespace(logits=logits, feats=feats)
+
+
 def _train(model, variables, views, camids, rng=None):
     rngs = {} if rng is None else {"drop_path": rng}
     out, _ = jax.jit(lambda v, x, c: model.apply(v, x, c, train=True, mutable=["batch_stats"], rngs=rngs))(
         variables, views, camids)
-    return out
+    return _ref(out)
 
 
 def _extract(model, variables, images, camids, valid=None):
@@ -110,30 +118,6 @@ def test_build_model_rejects_bad_config(key, value, match):
         build_model(tiny_config(**{key: value}), TINY_IMG, C, CAMS)
 
 
-def test_local_mlp_adds_mixing_to_the_backbone_only_and_trains():
-    model = _model(local_mlp=True)
-    v = init_variables(model, jax.random.key(0))
-
-    def param_paths(params) -> list[str]:
-        return sorted(jax.tree_util.keystr(path, simple=True, separator="/")
-                      for path, _ in jax.tree_util.tree_leaves_with_path(params))
-
-    paths = param_paths(v["params"])
-    # depth 2: one backbone block; b1 and b2 (copies of the last block) run on token subsets, without a grid
-    assert [p for p in paths if p.endswith("dw_kernel")] == ["backbone/blocks_0/mlp/dw_kernel"]
-    assert [p for p in paths if not p.endswith("dw_kernel")] == param_paths(
-        init_variables(_model(), jax.random.key(0))["params"])
-
-    def loss(params):
-        out, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, _views(4),
-                             np.zeros(4, np.int32), train=True, mutable=["batch_stats"])
-        return sum(jnp.sum(x ** 2) for x in out.logits)
-
-    grads = jax.grad(loss)(v["params"])
-    g = grads["backbone"]["blocks_0"]["mlp"]["dw_kernel"]
-    assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).max()) > 0
-
-
 def test_cosine_classifier_gives_cosines_with_the_linear_parameter_layout():
     linear, cosine = _model(), _model(classifier="cosine")
     assert (linear.classifier_kind, cosine.classifier_kind) == ("linear", "cosine")
@@ -177,7 +161,7 @@ def test_extract_equals_eval_slice_of_full_forward():
     img = _views(4)[:, 0]
     views = np.repeat(img[:, None], 4, axis=1)  # the reference's test path: the same image as all four views
     m = _model()
-    full = jax.jit(lambda v, x, c: m.apply(v, x, c, train=False))(v, views, CAMIDS[:4])
+    full = _ref(jax.jit(lambda v, x, c: m.apply(v, x, c, train=False))(v, views, CAMIDS[:4]))
     want = np.concatenate([full.feats[0], *full.feats[7:11], *full.feats[13:18]], axis=-1)
     got = _extract(m, v, img, CAMIDS[:4])
     assert got.shape == (4, 10 * D)
@@ -192,7 +176,7 @@ def test_neck_feat_after_is_bn_global_and_quartered_jpm():
     v = {"params": v["params"], "batch_stats": stats}
     m = _model(neck_feat="after")
     got = _extract(m, v, img, CAMIDS[:3])
-    full = m.apply(v, np.repeat(img[:, None], 4, axis=1), CAMIDS[:3], train=False)
+    full = _ref(m.apply(v, np.repeat(img[:, None], 4, axis=1), CAMIDS[:3], train=False))
     p, s = v["params"], v["batch_stats"]
 
     def bn(x, name):
@@ -252,8 +236,8 @@ def test_drop_path_randomness_train_only():
     np.testing.assert_array_equal(a.feats[0], a2.feats[0])
     e1 = _extract(m, v, views[:, 0], CAMIDS[:3])
     np.testing.assert_array_equal(e1, _extract(m, v, views[:, 0], CAMIDS[:3]))
-    ev = m.apply(v, views, CAMIDS[:3], train=False)  # eval needs no drop_path rng and is deterministic
-    np.testing.assert_array_equal(ev.feats[0], m.apply(v, views, CAMIDS[:3], train=False).feats[0])
+    ev = _ref(m.apply(v, views, CAMIDS[:3], train=False))  # eval needs no drop_path rng and is deterministic
+    np.testing.assert_array_equal(ev.feats[0], _ref(m.apply(v, views, CAMIDS[:3], train=False)).feats[0])
     bound = m.bind(v)
     assert bound.b1.drop_path == bound.b2.drop_path == 0.5  # b1/b2 copy the last block: rate = drop_path
     assert [blk.drop_path for blk in bound.backbone.blocks] == [0.0]
@@ -266,6 +250,7 @@ def test_remat_same_outputs_and_gradients(part_pool):
     def loss(params, model):
         out, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, views, cams, train=True,
                              mutable=["batch_stats"])
+        out = _ref(out)
         return sum(jnp.sum(l ** 2) for l in out.logits) + jnp.sum(out.feats[11] ** 2)
 
     def n_remat(model):
@@ -370,8 +355,8 @@ def test_flip_test_feature_is_mirror_invariant_mean(neck_feat):
 def _part_features(model, variables, tokens):
     """``(logits, [six part features], b2 cls on the plain tokens)`` for backbone tokens ``[B, 1+L, D]``."""
     def f(m, x):
-        logits, parts = m._parts(x, range(6), False, None)
-        return logits, parts, m._b2_cls([x], False)[0]
+        logits, parts = m.hspm(x, range(6), False, None)
+        return logits, parts, m.b2.cls(x, train=False)[0]
     return model.apply(variables, tokens, method=f)
 
 
@@ -414,7 +399,7 @@ def test_attention_part_pool_pools_each_parts_patches():
 
     def b2_weighted(mdl, tokens, weights):
         bias = jnp.log(jnp.concatenate([jnp.ones((3, 1)), weights], axis=1))
-        return mdl._b2_cls([tokens], False, [bias])[0]
+        return mdl.b2.cls(tokens, train=False, key_bias=bias[None])[0]
 
     np.testing.assert_allclose(parts[2], m.apply(v, x, w + PART_BIAS_EPS, method=b2_weighted), rtol=1e-5, atol=1e-6)
     # a 0/1 attention pools the chosen patches only: the same as b2 on the cls token and those patches
@@ -422,7 +407,7 @@ def test_attention_part_pool_pools_each_parts_patches():
     keep[:, [0, 4, 5, 11, 20]] = 1.0
     masked = m.apply(v, x, keep, method=b2_weighted)
     subset = m.apply(v, np.concatenate([x[:, :1], x[:, 1:][:, [0, 4, 5, 11, 20]]], axis=1),
-                     method=lambda mdl, t: mdl._b2_cls([t], False)[0])
+                     method=lambda mdl, t: mdl.b2.cls(t, train=False)[0])
     np.testing.assert_allclose(masked, subset, rtol=1e-4, atol=1e-5)
 
 
@@ -440,7 +425,7 @@ def test_part_norm_none_is_the_softmax_of_the_raw_logits():
     logits, parts, _ = _part_features(m, v, x)
     w = np.asarray(jax.nn.softmax(logits, axis=-1)[..., 3]).reshape(3, -1)
     bias = np.log(np.concatenate([np.ones((3, 1)), w + PART_BIAS_EPS], axis=1))
-    ref = m.apply(v, x, bias, method=lambda mdl, t, kb: mdl._b2_cls([t], False, [kb])[0])
+    ref = m.apply(v, x, bias, method=lambda mdl, t, kb: mdl.b2.cls(t, train=False, key_bias=kb[None])[0])
     np.testing.assert_allclose(parts[3], ref, rtol=1e-5, atol=1e-6)
     # per image: a batch-mate does not change it
     other = x.copy()

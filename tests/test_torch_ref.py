@@ -10,6 +10,7 @@ import torch
 from convert_weights.mapping import MappingError, reference_to_variables, variables_to_reference
 from model_utils import TINY_IMG, randomize_reference_state, rel_err, tiny_config
 from tmspr_jax.models import TMSPR, build_model
+from tmspr_jax.models.outputs import reference_order
 from tmspr_jax.oracles.tmspr import (REFERENCE_UNUSED_KEYS_PATTERNS, build_torch_model, load_numpy_state,
                                         state_dict_numpy, strip_unused)
 
@@ -106,7 +107,8 @@ def test_tiny_oracle_parity_variants(overrides):
     assert got_eval.shape == ref_eval.shape
     assert rel_err(got_eval, ref_eval) <= 1e-5
     out, _ = model.apply(variables, views, cams, train=True, mutable=["batch_stats"])
-    for a, r in zip(out.logits + out.feats, scores + feats):
+    logits, outs = reference_order(out)
+    for a, r in zip(logits + outs, scores + feats):
         assert rel_err(a, r.numpy()) <= 1e-4
 
 

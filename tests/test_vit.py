@@ -138,66 +138,6 @@ def test_sincos_start_keeps_the_parameter_tree_and_trains():
         _vit(pos_embed_init="learned").init(jax.random.key(0), *args)
 
 
-def _gelu(x):
-    from scipy.special import erf
-
-    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
-
-
-def test_local_mlp_mixes_each_patch_with_its_3x3_neighbours():
-    gh, gw, dim, hidden = 3, 2, 5, 8
-    x = np.random.default_rng(0).standard_normal((2, 1 + gh * gw, dim)).astype(np.float32)
-    mlp = Mlp(hidden, dim, local_grid=(gh, gw))
-    params = mlp.init(jax.random.key(0), x)["params"]
-    params["dw_kernel"] = jax.random.normal(jax.random.key(1), (3, 3, hidden))  # not the small start
-    got = np.asarray(mlp.apply({"params": params}, x), np.float64)
-    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
-    h = _gelu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"])
-    want_h = h.copy()
-    for b in range(2):
-        for y in range(gh):
-            for xx in range(gw):
-                acc = np.zeros(hidden)
-                for dy in (-1, 0, 1):
-                    for dx in (-1, 0, 1):
-                        if 0 <= y + dy < gh and 0 <= xx + dx < gw:  # zero padding outside the grid
-                            acc += p["dw_kernel"][dy + 1, dx + 1] * h[b, 1 + (y + dy) * gw + xx + dx]
-                want_h[b, 1 + y * gw + xx] += _gelu(acc)
-    want = want_h @ p["fc2"]["kernel"] + p["fc2"]["bias"]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    # The cls row (token 0) is the plain MLP's.
-    plain = np.asarray(Mlp(hidden, dim).apply({"params": {k: params[k] for k in ("fc1", "fc2")}}, x))
-    np.testing.assert_allclose(got[:, 0], plain[:, 0], rtol=1e-6, atol=1e-6)
-    assert np.abs(got[:, 1:] - plain[:, 1:]).max() > 1e-3  # the patches do mix (float noise is ~1e-7)
-    with pytest.raises(ValueError, match=r"1 \+ 3x2 tokens, got 6"):
-        mlp.apply({"params": params}, x[:, 1:])
-
-
-def test_local_mlp_is_local_and_only_in_the_backbone_blocks():
-    vit = _vit(local_mlp=True)
-    gh, gw = vit.grid
-    args = (np.zeros((1, 48, 40, 3), np.float32), np.zeros(1, int))
-    params = vit.init(jax.random.key(0), *args)["params"]
-    assert all(params[f"blocks_{i}"]["mlp"]["dw_kernel"].shape == (3, 3, 128) for i in range(2))  # depth-1 blocks
-    plain = _vit().init(jax.random.key(0), *args)["params"]
-    assert "dw_kernel" not in plain["blocks_0"]["mlp"]
-    # One block: a change to one patch token reaches, through the MLP's mixing, only its 3x3 neighbourhood (the
-    # attention mixes everything, so the block is run on an MLP-only path by comparing against the plain MLP).
-    mlp = Mlp(128, 32, local_grid=(gh, gw))
-    mp = {"params": params["blocks_0"]["mlp"]}
-    x = np.random.default_rng(1).standard_normal((1, 1 + gh * gw, 32)).astype(np.float32)
-    x2 = x.copy()
-    y0, x0 = 2, 1
-    x2[0, 1 + y0 * gw + x0] += 1.0
-    diff = np.abs(np.asarray(mlp.apply(mp, x2)) - np.asarray(mlp.apply(mp, x))).max(-1)[0]
-    changed = {(int(i - 1) // gw, int(i - 1) % gw) for i in np.nonzero(diff > 1e-6)[0]}
-    assert 0 not in np.nonzero(diff > 1e-6)[0]  # the cls token does not see the patches through the MLP
-    assert changed == {(y, xx) for y in range(y0 - 1, y0 + 2) for xx in range(x0 - 1, x0 + 2)
-                       if 0 <= y < gh and 0 <= xx < gw}
-    grads = jax.grad(lambda p: jnp.sum(vit.apply({"params": p}, *args) ** 2))(params)
-    assert float(jnp.abs(grads["blocks_0"]["mlp"]["dw_kernel"]).max()) > 0
-
-
 def test_drop_path_rates_linspace():
     r = drop_path_rates(0.1, 12)
     assert r[0] == 0.0 and abs(r[11] - 0.1) < 1e-12 and abs(r[1] - 0.1 / 11) < 1e-12

@@ -131,20 +131,6 @@ def test_load_pretrained_trained_folder_checks_counts_and_grid(npz_path, tmp_pat
         load_pretrained(str(tmp_path / "t"), cfg12.model, cfg12.img_size, 6, 4, jax.random.key(0))
 
 
-def test_local_mlp_models_refuse_pytorch_weights(npz_path, tmp_path):
-    cfg = tiny_config()
-    variables, meta, _ = convert_file(npz_path, cfg.model, cfg.img_size, jax.random.key(0))
-    save_variables(str(tmp_path / "in"), variables, meta)
-    cfg.model.local_mlp = True
-    for source, load in (
-        ("vit.npz", lambda: load_pretrained(npz_path, cfg.model, cfg.img_size, 6, 4, jax.random.key(0))),
-        ("vit.npz", lambda: convert_file(npz_path, cfg.model, cfg.img_size, jax.random.key(0))),
-        ("in", lambda: load_pretrained(str(tmp_path / "in"), cfg.model, cfg.img_size, 6, 4, jax.random.key(0))),
-    ):
-        with pytest.raises(WeightsError, match=rf"{source}'.*local_mlp=True.*training from scratch"):
-            load()
-
-
 def test_load_pretrained_bad_paths(tmp_path):
     cfg = tiny_config()
     with pytest.raises(FileNotFoundError, match="nope.npz"):

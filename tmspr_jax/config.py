@@ -54,7 +54,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # 'batch' = reference (min-max over the whole batch); 'sample' = per image; 'none' = softmax of the raw logits
     m.part_norm = "batch"
     # 'scale' = reference (patch tokens times the part attention: b2's LayerNorm undoes it, so the six part features
-    # are one vector); 'attention' = log attention added to b2's attention scores (see tmspr.PART_POOLS)
+    # are one vector); 'attention' = log attention added to b2's attention scores (see models.branches.PART_POOLS)
     m.part_pool = "scale"
     m.neck_feat = "before"  # eval feature: 'before' (7680-d) or 'after' (3840-d)
     # 'linear' = the reference's classifiers; 'cosine' = cosine similarities, for loss.id_loss other than 'softmax'
@@ -62,13 +62,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params, norms, softmax, losses stay f32)
     m.remat = False  # rematerialise each transformer block in the backward pass
     m.stack_branches = True  # run views / JPM groups / part sequences as stacked batches (same result)
+    # The paper's three additions to TransReID, each switchable for the ablation (configs/occ_duke_ablation_*.py):
+    m.multi_view = True  # the four training views (False: the based view only)
+    m.perception = True  # HSPM: part head, part features, segmentation loss (False: no parsing targets needed)
+    m.recovery = True  # HSRM: recovered-part feature and reconstruction loss (needs perception)
     m.pretrained = ""  # ImageNet ViT: .pth / .npz / .safetensors / converted orbax folder
     # Start of the position embedding when it is not loaded: 'normal' (the reference's N(0, 0.02)) or 'sincos'
     # (2-D sine-cosine codes, for training from scratch; see tmspr_jax.models.vit.sincos_embedding).
     m.pos_embed_init = "normal"
-    # LocalViT's depthwise 3x3 convolution of the patch tokens inside the backbone blocks' MLPs: a locality prior for
-    # training from scratch. Not in the reference, so ImageNet and T-MSPR checkpoints cannot be loaded with it.
-    m.local_mlp = False
 
     # ---------------------------------------------------------------- data (docs/reference.md §1, §11)
     d = c.data = ml_collections.ConfigDict()

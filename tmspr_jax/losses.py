@@ -1,10 +1,10 @@
 """T-MSPR training losses (docs/reference.md §9).
 
 Every function computes in float32 whatever the input dtype (the reference runs its losses in fp32 under autocast).
-The model is not imported: :func:`total_loss` works on any object with ``logits`` (15 arrays ``[B, C]``) and ``feats``
-(18 entries, docs/reference.md §8) attributes, or on a ``(logits, feats)`` pair.
+:func:`total_loss` reads the model's :class:`~tmspr_jax.models.outputs.TrainOutputs` by name (or the reference's
+``(logits, feats)`` lists, named by :func:`~tmspr_jax.models.outputs.from_reference_order`).
 
-Total loss (docs/reference.md §9.6), with the reference's weights::
+Total loss (docs/reference.md §9.6), with the reference's weights, in the reference's indices (§8)::
 
     L = id_w * L_ID + tri_w * L_TRI + seg_w * L_seg + rec_w * L_rec (+ kl_w * KL; kl_w = 0 in the reference)
     L_ID  = 0.5 * mean(CE_4..7) + 0.5 * 0.6 * sum(CE_8..14) + 0.5 * mean(CE_0..3)
@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-NUM_LOGITS = 15
-NUM_FEATS = 18
-# feats[1] (part logits), feats[2] (Q) and feats[3] (Qc) are not [B, D] matrices and get no triplet term.
-TRIPLET_FEATURE_INDICES = (0,) + tuple(range(4, NUM_FEATS))
+from tmspr_jax.models.outputs import NUM_REFERENCE_FEATS, TrainOutputs, from_reference_order
+
+# The reference's feature indices that get a triplet term (docs/reference.md §8): all but the part logits O (1),
+# Q (2) and Qc (3), which are not [B, D] matrices.
+TRIPLET_FEATURE_INDICES = (0,) + tuple(range(4, NUM_REFERENCE_FEATS))
 _SEG_EPS = 1e-8
 _DIST_CLAMP = 1e-12
 _HARD_CLAMP = 1e-8
@@ -209,100 +210,106 @@ def _cfg(loss_cfg: Any, key: str) -> Any:
         raise KeyError(f"loss config is missing key 'loss.{key}' (see configs/common.py)") from None
 
 
-def _split_outputs(outputs: Any) -> tuple[Sequence[jax.Array], Sequence[jax.Array]]:
-    if hasattr(outputs, "logits") and hasattr(outputs, "feats"):
-        logits, feats = outputs.logits, outputs.feats
-    else:
-        try:
-            logits, feats = outputs
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"total_loss: outputs must have .logits/.feats or be a (logits, feats) pair, got {type(outputs)}"
-            ) from None
-    if len(logits) != NUM_LOGITS:
-        raise ValueError(f"total_loss: expected {NUM_LOGITS} logits (docs/reference.md §8), got {len(logits)}")
-    if len(feats) != NUM_FEATS:
-        raise ValueError(f"total_loss: expected {NUM_FEATS} feats (docs/reference.md §8), got {len(feats)}")
-    return logits, feats
+def _as_outputs(outputs: Any) -> TrainOutputs:
+    if isinstance(outputs, TrainOutputs):
+        return outputs
+    try:
+        logits, feats = outputs
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"total_loss: outputs must be TrainOutputs or the reference's (logits, feats) lists, got {type(outputs)}"
+        ) from None
+    return from_reference_order(logits, feats)
 
 
 def total_loss(
-    outputs: Any,
+    outputs: TrainOutputs | tuple[Sequence[jax.Array], Sequence[jax.Array]],
     pids: jax.Array,
-    parsing: jax.Array,
+    parsing: jax.Array | None,
     parsing_weight: jax.Array | None,
     loss_cfg: Any,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The reference's total training loss and every term for logging (docs/reference.md §9.6).
 
     Args:
-      outputs: model outputs with ``logits`` (15 x ``[B, C]``) and ``feats`` (18 entries, docs/reference.md §8).
+      outputs: the model's :class:`TrainOutputs`, or the reference's ``(logits, feats)`` lists (15 and 18 entries).
       pids: int ``[B]`` train labels.
-      parsing: ``[B, gh, gw, 6]`` parsing targets; parsing_weight: ``[B]`` (0 = no map) or None (all 1).
+      parsing: ``[B, gh, gw, 6]`` parsing targets (unused without HSPM); parsing_weight: ``[B]`` (0 = no map) or None
+        (all 1).
       loss_cfg: the ``loss`` config (``id_weight``, ``triplet_weight``, ``seg_weight``, ``seg_loss``, ``rec_weight``,
         ``kl_weight``, ``label_smoothing``, ``id_loss``, ``id_scale``, ``id_margin``, ``triplet_margin``,
-        ``triplet_norm_feat``). With ``id_loss`` other than ``'softmax'`` the 15 logits must be cosine similarities
+        ``triplet_norm_feat``). With ``id_loss`` other than ``'softmax'`` the logits must be cosine similarities
         (``model.classifier='cosine'``); they go through :func:`margin_logits` before the cross-entropy.
 
+    The structure, by branch: the ID and triplet terms of the JPM features averaged with weight 0.5, those of the
+    recovered and part features summed with weight 0.5 * 0.6, the global ID terms averaged with weight 0.5, and the
+    global triplet terms 0.5 for the based view and 1 for each other view (a quirk, docs/reference.md §14). A module
+    switched off (``model.multi_view``, ``perception``, ``recovery``) drops its terms; with all three off this is
+    TransReID's JPM loss.
+
     Returns:
-      ``(loss, terms)``; ``terms`` holds ``id``, ``triplet``, ``seg``, ``rec``, ``kl``, ``total``, ``acc`` (top-1 of
-      ``logits[0]``), ``ce_per_logit [15]`` and ``triplet_per_feat [15]`` (features ``TRIPLET_FEATURE_INDICES``).
+      ``(loss, terms)``; ``terms`` holds ``id``, ``triplet``, ``seg`` (with HSPM), ``rec`` (with HSRM), ``kl``,
+      ``total``, ``acc`` (top-1 of the based view's global logits), ``ce_per_logit`` (every classifier, in the
+      reference's order) and ``triplet_per_feat`` (every ``[B, D]`` feature, in the reference's order).
     """
-    logits, feats = _split_outputs(outputs)
+    out = _as_outputs(outputs)
     smoothing = float(_cfg(loss_cfg, "label_smoothing"))
     margin = float(_cfg(loss_cfg, "triplet_margin"))
     norm_feat = bool(_cfg(loss_cfg, "triplet_norm_feat"))
 
-    first_logits = logits[0]  # training accuracy from the plain scores, before any margin
     id_loss = str(_cfg(loss_cfg, "id_loss"))
     if id_loss not in ID_LOSSES:
         raise ValueError(f"config.loss.id_loss={id_loss!r}: expected one of {list(ID_LOSSES)}")
     if id_loss != "softmax":
         scale, id_margin = float(_cfg(loss_cfg, "id_scale")), float(_cfg(loss_cfg, "id_margin"))
-        kl_logits = (scale * _f32(logits[0]), scale * _f32(logits[4]))
-        logits = [margin_logits(s, pids, id_loss, scale, id_margin) for s in logits]
+        to_logits = lambda s: margin_logits(s, pids, id_loss, scale, id_margin)  # noqa: E731
+        kl_logits = (scale * _f32(out.global_logits[0]), scale * _f32(out.jpm_logits[0]))
     else:
-        kl_logits = (logits[0], logits[4])
-    ce = jnp.stack([cross_entropy(s, pids, smoothing) for s in logits])
-    tri = jnp.stack([triplet_loss(feats[k], pids, margin, norm_feat) for k in TRIPLET_FEATURE_INDICES])
-    t = dict(zip(TRIPLET_FEATURE_INDICES, list(tri)))
+        to_logits = lambda s: s  # noqa: E731
+        kl_logits = (out.global_logits[0], out.jpm_logits[0])
 
-    # The reference's structure: JPM locals averaged, part/recovery terms summed at 0.5 * 0.6, globals averaged.
-    l_id = 0.5 * jnp.mean(ce[4:8]) + 0.5 * 0.6 * jnp.sum(ce[8:15]) + 0.5 * jnp.mean(ce[0:4])
-    l_tri = (
-        0.5 * jnp.mean(jnp.stack([t[k] for k in range(7, 11)]))
-        + 0.5 * 0.6 * jnp.sum(jnp.stack([t[k] for k in range(11, 18)]))
-        + 0.5 * t[0]
-        + t[4]
-        + t[5]
-        + t[6]
-    )
-    seg_name = str(_cfg(loss_cfg, "seg_loss"))
-    if seg_name not in SEG_LOSSES:
-        raise ValueError(f"config.loss.seg_loss={seg_name!r}: expected one of {sorted(SEG_LOSSES)}")
-    l_seg = SEG_LOSSES[seg_name](feats[1], parsing, parsing_weight)
-    l_rec = reconstruction_loss(feats[2], feats[3])
+    def ce(group: Sequence[jax.Array]) -> jax.Array:
+        return jnp.stack([cross_entropy(to_logits(s), pids, smoothing) for s in group])
+
+    def tri(group: Sequence[jax.Array]) -> jax.Array:
+        return jnp.stack([triplet_loss(f, pids, margin, norm_feat) for f in group])
+
+    # The recovered feature and the six part features share one weight (the reference's "extra" terms).
+    extra_logits = ([] if out.recovered_logits is None else [out.recovered_logits]) + list(out.part_logits or ())
+    extra_feats = ([] if out.recovered_feat is None else [out.recovered_feat]) + list(out.part_feats or ())
+    ce_global, ce_jpm = ce(out.global_logits), ce(out.jpm_logits)
+    tri_global, tri_jpm = tri(out.global_feats), tri(out.jpm_feats)
+    l_id = 0.5 * jnp.mean(ce_jpm) + 0.5 * jnp.mean(ce_global)
+    l_tri = 0.5 * jnp.mean(tri_jpm) + 0.5 * tri_global[0]
+    if extra_logits:
+        ce_extra, tri_extra = ce(extra_logits), tri(extra_feats)
+        l_id = 0.5 * jnp.mean(ce_jpm) + 0.5 * 0.6 * jnp.sum(ce_extra) + 0.5 * jnp.mean(ce_global)
+        l_tri = 0.5 * jnp.mean(tri_jpm) + 0.5 * 0.6 * jnp.sum(tri_extra) + 0.5 * tri_global[0]
+    else:
+        ce_extra = tri_extra = jnp.zeros((0,), jnp.float32)
+    for t in tri_global[1:]:  # the other views' global triplet terms at full weight
+        l_tri = l_tri + t
     l_kl = kl_term(*kl_logits)
 
-    loss = (
-        float(_cfg(loss_cfg, "id_weight")) * l_id
-        + float(_cfg(loss_cfg, "triplet_weight")) * l_tri
-        + float(_cfg(loss_cfg, "seg_weight")) * l_seg
-        + float(_cfg(loss_cfg, "rec_weight")) * l_rec
-    )
+    loss = float(_cfg(loss_cfg, "id_weight")) * l_id + float(_cfg(loss_cfg, "triplet_weight")) * l_tri
+    terms = {"id": l_id, "triplet": l_tri}
+    if out.parsing_logits is not None:
+        seg_name = str(_cfg(loss_cfg, "seg_loss"))
+        if seg_name not in SEG_LOSSES:
+            raise ValueError(f"config.loss.seg_loss={seg_name!r}: expected one of {sorted(SEG_LOSSES)}")
+        if parsing is None:
+            raise ValueError("total_loss: the part head's segmentation loss needs parsing targets")
+        terms["seg"] = SEG_LOSSES[seg_name](out.parsing_logits, parsing, parsing_weight)
+        loss = loss + float(_cfg(loss_cfg, "seg_weight")) * terms["seg"]
+    if out.recovered_parts is not None:
+        terms["rec"] = reconstruction_loss(out.visible_parts, out.recovered_parts)
+        loss = loss + float(_cfg(loss_cfg, "rec_weight")) * terms["rec"]
     kl_weight = float(_cfg(loss_cfg, "kl_weight"))
     if kl_weight != 0.0:
         loss = loss + kl_weight * l_kl
-    acc = jnp.mean((jnp.argmax(first_logits, axis=-1) == pids).astype(jnp.float32))
-    terms = {
-        "id": l_id,
-        "triplet": l_tri,
-        "seg": l_seg,
-        "rec": l_rec,
-        "kl": l_kl,
-        "total": loss,
-        "acc": acc,
-        "ce_per_logit": ce,
-        "triplet_per_feat": tri,
-    }
+    acc = jnp.mean((jnp.argmax(out.global_logits[0], axis=-1) == pids).astype(jnp.float32))
+    # Logged in the reference's order: globals, JPM, extras; the based view's global feature first among features.
+    ce_all = jnp.concatenate([ce_global, ce_jpm, ce_extra])
+    tri_all = jnp.concatenate([tri_global[:1], tri_global[1:], tri_jpm, tri_extra])
+    terms.update(kl=l_kl, total=loss, acc=acc, ce_per_logit=ce_all, triplet_per_feat=tri_all)
     return loss, terms

@@ -270,7 +270,6 @@ def load_checkpoint_variables(path: str, exp: Experiment, step: int | None = Non
         if step is not None and step >= 0:
             raise ValueError(f"{path}: a converted weights folder holds one set of weights; a step ({step}) applies "
                              "to training workdirs only.")
-        weights.refuse_local_mlp(exp.model, path)  # converted folders come from the PyTorch layout
         meta_file = os.path.join(path, weights.META_FILE)
         with open(meta_file) as f:
             weights.check_model_size(json.load(f), exp.model, meta_file)
@@ -441,9 +440,15 @@ def train_and_evaluate(
                 return saved
 
         logger = MetricsLogger(workdir, enabled=is_main, resume_step=resumed_from)
-        targets = parsing.load_targets(
-            cfg.parsing, exp.train_split, exp.grid, cfg.data.data_dir, cfg.data.train, parsing.config_geometry(cfg)
-        )
+        if cfg.model.get("perception", True):
+            targets = parsing.load_targets(
+                cfg.parsing, exp.train_split, exp.grid, cfg.data.data_dir, cfg.data.train, parsing.config_geometry(cfg)
+            )
+        else:  # no part head, no segmentation loss: no parsing maps needed (zero targets, never read by the loss)
+            n = len(exp.train_split)
+            targets = parsing.ParsingTargets(
+                targets=np.broadcast_to(np.zeros((1, *exp.grid, 6), np.float32), (n, *exp.grid, 6)),
+                weights=np.zeros((n,), np.float32), num_missing=0)
         if targets.num_missing:
             logging.warning("%d training images have no parsing map: their segmentation loss weight is 0.",
                             targets.num_missing)

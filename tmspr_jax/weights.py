@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -94,9 +94,39 @@ def model_meta(model: Any) -> dict[str, Any]:
             "grid": [int(g) for g in model.grid]}
 
 
-def refuse_local_mlp(model: Any, path: str) -> None:
-    """The PyTorch ViTs have no depthwise convolution in their MLPs: a ``model.local_mlp`` model cannot take them."""
-    if getattr(model, "local_mlp", False):  # the switch is leaving the model; a model without it has none
-        raise WeightsError(
-            f"{path!r}: config.model.local_mlp=True adds depthwise convolutions that the ImageNet ViT and the "
-            "reference's checkpoints do not have; it is for training from scratch (set it to False to load weights)")
+# The fields of meta.json that shape the model's arrays, and where the config sets each.
+SIZE_KEYS = {
+    "depth": "model.depth",
+    "embed_dim": "model.embed_dim",
+    "num_heads": "model.num_heads",
+    "mlp_ratio": "model.mlp_ratio",
+    "patch_size": "model.patch_size",
+    "grid": "img_size and model.stride",
+    "num_classes": "the identities of data.train",
+    "num_cameras": "the cameras of data.train with model.sie_camera",
+}
+
+
+def check_model_size(meta: Mapping[str, Any], model: Any, where: str) -> None:
+    """Refuses weights of another model size before any array is read: one line naming the key and both values.
+
+    ``meta`` is a ``meta.json`` (or the size saved beside a training checkpoint); keys it lacks are not compared.
+    Cameras are compared by the rows of the camera table they make (0 or 1 camera: no table).
+    """
+    from tmspr_jax.models.vit import sie_table_rows
+
+    want = model_meta(model)
+    for key, source in SIZE_KEYS.items():
+        if key not in meta:
+            continue
+        have = meta[key]
+        if key == "num_cameras":
+            views = int(getattr(model, "num_views", 0))
+            same = sie_table_rows(int(have or 0), views) == sie_table_rows(want[key], views)
+        elif isinstance(want[key], list):
+            same = [int(v) for v in have] == want[key]
+        else:
+            same = float(have) == float(want[key])
+        if not same:
+            raise WeightsError(f"{where}: {key}={have} in the checkpoint but {key}={want[key]} for the config "
+                               f"(from {source}): a checkpoint of another model size")

@@ -138,4 +138,5 @@ def prepare_for_config(config: ml_collections.ConfigDict) -> None:
     manual = d.manual_dir or None
     for name, split in ((d.train, "train"), (d.test, "query"), (d.test, "gallery")):
         sources.open_split(name, split, d.data_dir, manual_dir=manual)  # builds on first use, or explains what to run
-    ensure_parsing_targets(config, grid)
+    if config.model.get("perception", True):  # without the part head nothing reads parsing targets
+        ensure_parsing_targets(config, grid)

@@ -80,88 +80,139 @@ def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (bias) laid out as (3, heads, head_dim)."""
+    """Multi-head self-attention with a fused qkv projection (bias) laid out as (3, heads, head_dim).
+
+    Scores go through ``jax.nn.dot_product_attention`` (the fused kernels on GPU); the softmax is taken in float32.
+    """
 
     dim: int
     num_heads: int
     dtype: Dtype = jnp.float32
 
-    @nn.compact
+    def setup(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        dense = lambda feats: nn.Dense(feats, dtype=self.dtype, param_dtype=jnp.float32,  # noqa: E731
+                                       kernel_init=_normal02, bias_init=nn.initializers.zeros)
+        self.qkv = dense(3 * self.dim)
+        self.proj = dense(self.dim)
+
     def __call__(self, x: jax.Array, key_bias: jax.Array | None = None) -> jax.Array:
         """``key_bias [B, N]`` (optional) is added to every query's attention scores for each key token."""
         b, n, d = x.shape
-        if d % self.num_heads:
-            raise ValueError(f"embed_dim {d} is not divisible by num_heads {self.num_heads}")
         hd = d // self.num_heads
-        dense = lambda feats, name: nn.Dense(feats, dtype=self.dtype, param_dtype=jnp.float32,
-                                             kernel_init=_normal02, bias_init=nn.initializers.zeros, name=name)
-        qkv = dense(3 * d, "qkv")(x).reshape(b, n, 3, self.num_heads, hd)
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, hd)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, hd]
-        scores = (jnp.einsum("bqhd,bkhd->bhqk", q, k) * (hd ** -0.5)).astype(jnp.float32)
-        if key_bias is not None:
-            scores = scores + key_bias.astype(jnp.float32)[:, None, None, :]
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)  # softmax in f32
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
-        return dense(d, "proj")(out)
+        bias = None if key_bias is None else key_bias.astype(jnp.float32)[:, None, None, :]
+        out = attend(q, k, v, bias, self.dtype)
+        return self.proj(out.reshape(b, n, d))
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, dtype: Dtype) -> jax.Array:
+    """Scaled dot-product attention ``[B, Nq, H, hd]`` through ``jax.nn.dot_product_attention`` (XLA's fused form;
+    on GPU the backend may pick a fused kernel): scores accumulated and soft-maxed in float32 whatever ``dtype``."""
+    q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=q.shape[-1] ** -0.5)
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU -> fc2. With ``local_grid=(gh, gw)`` the hidden patch tokens also mix with their 3x3 neighbours
-    on the patch grid (LocalViT: a depthwise convolution, then GELU, added back), the cls token (row 0) passing by;
-    a locality prior for ViTs trained from scratch. Tokens must then be ``[cls, gh*gw patches in row-major order]``."""
+    """fc1 -> GELU -> fc2."""
 
     hidden: int
     dim: int
     dtype: Dtype = jnp.float32
-    local_grid: tuple[int, int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_normal02, name="fc1")(x)
         x = nn.gelu(x, approximate=False)  # exact erf GELU as torch nn.GELU()
-        if self.local_grid is not None:
-            x = self._mix_neighbours(x)
         return nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_normal02, name="fc2")(x)
-
-    def _mix_neighbours(self, x: jax.Array) -> jax.Array:
-        gh, gw = self.local_grid
-        b, n, c = x.shape
-        if n != 1 + gh * gw:
-            raise ValueError(f"Mlp: local mixing expects 1 + {gh}x{gw} tokens, got {n}")
-        kernel = self.param("dw_kernel", _normal02, (3, 3, c), jnp.float32).astype(x.dtype)
-        patches = x[:, 1:].reshape(b, gh, gw, c)
-        padded = jnp.pad(patches, ((0, 0), (1, 1), (1, 1), (0, 0)))  # zero padding, as Conv2d(padding=1)
-        # Nine shifted multiply-adds; XLA's grouped convolution is 5x slower on CPU (forward + backward).
-        mixed = sum(kernel[dy, dx] * padded[:, dy : dy + gh, dx : dx + gw] for dy in range(3) for dx in range(3))
-        patches = patches + nn.gelu(mixed, approximate=False)
-        return jnp.concatenate([x[:, :1], patches.reshape(b, gh * gw, c)], axis=1)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; the residual stream and LayerNorms stay float32."""
+    """Pre-norm transformer block; the residual stream and LayerNorms stay float32.
+
+    ``__call__`` is the full block. :meth:`cls_forward` computes only the cls token's output, which is all that b1 and
+    b2 keep (docs/reference.md §3-§6), and does it for several token scalings at the price of one: the reference's
+    HSPM multiplies the patch tokens by each part's attention before b2, and ``LN(w x) = (x - mu) w / sqrt(w^2 var +
+    eps)`` differs from ``LN(x)`` by one factor per token, so the qkv projection of the centred tokens is shared and
+    each part only rescales keys and values.
+    """
 
     dim: int
     num_heads: int
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
-    local_grid: tuple[int, int] | None = None  # see Mlp
 
-    @nn.compact
+    def setup(self) -> None:
+        self.norm1 = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
+        self.attn = Attention(self.dim, self.num_heads, self.dtype)
+        self.norm2 = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
+        self.mlp = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype)
+
     def __call__(self, x: jax.Array, deterministic: bool = True, key_bias: jax.Array | None = None) -> jax.Array:
         x = x.astype(jnp.float32)
-        h = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm1")(x)
-        h = Attention(self.dim, self.num_heads, self.dtype, name="attn")(h, key_bias)
+        h = self.attn(self.norm1(x), key_bias)
         x = x + drop_path(self, h.astype(jnp.float32), self.drop_path, deterministic)
-        h = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm2")(x)
-        h = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype, self.local_grid, name="mlp")(h)
+        h = self.mlp(self.norm2(x))
         return x + drop_path(self, h.astype(jnp.float32), self.drop_path, deterministic)
+
+    def cls_forward(self, x: jax.Array, deterministic: bool = True, token_scale: jax.Array | None = None,
+                    key_bias: jax.Array | None = None) -> jax.Array:
+        """The block's output at token 0 only, for ``P`` variants of the sequence ``x [B, N, D]``: ``[P, B, D]``.
+
+        Variant ``p`` is the sequence with token ``j`` multiplied by ``token_scale[p, :, j]`` (``[P, B, N]``, > 0;
+        None = 1) and ``key_bias[p]`` (``[P, B, N]`` or None) added to the attention scores. Equal, up to float
+        rounding, to ``__call__(token_scale[p][..., None] * x, key_bias=key_bias[p])[:, 0]``; each variant costs
+        ``O(N D)`` after one shared ``[B, N, D] x [D, 3D]`` projection. Stochastic depth draws one mask per variant
+        and sample, as ``P`` separate passes would.
+        """
+        if self.is_initializing():  # create every parameter through the full block
+            self(x, deterministic, None if key_bias is None else key_bias[0])
+        x = x.astype(jnp.float32)
+        b, n, d = x.shape
+        heads, hd = self.num_heads, d // self.num_heads
+        ln = self.norm1.variables["params"]
+        qkv = self.attn.qkv.variables["params"]
+        mu = jnp.mean(x, axis=-1, keepdims=True)
+        centred = x - mu
+        var = jnp.mean(jnp.square(centred), axis=-1)  # [B, N]
+        if token_scale is None:
+            r = jax.lax.rsqrt(var + LN_EPS)[None]  # [1, B, N]
+        else:
+            w = token_scale.astype(jnp.float32)
+            r = w * jax.lax.rsqrt(jnp.square(w) * var + LN_EPS)  # LN(w x) = (x - mu) * r
+        kernel = qkv["kernel"]
+        # LN(w x) @ W + b = r * ((x - mu) * gamma) @ W + (beta @ W + b): one matmul for every variant.
+        z = jnp.dot((centred * ln["scale"]).astype(self.dtype), kernel.astype(self.dtype)).astype(jnp.float32)
+        c = ln["bias"] @ kernel + qkv["bias"]  # [3D]
+        z = z.reshape(b, n, 3, heads, hd)
+        c = c.reshape(3, heads, hd)
+        # The cls token's query, per variant (its scale may differ from 1 in general).
+        q = r[..., 0, None, None] * z[None, :, 0, 0] + c[0]  # [P, B, H, hd]
+        qk = jnp.einsum("pbhd,bnhd->pbhn", q.astype(self.dtype), z[:, :, 1].astype(self.dtype)).astype(jnp.float32)
+        qc = jnp.einsum("pbhd,hd->pbh", q, c[1])
+        scores = (r[:, :, None, :] * qk + qc[..., None]) * (hd ** -0.5)  # [P, B, H, N]
+        if key_bias is not None:
+            scores = scores + key_bias.astype(jnp.float32)[:, :, None, :]
+        probs = jax.nn.softmax(scores, axis=-1)
+        # sum_j a_j (r_j V_j + c_v) = (a * r) @ V + c_v, since the a_j sum to 1
+        out = jnp.einsum("pbhn,bnhd->pbhd", (probs * r[:, :, None, :]).astype(self.dtype),
+                         z[:, :, 2].astype(self.dtype)).astype(jnp.float32) + c[2]
+        p = out.shape[0]
+        h = self.attn.proj(out.reshape(p * b, d).astype(self.dtype)).astype(jnp.float32)
+        x0 = jnp.broadcast_to(x[:, 0], (p, b, d)).reshape(p * b, d)
+        x0 = x0 + drop_path(self, h, self.drop_path, deterministic)
+        h = self.mlp(self.norm2(x0)).astype(jnp.float32)
+        x0 = x0 + drop_path(self, h, self.drop_path, deterministic)
+        return x0.reshape(p, b, d)
 
 
 def block_class(remat: bool) -> type[nn.Module]:
     """``Block``, rematerialised in the backward pass when ``remat`` (``deterministic`` is static)."""
     # static_argnums counts the module itself as argument 0.
-    return nn.remat(Block, static_argnums=(2,)) if remat else Block
+    return nn.remat(Block, static_argnums=(2,), methods=["__call__", "cls_forward"]) if remat else Block
 
 
 class VisionTransformer(nn.Module):
@@ -186,9 +237,6 @@ class VisionTransformer(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     pos_embed_init: str = "normal"  # one of POS_EMBED_INITS
-    # Depthwise 3x3 mixing of the patch tokens in every block's MLP (Mlp.local_grid); not in the reference, so
-    # ImageNet and T-MSPR checkpoints do not fit it: for training from scratch.
-    local_mlp: bool = False
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -220,9 +268,7 @@ class VisionTransformer(nn.Module):
         rates = drop_path_rates(self.drop_path, self.depth)
         n_blocks = self.depth - 1 if self.local_feature else self.depth
         cls = block_class(self.remat)
-        local_grid = (gh, gw) if self.local_mlp else None
-        self.blocks = [cls(d, self.num_heads, self.mlp_ratio, rates[i], self.dtype, local_grid)
-                       for i in range(n_blocks)]
+        self.blocks = [cls(d, self.num_heads, self.mlp_ratio, rates[i], self.dtype) for i in range(n_blocks)]
         if not self.local_feature:
             self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
 

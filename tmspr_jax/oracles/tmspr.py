@@ -267,11 +267,71 @@ class TorchTMSPR(nn.Module):
         return self.forward(images, images, images, images, cam_label)
 
 
-def build_torch_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_cameras: int) -> TorchTMSPR:
-    """The oracle for a ``config.model`` node, with the same geometry rules as ``tmspr_jax.models.build_model``."""
+class TorchTransReID(nn.Module):
+    """TransReID's JPM model (``build_transformer_local``), the baseline T-MSPR builds on, written plainly.
+
+    Its state dict is T-MSPR's without the additions: ``base``, ``b1``, ``b2``, ``classifier`` and ``classifier_1..4``,
+    ``bottleneck`` and ``bottleneck_1..4``. ``forward(x, cam_label)``: in training mode ``(scores[5], feats[5])``
+    (global, then the four JPM groups); in eval mode the test feature: 'before' ``[g, jpm_1/4, .., jpm_4/4]``,
+    'after' ``[bn(g), bn_k(jpm_k)/4]``.
+    """
+
+    def __init__(self, num_classes: int, img_size=(256, 128), num_cameras: int = 0, num_views: int = 0,
+                 patch_size: int = 16, stride=(11, 11), embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, drop_path: float = 0.1, sie_coe: float = 3.0, re_arrange: bool = True,
+                 shift_num: int = 5, shuffle_groups: int = 2, divide_length: int = 4, neck_feat: str = "before"):
+        super().__init__()
+        d = embed_dim
+        self.rearrange, self.shift_num, self.shuffle_groups = re_arrange, shift_num, shuffle_groups
+        self.divide_length, self.neck_feat = divide_length, neck_feat
+        self.base = TransReIDBase(img_size, patch_size, stride, d, depth, num_heads, mlp_ratio, drop_path,
+                                  num_cameras, num_views, sie_coe)
+        last = drop_path_rates(drop_path, depth)[-1]
+        self.b1 = nn.Sequential(Block(d, num_heads, mlp_ratio, last), nn.LayerNorm(d, eps=1e-6))
+        self.b2 = nn.Sequential(Block(d, num_heads, mlp_ratio, last), nn.LayerNorm(d, eps=1e-6))
+        for name in ("classifier", "classifier_1", "classifier_2", "classifier_3", "classifier_4"):
+            setattr(self, name, nn.Linear(d, num_classes, bias=False))
+        for name in ("bottleneck", "bottleneck_1", "bottleneck_2", "bottleneck_3", "bottleneck_4"):
+            bn = nn.BatchNorm1d(d)
+            bn.bias.requires_grad_(False)
+            setattr(self, name, bn)
+
+    def forward(self, x, cam_label):
+        features = self.base(x, cam_label)
+        global_feat = self.b1(features)[:, 0]
+        patch_length = (features.size(1) - 1) // self.divide_length
+        token = features[:, 0:1]
+        x = _shuffle_unit(features, self.shift_num, self.shuffle_groups) if self.rearrange else features[:, 1:]
+        local_feats = [self.b2(torch.cat((token, x[:, patch_length * k:patch_length * (k + 1)]), dim=1))[:, 0]
+                       for k in range(4)]
+        feat = self.bottleneck(global_feat)
+        local_bn = [getattr(self, f"bottleneck_{k + 1}")(lf) for k, lf in enumerate(local_feats)]
+        if self.training:
+            scores = [self.classifier(feat)] + [getattr(self, f"classifier_{k + 1}")(lb)
+                                                for k, lb in enumerate(local_bn)]
+            return scores, [global_feat, *local_feats]
+        if self.neck_feat == "after":
+            return torch.cat([feat] + [lb / 4 for lb in local_bn], dim=1)
+        return torch.cat([global_feat] + [lf / 4 for lf in local_feats], dim=1)
+
+    def extract(self, images, cam_label):
+        return self.forward(images, cam_label)
+
+
+def build_torch_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_cameras: int
+                      ) -> TorchTMSPR | TorchTransReID:
+    """The oracle for a ``config.model`` node, with the same geometry rules as ``tmspr_jax.models.build_model``:
+    T-MSPR, or TransReID when the three additions are off (``multi_view``, ``perception``, ``recovery``)."""
     stride = model_cfg["stride"]
     stride = (int(stride), int(stride)) if isinstance(stride, int) else tuple(int(s) for s in stride)
-    return TorchTMSPR(
+    if len(stride) == 1:
+        stride = stride * 2
+    on = [bool(model_cfg.get(k, True)) for k in ("multi_view", "perception", "recovery")]
+    if any(on) and not all(on):
+        raise ValueError("the PyTorch oracles are T-MSPR (every addition on) and TransReID (every addition off); "
+                         f"multi_view, perception, recovery = {on}")
+    cls = TorchTMSPR if all(on) else TorchTransReID
+    return cls(
         num_classes=int(num_classes), img_size=tuple(int(s) for s in img_size),
         num_cameras=int(num_cameras) if model_cfg["sie_camera"] else 0, num_views=1 if model_cfg["sie_view"] else 0,
         patch_size=int(model_cfg["patch_size"]), stride=stride, embed_dim=int(model_cfg["embed_dim"]),

@@ -106,7 +106,7 @@ def _jax_train(model, variables, views, camids, pids, lr: float) -> Callable[[],
     def loss_fn(params, batch_stats, rng):
         out, mut = model.apply({"params": params, "batch_stats": batch_stats}, views, camids, train=True,
                                mutable=["batch_stats"], rngs={"drop_path": rng})
-        loss = sum(optax.softmax_cross_entropy_with_integer_labels(lg, pids).mean() for lg in out.logits)
+        loss = sum(optax.softmax_cross_entropy_with_integer_labels(lg, pids).mean() for lg in out.all_logits())
         return loss, mut["batch_stats"]
 
     @functools.partial(jax.jit, donate_argnums=(0,))
