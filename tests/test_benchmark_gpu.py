@@ -67,6 +67,7 @@ def test_tiny_run_on_cpu_writes_every_field(tmp_path):
     assert train["samples_per_s"] == pytest.approx(res["settings"]["train_batch"] / train["step_s"])
     # No peak is known for a CPU, and the CPU reports no device memory statistics.
     assert train["mfu"] is None and ev["mfu"] is None and train["peak_bytes_in_use"] is None
+    assert train["profile_error"] is None and ev["profile_error"] is None
     assert math.isfinite(train["loss"]) and train["loss"] > 0 and ev["feature_dim"] == 10 * 32
     torch_res = res["torch"]
     assert _positive(torch_res["train"]["samples_per_s"]) and _positive(torch_res["eval"]["images_per_s"])
