@@ -8,7 +8,8 @@ The problem has Occluded-Duke's size by default: 2,210 queries, 17,661 gallery i
 queries showing 519 of them, 8 cameras. ``random`` distances are uniform float32 (every true match anywhere in the
 ranking: the worst case for ``eval_reid``, which only looks at row values up to the farthest item of the query's
 identity); ``features`` distances put true matches nearer, as a trained model does. Implementations, all timed on the
-same matrix, round-robin ``--repeats`` times (median reported, so a shared machine disturbs all alike):
+same matrix, round-robin ``--repeats`` times (medians of the wall time and of the process's CPU time; on a shared
+machine the CPU time is the steadier figure):
 
 * ``eval_reid``: this project's, no full sort (``tmspr_jax/evaluate.py``).
 * ``NumPy stable sort``: a full ``argsort(kind='stable')`` of every row, then the metrics vectorised over chunks of
@@ -153,33 +154,40 @@ def _check_agree(name: str, res: dict, ref: dict) -> None:
         raise RuntimeError(f"{name} disagrees with eval_reid: mAP {res['mAP']:.8f} vs {ref['mAP']:.8f}")
 
 
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``(result, wall seconds, CPU seconds of this process)``. Everything timed here is single-threaded NumPy, so the
+    CPU time is the work done, whatever else the machine runs; the wall time also counts the waits for a core."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = fn()
+    return res, time.perf_counter() - t0, time.process_time() - c0
+
+
 def time_problem(kind: str, args: tuple, repeats: int, max_rank: int, torchreid_queries: int) -> list[tuple]:
-    """``[(name, median seconds, note)]`` of every implementation on ``args``, round-robin."""
+    """``[(name, median wall seconds, median CPU seconds, note)]`` of every implementation on ``args``, round-robin."""
     impls: dict[str, Callable[[], dict]] = {
         "eval_reid (this project)": lambda: evaluate.eval_reid(*args, max_rank=max_rank),
         "NumPy stable sort (before)": lambda: stable_sort_eval(*args, max_rank=max_rank),
         "TransReID eval_func": lambda: transreid_eval(*args, max_rank=max_rank),
     }
-    times: dict[str, list[float]] = {k: [] for k in impls}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in impls}
     ref = None
     with tqdm(total=repeats * len(impls), desc=f"{kind} distances", leave=False) as bar:
         for _ in range(repeats):
             for name, fn in impls.items():
-                t0 = time.perf_counter()
-                res = fn()
-                times[name].append(time.perf_counter() - t0)
+                res, wall, cpu = _timed(fn)
+                times[name].append((wall, cpu))
                 ref = res if ref is None else ref
                 _check_agree(name, res, ref)
                 bar.update(1)
-    rows = [(name, statistics.median(t), "") for name, t in times.items()]
+    rows = [(name, statistics.median(w for w, _ in t), statistics.median(c for _, c in t), "")
+            for name, t in times.items()]
     nq = min(torchreid_queries, args[0].shape[0])
     if nq > 0:
         sub = (args[0][:nq], args[1][:nq], args[2], args[3][:nq], args[4])
-        t0 = time.perf_counter()
-        res = transreid_eval(*sub, max_rank=max_rank, list_precision=True)
-        sec = (time.perf_counter() - t0) * args[0].shape[0] / nq
+        res, wall, cpu = _timed(lambda: transreid_eval(*sub, max_rank=max_rank, list_precision=True))
         _check_agree("torchreid-style", res, evaluate.eval_reid(*sub, max_rank=max_rank))
-        rows.append(("torchreid-style", sec, f"timed on {nq} queries, scaled"))
+        scale = args[0].shape[0] / nq
+        rows.append(("torchreid-style", wall * scale, cpu * scale, f"timed on {nq} queries, scaled"))
     return rows
 
 
@@ -195,13 +203,13 @@ def main() -> None:
         args = make_problem(FLAGS.num_query, FLAGS.num_gallery, FLAGS.gallery_ids, FLAGS.query_ids,
                             FLAGS.cameras, kind, FLAGS.seed)  # fmt: skip
         rows = time_problem(kind, args, FLAGS.repeats, FLAGS.max_rank, FLAGS.torchreid_queries)
-        ours = rows[0][1]
-        base = dict((n, t) for n, t, _ in rows)
+        ours, base = rows[0], next(r for r in rows if r[0] == "TransReID eval_func")
         print(f"\n{kind} distances")
-        print(f"{'implementation':<28} {'seconds':>9} {'time / TransReID':>17} {'eval_reid speed-up':>19}")
-        for name, sec, note in rows:
-            print(f"{name:<28} {sec:>9.3f} {sec / base['TransReID eval_func']:>17.3f} {sec / ours:>18.1f}x"
-                  + (f"  ({note})" if note else ""))  # fmt: skip
+        print(f"{'implementation':<28} {'wall s':>8} {'CPU s':>8} {'/ TransReID (wall, CPU)':>24} "
+              f"{'eval_reid speed-up (wall, CPU)':>31}")  # fmt: skip
+        for name, wall, cpu, note in rows:
+            print(f"{name:<28} {wall:>8.3f} {cpu:>8.3f} {wall / base[1]:>11.3f} {cpu / base[2]:>12.3f} "
+                  f"{wall / ours[1]:>17.1f}x {cpu / ours[2]:>12.1f}x" + (f"  ({note})" if note else ""))  # fmt: skip
     if FLAGS.large_gallery > 0:
         ng, nq = FLAGS.large_gallery, FLAGS.large_query
         ids = max(1, round(FLAGS.gallery_ids * ng / FLAGS.num_gallery))
@@ -209,17 +217,15 @@ def main() -> None:
         args = make_problem(nq, ng, ids, qids, FLAGS.cameras, "random", FLAGS.seed)
         print(f"\nlarge gallery: {nq} queries x {ng} gallery ({ids} gallery ids, {qids} query ids), random distances; "
               f"distance matrix {args[0].nbytes / 2**20:.0f} MB (not counted below); one run each")  # fmt: skip
-        print(f"{'implementation':<28} {'seconds':>9} {'peak extra MB':>14}")
+        print(f"{'implementation':<28} {'wall s':>8} {'CPU s':>8} {'peak extra MB':>14}")
         ref = None
         for name, fn in (("eval_reid (this project)", evaluate.eval_reid), ("NumPy stable sort (before)",
                                                                             stable_sort_eval)):
-            t0 = time.perf_counter()
-            res = fn(*args, max_rank=FLAGS.max_rank)
-            sec = time.perf_counter() - t0
+            res, wall, cpu = _timed(lambda fn=fn: fn(*args, max_rank=FLAGS.max_rank))
             ref = res if ref is None else ref
             _check_agree(name, res, ref)
             mb = _peak_mb(lambda fn=fn: fn(*args, max_rank=FLAGS.max_rank))
-            print(f"{name:<28} {sec:>9.3f} {mb:>14.1f}")
+            print(f"{name:<28} {wall:>8.3f} {cpu:>8.3f} {mb:>14.1f}")
 
 
 if __name__ == "__main__":
