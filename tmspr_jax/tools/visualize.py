@@ -327,7 +327,7 @@ def render_part_maps(
     width = cell_w * 7 + gap * 2
     canvas = Image.new("RGB", (width, (cell_h + text_h) * len(images) + text_h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    header = ["image", *[n.split()[0][:7] for n in PART_NAMES]]
+    header = [n[: max(1, cell_w // 6)] for n in ("image", *PART_NAMES)]
     for j, name in enumerate(header):
         draw.text((j * cell_w + (0 if j == 0 else 2 * gap) + 1, 0), name, fill=(0, 0, 0))
     for b, img in enumerate(images):
