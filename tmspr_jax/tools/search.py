@@ -235,7 +235,7 @@ def write_results(
             gpid = int(gallery.pids[j])
             known = qpid >= 0 and gpid >= 0
             colours.append(NEUTRAL if not known else visualize.MATCH if gpid == qpid else visualize.MISMATCH)
-        labels = ["query"] + [f"{r + 1}: {d:.3f}" for r, (_, d) in enumerate(results)]
+        labels = ["query"] + [f"{r + 1}: {d:.3g}" for r, (_, d) in enumerate(results)]
         strip = visualize.render_ranked_list(
             extract.read_image(qpath), [extract.read_image(gallery.paths[j]) for j, _ in results],
             [c == visualize.MATCH for c in colours], size=size, labels=labels, colours=colours,
