@@ -93,7 +93,8 @@ def test_two_processes_on_localhost_give_the_single_process_losses(data_root, tm
         rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
         losses[name] = [r["loss"] for r in rows if r["kind"] == "train"]
     assert len(losses["one"]) == len(losses["two"]) == 3
-    # Same global batch, split over two processes: equal to float32 rounding of the reductions (measured: <= 1e-6).
+    # Same global batch, split over two processes: equal up to float32 rounding of the reductions (measured: 3.9e-6
+    # relative at most over the three steps; the first step's loss is bit-equal).
     np.testing.assert_allclose(losses["two"], losses["one"], rtol=1e-5)
     with open(two / "results.json") as f:
         assert 0.0 <= json.load(f)["mAP"] <= 1.0
