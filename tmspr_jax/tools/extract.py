@@ -191,9 +191,11 @@ def read_image(path: str) -> np.ndarray:
     conversion: grey replicated, palette expanded, alpha dropped, CMYK converted), after its EXIF rotation.
 
     16-bit grey (PNG ``I;16``, ``I``) is scaled to 8 bits; float images (mode ``F``) and unreadable files raise
-    ``ValueError`` naming the file."""
+    ``ValueError`` naming the file, a missing file ``FileNotFoundError``."""
     from PIL import Image, ImageOps
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such image file")
     try:
         with Image.open(path) as im:
             im.load()

@@ -340,7 +340,7 @@ def _main() -> None:
         ms = (time.perf_counter() - t0) * 1e3
         print(f"{path}: top {len(ranked)} in {ms:.1f} ms", flush=True)
         for r, (j, d) in enumerate(ranked, 1):
-            print(f"  {r:3d}  {d:.4f}  {os.path.relpath(g.paths[j], g.root)}", flush=True)
+            print(f"  {r:3d}  {d:.4g}  {os.path.relpath(g.paths[j], g.root)}", flush=True)
 
 
 if __name__ == "__main__":
