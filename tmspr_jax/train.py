@@ -588,7 +588,10 @@ class _Saves:
         if step == self.last:
             return  # this step is already saved (a mid-epoch save, or the checkpoint resumed from)
         self.check()
-        self.manager.save(step, args=_save_args(state, pipe, epoch, batch, self.model), metrics=metrics)
+        try:  # orbax writes part of a checkpoint before save() returns: a full disk may fail here already
+            self.manager.save(step, args=_save_args(state, pipe, epoch, batch, self.model), metrics=metrics)
+        except Exception as e:
+            raise self._failed(e, step) from e
         self.last = step
 
     def check(self) -> None:
@@ -604,7 +607,7 @@ class _Saves:
         except Exception as e:
             raise self._failed(e) from e
 
-    def _failed(self, e: BaseException) -> CheckpointSaveError:
+    def _failed(self, e: BaseException, step: int | None = None) -> CheckpointSaveError:
         try:
             self.manager.reload()
             intact = self.manager.latest_step()
@@ -612,7 +615,7 @@ class _Saves:
             intact = None
         text = " ".join(str(e).split())[:300]
         return CheckpointSaveError(
-            f"Saving checkpoint step {self.last} in {self.manager.directory} failed ({type(e).__name__}: {text}): "
+            f"Saving checkpoint step {self.last if step is None else step} in {self.manager.directory} failed ({type(e).__name__}: {text}): "
             f"training stopped; the newest complete checkpoint is step {intact}. Free space and run the same "
             "command to resume."
         )
