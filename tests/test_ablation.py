@@ -26,7 +26,7 @@ HSPM_HEADS = {"part_head", "classifier_0", "classifier_5"} | {f"bottleneck_bp{i}
 HSRM_HEADS = {"bottleneck_cp", "classifier_cp"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _variables(**switches):
     model = build_model(tiny_config(**switches), TINY_IMG, C, CAMS)
     return model, init_variables(model, jax.random.key(0))

@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the comparison tool needs the [torch] extra")
 
-from tmspr_jax.config import get_base_config  # noqa: E402
 from model_utils import randomize_reference_state  # noqa: E402
+from tmspr_jax.config import get_base_config  # noqa: E402
 from tmspr_jax.tools import compare  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +54,6 @@ def _config(paths: dict):
 def data(tmp_path_factory) -> dict:
     """A Market-1501-layout folder (6 query, 8 gallery images) built into TFDS, and a config file for it."""
     from fixtures import make_market1501
-
     from tmspr_jax.data import sources
 
     root = tmp_path_factory.mktemp("compare")

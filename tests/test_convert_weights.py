@@ -11,20 +11,26 @@ import sys
 import jax
 import numpy as np
 import pytest
+import torch  # the oracle and .pth writing need torch (the [torch] extra, installed by the test command)
+import torch.nn.functional as F
 
+from convert_fixtures import (
+    CONFIG_PATH,
+    HEADS,
+    D,
+    timm_to_vit_jax_layout,
+    timm_vit_state,
+    tiny_config,
+    write_all_formats,
+)
 from convert_weights.convert import convert_file
 from convert_weights.mapping import MappingError, reference_to_variables, variables_to_reference
 from convert_weights.readers import CheckpointError, read_checkpoint
 from convert_weights.resize import bilinear_resize, resize_pos_embed
 from convert_weights.timm import timm_to_reference, vit_jax_to_timm
 from convert_weights.tmspr import tmspr_only_heads, tmspr_to_reference
-from convert_fixtures import (CONFIG_PATH, D, HEADS, timm_to_vit_jax_layout, timm_vit_state, tiny_config,
-                                    write_all_formats)
 from tmspr_jax.models import build_model, init_variables
 from tmspr_jax.weights import load_variables
-
-import torch  # the oracle and .pth writing need torch (the [torch] extra, installed by the test command)
-import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, NUM_CAMERAS = 5, 3

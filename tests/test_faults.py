@@ -4,7 +4,6 @@ mistakes on the command line. Each fault ends in one clear line and loses nothin
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource

@@ -10,13 +10,13 @@ import jax
 import numpy as np
 import torch
 
-from tmspr_jax.config import get_base_config
 from convert_weights.mapping import reference_to_variables
 from model_utils import TINY_IMG, randomize_reference_state, rel_err, tiny_config
 from tmspr_jax import losses
+from tmspr_jax.config import get_base_config
 from tmspr_jax.models import build_model
-from tmspr_jax.oracles.tmspr import build_torch_model, load_numpy_state, state_dict_numpy
 from tmspr_jax.oracles.losses import reference_total_loss
+from tmspr_jax.oracles.tmspr import build_torch_model, load_numpy_state, state_dict_numpy
 
 NUM_CLASSES, NUM_CAMERAS = 5, 3
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tmspr_jax.oracles import losses as torch_losses
-from tmspr_jax.config import get_base_config
 from tmspr_jax import losses
+from tmspr_jax.config import get_base_config
+from tmspr_jax.oracles import losses as torch_losses
 
 B, C, D, GH, GW = 8, 10, 16, 4, 3
 PIDS = np.repeat(np.arange(4), 2).astype(np.int32)  # PK batch: P=4 identities x K=2

@@ -12,8 +12,8 @@ import optax
 import pytest
 import torch
 
-from tmspr_jax.config import get_base_config
 from tmspr_jax import optim
+from tmspr_jax.config import get_base_config
 
 EPOCHS = 170
 

@@ -369,7 +369,6 @@ def test_eval_batches_with_workers_keep_order(parsed_flags):
 def test_integration_with_real_builder_split_parsing_and_occluders(tmp_path, parsed_flags):
     """Real pieces: a Market-layout folder -> TFDS array_record split -> parsing targets file -> pipelines."""
     from fixtures import make_market1501
-
     from tmspr_jax.data import parsing, sources
 
     truth = make_market1501(tmp_path / "raw", train_ids=(2, 7, 11, 1501, 20, 33), per_id=3)

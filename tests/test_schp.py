@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 import torch
-from schp_fixtures import TINY, labels_agree_except_ties, rel_err, state_of, tiny_oracle
 
 from convert_weights.readers import CheckpointError
 from convert_weights.schp import convert_state
+from schp_fixtures import TINY, labels_agree_except_ties, rel_err, state_of, tiny_oracle
 from tmspr_jax.oracles import schp as oracle
 from tmspr_jax.parser.network import Arch, AugmentCE2P
 
@@ -104,7 +104,6 @@ def test_convert_cli(tmp_path):
     import sys
 
     from schp_fixtures import save_schp_checkpoint
-
     from tmspr_jax.parser.weights import load_parser
 
     model = tiny_oracle(seed=4)

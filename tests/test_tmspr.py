@@ -13,19 +13,25 @@ import pytest
 
 from model_utils import TINY_IMG, rel_err, tiny_config
 from tmspr_jax.models import TMSPR, build_model, init_variables
-from tmspr_jax.models.branches import (PART_BIAS_EPS, nearest_neighbour, part_minmax, recover_parts, shuffle_unit,
-                                       visibility)
+from tmspr_jax.models.branches import (
+    PART_BIAS_EPS,
+    nearest_neighbour,
+    part_minmax,
+    recover_parts,
+    shuffle_unit,
+    visibility,
+)
 from tmspr_jax.models.outputs import reference_order
 
 C, CAMS, D = 7, 3, 64
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(**overrides) -> TMSPR:
     return build_model(tiny_config(**overrides), TINY_IMG, C, CAMS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _variables():
     """Initialised variables with a larger part head (N(0, 0.05^2)), so that the part attention is far from flat, and
     10x larger b2 weights, so that b2's cls output depends visibly on the weighted patches."""

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tmspr_jax.config import get_base_config
 from tmspr_jax import evaluate
+from tmspr_jax.config import get_base_config
 from tmspr_jax.tools import visualize as vis
 
 

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from tmspr_jax.models.vit import (
-    Block, Mlp, VisionTransformer, drop_path, drop_path_rates, patch_grid, sincos_embedding,
+    Block,
+    VisionTransformer,
+    drop_path,
+    drop_path_rates,
+    patch_grid,
+    sincos_embedding,
 )
 
 

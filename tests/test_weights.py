@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from convert_weights.mapping import variables_to_reference
 from convert_fixtures import D, timm_to_vit_jax_layout, timm_vit_state, tiny_config
 from convert_weights.convert import convert_file, load_pretrained
+from convert_weights.mapping import variables_to_reference
 from tmspr_jax.weights import WeightsError, is_weights_folder, load_variables, save_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,8 @@ the part min-max, the recovery nearest neighbour) see the global batch exactly a
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np

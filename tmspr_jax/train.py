@@ -14,7 +14,8 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax
 import jax
@@ -630,7 +631,7 @@ class _StopOnSigterm:
         self.received = False
         self._previous = None
 
-    def __enter__(self) -> "_StopOnSigterm":
+    def __enter__(self) -> _StopOnSigterm:
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self

@@ -24,12 +24,13 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 import grain
-from absl import flags, logging
 import ml_collections
 import numpy as np
+from absl import flags, logging
 
 from tmspr_jax.data import sampler as sampler_lib
 from tmspr_jax.data import sources, views
@@ -199,7 +200,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     ``schedule`` lists the ``(epoch, batch index)`` of every batch in order; :meth:`epoch_batches` walks one epoch.
     """
 
-    def __init__(self, pipeline: "TrainPipeline", schedule: list[tuple[int, int]], ds: grain.IterDataset):
+    def __init__(self, pipeline: TrainPipeline, schedule: list[tuple[int, int]], ds: grain.IterDataset):
         self._pipeline = pipeline
         self._schedule = schedule
         self._cursor = 0
@@ -210,7 +211,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         """Epoch of the next batch (None when exhausted)."""
         return self._schedule[self._cursor][0] if self._cursor < len(self._schedule) else None
 
-    def __iter__(self) -> "TrainIterator":
+    def __iter__(self) -> TrainIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -235,7 +236,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         if close is not None:
             close()
 
-    def __enter__(self) -> "TrainIterator":
+    def __enter__(self) -> TrainIterator:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,7 @@ class SamplerPosition:
         return {"epoch": int(self.epoch), "batch": int(self.batch)}
 
     @classmethod
-    def from_dict(cls, state: Mapping[str, Any]) -> "SamplerPosition":
+    def from_dict(cls, state: Mapping[str, Any]) -> SamplerPosition:
         """Inverse of :meth:`to_dict`, with a clear error on a malformed state."""
         try:
             epoch, batch = state["epoch"], state["batch"]

@@ -25,8 +25,18 @@ import jax
 import jax.numpy as jnp
 
 from tmspr_jax.models.branches import (
-    NUM_PARTS, PART_NORMS, PART_POOLS, CosineClassifier, TransformerHead, jpm_groups, nearest_neighbour,
-    part_attention, part_pooling, part_weights, recover_parts, visibility,
+    NUM_PARTS,
+    PART_NORMS,
+    PART_POOLS,
+    CosineClassifier,
+    TransformerHead,
+    jpm_groups,
+    nearest_neighbour,
+    part_attention,
+    part_pooling,
+    part_weights,
+    recover_parts,
+    visibility,
 )
 from tmspr_jax.models.outputs import TrainOutputs
 from tmspr_jax.models.vit import POS_EMBED_INITS, VisionTransformer, compute_dtype, drop_path_rates, patch_grid

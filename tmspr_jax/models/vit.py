@@ -7,12 +7,13 @@ raw residual stream is returned (the last block and the final norm become the mo
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 from tmspr_jax.utils import patch_grid  # noqa: F401  (re-exported: models.patch_grid)
 

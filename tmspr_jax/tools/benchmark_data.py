@@ -14,7 +14,7 @@ import io
 import math
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags

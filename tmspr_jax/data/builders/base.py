@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
-import tensorflow_datasets as tfds
 from PIL import Image
 
 VERSION = tfds.core.Version("1.0.0")
