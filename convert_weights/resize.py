@@ -13,8 +13,8 @@ import numpy as np
 def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Indices i0, i1 and weights w0, w1 such that out[i] = w0 v[i0] + w1 v[i1] along one axis.
 
-    The source coordinate is computed in float32 from a float32 scale, as PyTorch's kernels do for float32 tensors, so the
-    interpolation weights are bit-identical to PyTorch's; the weighted sum is then done in float64.
+    The source coordinate is computed in float32 from a float32 scale, as PyTorch's kernels do for float32 tensors, so
+    the interpolation weights are bit-identical to PyTorch's; the weighted sum is then done in float64.
     """
     f32 = np.float32
     scale = f32(in_size) / f32(out_size)

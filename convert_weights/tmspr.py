@@ -100,7 +100,8 @@ def init_heads(model: Any, rng: jax.Array, names: tuple[str, ...] | None = None)
 
     ``base.sie_embed`` N(0, 0.02^2) (trunc_normal with absolute cut-offs, docs/reference.md §2.4);
     ``linear_layer.weight`` N(0, 1e-4^2); classifiers N(0, 0.001^2); BNNecks weight 1, bias 0, running mean 0, running
-    var 1. Modules the model lacks are left out; ``names`` restricts the result further to those modules (e.g. only T-MSPR's extra heads for a TransReID checkpoint).
+    var 1. Modules the model lacks are left out; ``names`` restricts the result further to those modules (e.g. only
+    T-MSPR's extra heads for a TransReID checkpoint).
     """
     from tmspr_jax.models import init_variables
 
@@ -194,7 +195,8 @@ def check_grid(state: dict[str, np.ndarray], model: Any, source: str, *, resize_
 def tmspr_to_reference(state: dict[str, np.ndarray], model_cfg: Any, img_size: tuple[int, int], rng: jax.Array,
                        source: str = "<checkpoint>", *, num_classes: int | None = None,
                        num_cameras: int | None = None, resize_pos: bool = False,
-                       src_grid: tuple[int, int] | None = None) -> tuple[dict[str, np.ndarray], ConversionReport, str, Any]:
+                       src_grid: tuple[int, int] | None = None,
+                       ) -> tuple[dict[str, np.ndarray], ConversionReport, str, Any]:
     """Normalise a trained T-MSPR or TransReID JPM state dict; returns ``(state, report, kind, model)``.
 
     The number of classes and cameras are read from the checkpoint (``classifier.weight`` rows, ``base.sie_embed``

@@ -154,7 +154,8 @@ def test_baseline_training_outputs_are_transreids():
     oracle.train()
     with torch.no_grad():
         scores, feats = oracle(torch.from_numpy(views[:, 0]).permute(0, 3, 1, 2), torch.from_numpy(camids).long())
-    out, _ = jax.jit(lambda v, x, c: model.apply(v, x, c, train=True, mutable=["batch_stats"]))(variables, views, camids)
+    apply = jax.jit(lambda v, x, c: model.apply(v, x, c, train=True, mutable=["batch_stats"]))
+    out, _ = apply(variables, views, camids)
     for a, r in zip(out.global_logits + out.jpm_logits, scores):
         assert rel_err(a, r.numpy()) <= 1e-4
     for a, r in zip(out.global_feats + out.jpm_feats, feats):

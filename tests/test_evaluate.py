@@ -318,7 +318,8 @@ def test_compute_metrics_pipeline():
     with pytest.raises(ValueError, match="num_query"):
         evaluate.compute_metrics(feats, pids, camids, 0, _eval_cfg())
     with pytest.raises(KeyError, match="eval.max_rank"):
-        evaluate.compute_metrics(feats, pids, camids, nq, ml_collections.ConfigDict({"feat_norm": True, "rerank": False}))
+        evaluate.compute_metrics(
+            feats, pids, camids, nq, ml_collections.ConfigDict({"feat_norm": True, "rerank": False}))
 
 
 # ----------------------------------------------------------------------------------------------- bootstrap

@@ -83,7 +83,8 @@ def test_extracted_features_are_the_evaluations(prepared, tmp_path):
     nq, dim = f["query_features"].shape
     assert (done.num_query, done.num_gallery, done.feature_dim) == (nq, f["gallery_features"].shape[0], dim)
     exp = train.setup_experiment(cfg)
-    assert f["query_features"].shape[0] == len(exp.query_split) and f["gallery_features"].shape[0] == len(exp.gallery_split)
+    assert f["query_features"].shape[0] == len(exp.query_split)
+    assert f["gallery_features"].shape[0] == len(exp.gallery_split)
     assert f["query_file_names"].tolist() == [str(n) for n in exp.query_split.file_names]
     np.testing.assert_array_equal(f["gallery_pids"], exp.gallery_split.pids)
     np.testing.assert_array_equal(f["query_camids"], exp.query_split.camids)

@@ -375,6 +375,7 @@ def test_config_and_workdir_mistakes_are_one_line(tmp_path, args, expected):
 
 def test_gitignore_covers_what_the_commands_write():
     paths = ["weights/vit_in1k/meta.json", "workdirs/demo/metrics.jsonl", "feats.npz", "run/features.npz",
-             "ranks/000_q.png", "ranks/ranks.json", "M.jax_exported", "out/M.jax_exported.json", "cmp.json"]  # fmt: skip
+             "ranks/000_q.png", "ranks/ranks.json", "M.jax_exported", "out/M.jax_exported.json",
+             "cmp.json"]  # fmt: skip
     out = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
     assert sorted(out.stdout.split()) == sorted(paths)

@@ -35,7 +35,8 @@ def _outputs(seed=0):
 
 def test_cross_entropy_matches_torch():
     logits, _, _ = _outputs()
-    _close(losses.cross_entropy(logits[0], PIDS), F.cross_entropy(torch.from_numpy(logits[0]), torch.from_numpy(PIDS).long()))
+    _close(losses.cross_entropy(logits[0], PIDS),
+           F.cross_entropy(torch.from_numpy(logits[0]), torch.from_numpy(PIDS).long()))
     _close(
         losses.cross_entropy(logits[3], PIDS, label_smoothing=0.1),
         F.cross_entropy(torch.from_numpy(logits[3]), torch.from_numpy(PIDS).long(), label_smoothing=0.1),
@@ -49,7 +50,8 @@ def test_triplet_matches_reference_boolean_indexing(margin):
     rng = np.random.default_rng(1)
     for _ in range(3):
         f = rng.normal(size=(B, D)).astype(np.float32)
-        ref = torch_losses.reference_triplet(torch.from_numpy(f), torch.from_numpy(PIDS).long(), None if margin == 0 else margin)
+        ref = torch_losses.reference_triplet(torch.from_numpy(f), torch.from_numpy(PIDS).long(),
+                                             None if margin == 0 else margin)
         _close(losses.triplet_loss(f, PIDS, margin), ref)
 
 
@@ -132,7 +134,8 @@ def test_soft_segmentation_loss_is_per_patch_cross_entropy_with_the_part_shares(
     assert float(losses.soft_segmentation_loss(np.log(t), targets)) < float(losses.soft_segmentation_loss(o, targets))
     # Unlike the reference's min-max MSE, a constant map is far from the minimum.
     const = np.zeros_like(o)
-    assert float(losses.soft_segmentation_loss(const, targets)) > float(losses.soft_segmentation_loss(np.log(t), targets)) + 0.1
+    assert (float(losses.soft_segmentation_loss(const, targets))
+            > float(losses.soft_segmentation_loss(np.log(t), targets)) + 0.1)
 
 
 @pytest.mark.parametrize("name", ["minmax_mse", "soft_ce"])
@@ -227,7 +230,7 @@ def test_margin_logits_definitions():
     edge = cos.copy()
     edge[0, :2], edge[1, PIDS[1]] = (1.0, -1.0), 1.0
     for kind in ("cosface", "arcface", "circle"):
-        g = jax.grad(lambda c: losses.cross_entropy(losses.margin_logits(c, PIDS, kind, 10.0, 0.3), PIDS))(edge)
+        g = jax.grad(lambda c: losses.cross_entropy(losses.margin_logits(c, PIDS, kind, 10.0, 0.3), PIDS))(edge)  # noqa: B023  (called at once)
         assert np.all(np.isfinite(np.asarray(g))), kind
     with pytest.raises(ValueError, match="kind='softmax'"):
         losses.margin_logits(cos, PIDS, "softmax", 10.0, 0.3)
@@ -255,9 +258,11 @@ def test_total_loss_applies_the_margin_id_loss():
 
 def test_reconstruction_and_kl_match_torch():
     logits, feats, _ = _outputs(5)
-    _close(losses.reconstruction_loss(feats[2], feats[3]), F.l1_loss(torch.from_numpy(feats[2]), torch.from_numpy(feats[3])))
+    _close(losses.reconstruction_loss(feats[2], feats[3]),
+           F.l1_loss(torch.from_numpy(feats[2]), torch.from_numpy(feats[3])))
     ref_kl = F.kl_div(
-        F.log_softmax(torch.from_numpy(logits[4]), dim=1), F.softmax(torch.from_numpy(logits[0]), dim=1), reduction="batchmean"
+        F.log_softmax(torch.from_numpy(logits[4]), dim=1), F.softmax(torch.from_numpy(logits[0]), dim=1),
+        reduction="batchmean",
     )
     _close(losses.kl_term(logits[0], logits[4]), ref_kl)
 
@@ -320,7 +325,8 @@ def test_total_loss_gradients_finite_and_bf16_in_f32():
     # Same as the f32 computation on the bf16-rounded values: the arithmetic itself ran in f32.
     up = lambda t: tuple(np.asarray(jnp.asarray(x, jnp.float32)) for x in t)  # noqa: E731
     loss_up, _ = losses.total_loss(
-        (up(bf_logits), up(bf_feats)), PIDS, np.asarray(jnp.asarray(targets, jnp.bfloat16).astype(jnp.float32)), None, cfg
+        (up(bf_logits), up(bf_feats)), PIDS, np.asarray(jnp.asarray(targets, jnp.bfloat16).astype(jnp.float32)), None,
+        cfg,
     )
     _close(loss_bf, loss_up)
 

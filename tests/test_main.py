@@ -71,7 +71,7 @@ def test_eval_mode_needs_a_checkpoint(tmp_path):
 
 
 def test_a_bad_stride_is_one_line_before_any_data_is_touched(tmp_path):
-    """``--config.model.stride=12`` reaches the tuple field as ``(12,)``, a square stride; three numbers are an error."""
+    """``--config.model.stride=12`` reaches the tuple field as ``(12,)``: a square stride; three numbers: an error."""
     out = _run_main("--config=configs/occ_duke.py", "--config.model.stride=1,2,3",
                     f"--config.data.data_dir={tmp_path / 'no_data_here'}", f"--workdir={tmp_path / 'w'}")
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]

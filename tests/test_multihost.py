@@ -1,4 +1,5 @@
-"""Multi-host launch as the README gives it: two processes on 127.0.0.1 train as one process on the same global batch."""
+"""Multi-host launch as the README gives it: two processes on 127.0.0.1 train as one process on the same global
+batch."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_two_processes_on_localhost_give_the_single_process_losses(data_root, tm
             for q in procs:
                 q.kill()
             raise
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     assert "process 0 of 2" in outs[0][1] and "process 1 of 2" in outs[1][1]
 

@@ -97,7 +97,8 @@ def test_two_steps_match_torch(name):
     cfg = _cfg(name=name, weight_decay=1e-4, weight_decay_bias=3e-4)
     params = jax.tree_util.tree_map(jnp.asarray, _params(1))
     rng = np.random.default_rng(2)
-    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params) for _ in range(2)]
+    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+             for _ in range(2)]
 
     tx = optim.make_optimizer(cfg, params, EPOCHS)
     state = tx.init(params)

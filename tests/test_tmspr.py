@@ -203,7 +203,8 @@ def test_valid_mask_makes_padded_batch_equal_unpadded():
     masked = _extract(m, v, pad, cams, np.array([True, True, True, False, False]))
     assert rel_err(masked[:3], ref) < 1e-6
     unmasked = _extract(m, v, pad, cams, None)
-    assert rel_err(unmasked[:3, 5 * D:], ref[:, 5 * D:]) > 1e-4  # the padding rows do change the batch min-max when not masked
+    # the padding rows do change the batch min-max when not masked
+    assert rel_err(unmasked[:3, 5 * D:], ref[:, 5 * D:]) > 1e-4
 
 
 @pytest.mark.parametrize("mode", ["sample", "batch"])

@@ -275,7 +275,8 @@ def test_strip_or_band_follows_crop_aspect():
 
 
 def test_covering_size_ranges_are_inclusive():
-    # randint bounds are inclusive: crop sides reach oh//4 and oh//2, strip widths W//4 and W//2, band heights H//4, H//2.
+    # randint bounds are inclusive: crop sides reach oh//4 and oh//2, strip widths W//4 and W//2, band heights H//4,
+    # H//2.
     H, W = 32, 16
     img = np.zeros((16, 8, 3), np.uint8)
     bank = V.OccluderBank.from_arrays([np.zeros((48, 8, 3), np.uint8), np.zeros((8, 48, 3), np.uint8)])

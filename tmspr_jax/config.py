@@ -153,7 +153,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     e.max_rank = 50
     e.rerank = False
     e.flip = False  # average each test feature with its mirror image's (fast-reid TEST.FLIP); not in the reference
-    # 95% intervals of every metric from this many bootstrap draws of the test identities (results.json 'ci95'); 0 = off.
+    # 95% intervals of every metric from this many bootstrap draws of the test identities (results.json 'ci95');
+    # 0 = off.
     # Not in the reference: they show how much a figure rests on the few hundred people of a test set.
     e.bootstrap_samples = 1000
     e.k1 = 20

@@ -39,7 +39,8 @@ def _f32(x: jax.Array) -> jax.Array:
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
     """Mean softmax cross-entropy of ``logits [B, C]`` against integer ``labels [B]``.
 
-    With ``label_smoothing = e > 0`` the target is ``(1 - e) * onehot + e / C`` (the reference's CrossEntropyLabelSmooth).
+    With ``label_smoothing = e > 0`` the target is ``(1 - e) * onehot + e / C`` (the reference's
+    CrossEntropyLabelSmooth).
     """
     logits = _f32(logits)
     if logits.ndim != 2:
@@ -126,7 +127,8 @@ def _seg_inputs(
     o, y = _f32(part_logits), _f32(targets)
     if o.ndim != 4 or o.shape != y.shape:
         raise ValueError(
-            f"{name}: part_logits and targets must both be [B, gh, gw, K] with equal shapes, got {o.shape} and {y.shape}"
+            f"{name}: part_logits and targets must both be [B, gh, gw, K] with equal shapes, got {o.shape} and "
+            f"{y.shape}"
         )
     w = jnp.ones((o.shape[0],), jnp.float32) if weights is None else _f32(weights)
     if w.shape != (o.shape[0],):

@@ -149,7 +149,8 @@ def _group_states(opt_state: Any) -> dict[str, Any]:
             st = inner[group]
             st = getattr(st, "inner_state", st)  # MaskedState wrapper
             if not hasattr(st, "hyperparams") or "learning_rate" not in st.hyperparams:
-                raise TypeError(f"optimiser group {group!r} has no injected learning_rate; build it with make_optimizer")
+                raise TypeError(
+                    f"optimiser group {group!r} has no injected learning_rate; build it with make_optimizer")
             out[group] = st
     return out
 

@@ -1,9 +1,10 @@
 """Data parallelism as one global program: single-GPU semantics on any number of devices.
 
 A 1-D mesh over every device of every process, axis ``'data'`` with ``AxisType.Auto`` (Explicit axes break
-``flax.linen`` dropout-style code). Batches are sharded on their leading axis, parameters are replicated, and ``jax.jit``
-compiles the single-device program for the whole mesh, so batch-wise statistics (BNNeck, batch-hard triplet mining,
-the part min-max, the recovery nearest neighbour) see the global batch exactly as the reference's single-GPU run.
+``flax.linen`` dropout-style code). Batches are sharded on their leading axis, parameters are replicated, and
+``jax.jit`` compiles the single-device program for the whole mesh, so batch-wise statistics (BNNeck, batch-hard triplet
+mining, the part min-max, the recovery nearest neighbour) see the global batch exactly as the reference's single-GPU
+run.
 """
 
 from __future__ import annotations

@@ -102,7 +102,8 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_cfg: ml_collec
 
 
 class MetricsLogger:
-    """One JSON line per logged step / evaluation in ``WORKDIR/metrics.jsonl``, and TensorBoard events in ``WORKDIR/tb``."""
+    """One JSON line per logged step / evaluation in ``WORKDIR/metrics.jsonl``, and TensorBoard events in
+    ``WORKDIR/tb``."""
 
     def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
         """``resume_step``: a run resumed from that step drops the rows logged after it (steps that will run again)
@@ -143,7 +144,8 @@ class MetricsLogger:
 
 
 def _drop_rows_after(path: str, step: int) -> None:
-    """Rewrites ``metrics.jsonl`` without the rows of steps after ``step`` (atomically: a kill leaves one or the other)."""
+    """Rewrites ``metrics.jsonl`` without the rows of steps after ``step`` (atomically: a kill leaves one or the
+    other)."""
     if not os.path.isfile(path):
         return
     keep, dropped = [], 0
@@ -425,7 +427,8 @@ def train_and_evaluate(
         if steps:
             replicated = sharding.replicated(exp.mesh)
             abstract = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), jax.eval_shape(fresh_state, shapes)
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                jax.eval_shape(fresh_state, shapes),
             )
             resumed_from, state, data_state = checkpoints.restore_newest_intact(
                 manager, steps, model=exp.model, abstract_state=abstract, move_damaged=True,
@@ -471,7 +474,8 @@ def train_and_evaluate(
 
         host_step = int(state.step)  # the host's copy of state.step, so the loop never waits on the device
         total_steps = sum(epoch_steps(e) for e in range(1, total_epochs + 1))
-        bar = tqdm(total=total_steps, initial=host_step, desc="train", unit="step", disable=not is_main, mininterval=2.0)
+        bar = tqdm(total=total_steps, initial=host_step, desc="train", unit="step", disable=not is_main,
+                   mininterval=2.0)
         results: dict = {}
         steps_this_call = 0
         pending = None  # (step, metrics) of the previous step, checked one step late so dispatch stays asynchronous
@@ -492,8 +496,8 @@ def train_and_evaluate(
             bar.close()
             logger.close()
             return Preempted(
-                f"Stopped by SIGTERM after step {host_step}: checkpoint step {saves.last} saved in {manager.directory}; "
-                "run the same command to resume."
+                f"Stopped by SIGTERM after step {host_step}: checkpoint step {saves.last} saved in "
+                f"{manager.directory}; run the same command to resume."
             )
 
         # One data pipeline for the whole run: its worker processes start once (about a second each time on the demo).
@@ -616,7 +620,8 @@ class _Saves:
             intact = None
         text = " ".join(str(e).split())[:300]
         return CheckpointSaveError(
-            f"Saving checkpoint step {self.last if step is None else step} in {self.manager.directory} failed ({type(e).__name__}: {text}): "
+            f"Saving checkpoint step {self.last if step is None else step} in {self.manager.directory} failed "
+            f"({type(e).__name__}: {text}): "
             f"training stopped; the newest complete checkpoint is step {intact}. Free space and run the same "
             "command to resume."
         )

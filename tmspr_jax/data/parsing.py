@@ -539,9 +539,11 @@ def _main(argv: Sequence[str]) -> None:
         raise _usage_error(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     cfg = f.config
-    img_size = _int_pair(f.img_size, "--img_size") if f.img_size else (pair(cfg.img_size, "config.img_size") if cfg else (256, 128))
+    img_size = (_int_pair(f.img_size, "--img_size") if f.img_size
+                else pair(cfg.img_size, "config.img_size") if cfg else (256, 128))
     patch = f.patch if f.patch else (int(cfg.model.patch_size) if cfg else 16)
-    stride = _int_pair(f.stride, "--stride") if f.stride else (pair(cfg.model.stride, "config.model.stride") if cfg else (11, 11))
+    stride = (_int_pair(f.stride, "--stride") if f.stride
+              else pair(cfg.model.stride, "config.model.stride") if cfg else (11, 11))
     dataset = f.dataset or (cfg.data.train if cfg else "")
     data_dir = f.data_dir or (cfg.data.data_dir if cfg else "")
     if not dataset or not data_dir:

@@ -470,7 +470,8 @@ def flip_misalignment(config: ml_collections.ConfigDict) -> int:
     """
     if str(config.parsing.get("method", "patch_mean")) == "reference":
         return 0
-    width, patch, sx = int(config.img_size[1]), int(config.model.patch_size), pair(config.model.stride, "config.model.stride")[1]
+    width, patch = int(config.img_size[1]), int(config.model.patch_size)
+    sx = pair(config.model.stride, "config.model.stride")[1]
     return (width - patch) % sx
 
 
@@ -505,8 +506,8 @@ def train_batches(
     """This process's slice of every PK batch of ``epoch``, as NumPy dicts.
 
     Each batch: ``views f32 [b,4,H,W,3]``, ``pids i32 [b]`` (train labels), ``camids i32 [b]``,
-    ``parsing f32 [b,gh,gw,6]``, ``parsing_weight f32 [b]``, ``index i32 [b]`` (record index), ``flipped bool [b]`` (mirrored by
-    ``data.flip_prob``), with
+    ``parsing f32 [b,gh,gw,6]``, ``parsing_weight f32 [b]``, ``index i32 [b]`` (record index), ``flipped bool [b]``
+    (mirrored by ``data.flip_prob``), with
     ``b = config.data.batch_size // process_count``. For resumable iteration use :class:`TrainPipeline`.
     """
     pipe = TrainPipeline(

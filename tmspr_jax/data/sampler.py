@@ -131,7 +131,8 @@ class SamplerPosition:
             epoch, batch = state["epoch"], state["batch"]
         except (KeyError, TypeError) as e:
             raise ValueError(f"sampler state must be a dict with int 'epoch' and 'batch', got {state!r}") from e
-        if not (isinstance(epoch, (int, np.integer)) and isinstance(batch, (int, np.integer))) or epoch < 0 or batch < 0:
+        whole = isinstance(epoch, (int, np.integer)) and isinstance(batch, (int, np.integer))
+        if not whole or epoch < 0 or batch < 0:
             raise ValueError(f"sampler state needs non-negative ints 'epoch' and 'batch', got {state!r}")
         return cls(int(epoch), int(batch))
 
@@ -163,7 +164,8 @@ class PKSampler:
     def epoch_batches(self, epoch: int) -> np.ndarray:
         """int32 ``[num_batches, batch_size]`` for ``epoch`` (see :func:`epoch_batches`)."""
         if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, epoch_batches(self.pids, self.num_ids, self.num_instances, seed=self.seed, epoch=epoch))
+            batches = epoch_batches(self.pids, self.num_ids, self.num_instances, seed=self.seed, epoch=epoch)
+            self._cache = (epoch, batches)
         return self._cache[1]
 
     def num_batches(self, epoch: int) -> int:
@@ -172,7 +174,8 @@ class PKSampler:
     def batch(self, position: SamplerPosition) -> np.ndarray:
         batches = self.epoch_batches(position.epoch)
         if not 0 <= position.batch < batches.shape[0]:
-            raise IndexError(f"batch {position.batch} out of range: epoch {position.epoch} has {batches.shape[0]} batches")
+            raise IndexError(
+                f"batch {position.batch} out of range: epoch {position.epoch} has {batches.shape[0]} batches")
         return batches[position.batch]
 
     def next(self) -> np.ndarray:

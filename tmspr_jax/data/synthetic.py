@@ -455,7 +455,7 @@ def place_occluder(
         target = rng.uniform(lo + margin, hi - margin)
 
         def frac(s: float) -> tuple[float, np.ndarray]:
-            occ = np.asarray(_occluder_shape(kind, s, size, q))
+            occ = np.asarray(_occluder_shape(kind, s, size, q))  # noqa: B023  (only called in this iteration)
             return float((person & (occ > 0)).sum()) / n, occ
 
         f_max, occ = frac(1.0)
@@ -822,7 +822,8 @@ def _define_flags() -> None:
     flags.DEFINE_float("occlusion_max", 0.5, "largest covered fraction of the body for occluded images")
     flags.DEFINE_float("train_occluded", 0.1, "fraction of training images that are occluded")
     flags.DEFINE_float("gallery_occluded", 0.1, "fraction of gallery images that are occluded")
-    flags.DEFINE_float("camera_strength", 1.0, "scale of the cameras' colour, brightness and contrast shifts (0 = none)")
+    flags.DEFINE_float("camera_strength", 1.0,
+                       "scale of the cameras' colour, brightness and contrast shifts (0 = none)")
     flags.DEFINE_integer("min_attribute_diff", 2, "attributes (of 10) any two identities differ in, at least")
     flags.DEFINE_float("background_saturation", 1.0, "background colour saturation in [0, 1] (0 = greys)")
     flags.DEFINE_integer("occluder_images", 0, "occluder objects to write into occluders/ (covering-view bank)")

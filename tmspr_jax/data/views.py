@@ -74,7 +74,8 @@ class AmplifyParams:
 
 @dataclasses.dataclass(frozen=True)
 class JitterParams:
-    """ColorJitter factors and the order (names from ``brightness``/``contrast``/``saturation``) they were applied in."""
+    """ColorJitter factors and the order (names from ``brightness``/``contrast``/``saturation``) they were applied
+    in."""
 
     order: tuple[str, ...]
     brightness: float
@@ -367,7 +368,8 @@ class OccluderBank:
 
     @classmethod
     def from_records(cls, source: Any, image_key: str = "image", name: str | None = None) -> OccluderBank:
-        """A bank over a random-access source of records (``len`` and ``[i]``) whose ``image_key`` holds encoded bytes."""
+        """A bank over a random-access source of records (``len`` and ``[i]``) whose ``image_key`` holds encoded
+        bytes."""
         bank = cls.__new__(cls)
         bank._setup("records", source, len(source), name or type(source).__name__, image_key)
         return bank

@@ -78,5 +78,6 @@ def from_reference_order(logits: Sequence[jax.Array], feats: Sequence[jax.Array]
     return TrainOutputs(
         global_feats=(feats[0], *feats[4:7]), global_logits=tuple(logits[0:4]),
         jpm_feats=tuple(feats[7:11]), jpm_logits=tuple(logits[4:8]),
-        parsing_logits=feats[1], visible_parts=feats[2], part_feats=tuple(feats[12:18]), part_logits=tuple(logits[9:15]),
+        parsing_logits=feats[1], visible_parts=feats[2], part_feats=tuple(feats[12:18]),
+        part_logits=tuple(logits[9:15]),
         recovered_parts=feats[3], recovered_feat=feats[11], recovered_logits=logits[8])

@@ -103,7 +103,8 @@ class TMSPR(nn.Module):
     def setup(self) -> None:
         if self.depth < 2:
             raise ValueError(f"model.depth={self.depth}: T-MSPR needs depth >= 2 (the last block becomes b1/b2)")
-        for key, value, allowed in (("part_norm", self.part_norm, PART_NORMS), ("part_pool", self.part_pool, PART_POOLS),
+        for key, value, allowed in (("part_norm", self.part_norm, PART_NORMS),
+                                    ("part_pool", self.part_pool, PART_POOLS),
                                     ("neck_feat", self.neck_feat, NECK_FEATS),
                                     ("classifier", self.classifier_kind, CLASSIFIERS)):
             if value not in allowed:

@@ -148,7 +148,8 @@ def _torch_parts(cfg, variables, images_np, views_np, camids_np, pids_np, dtype:
     amp = dtype != "float32"
     autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp)
     sync = (lambda r: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda r: None)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+    cpu = f"cpu ({platform.processor() or platform.machine()})"
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu
 
     def eval_fn():
         model.eval()

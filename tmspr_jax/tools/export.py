@@ -12,8 +12,8 @@ config's training split is opened for its identity and camera counts). The progr
 
 to the evaluation feature float32 ``[b, D]``. A program cannot raise, so a camera id outside the camera table
 (``0 <= camid < num_cameras`` in ``<out>.json``) gives a row of NaN instead of the silently clamped row that indexing
-would read; such rows take no part in the batch's part normalisation (``eval.flip`` included; L2-normalise it before ranking, as the
-evaluation does). ``--batch=0`` exports a symbolic batch size: one file serves every batch size. With
+would read; such rows take no part in the batch's part normalisation (``eval.flip`` included; L2-normalise it before
+ranking, as the evaluation does). ``--batch=0`` exports a symbolic batch size: one file serves every batch size. With
 ``model.part_norm='batch'`` (the reference's default) a feature depends on the rest of its batch, as in the reference.
 Anywhere JAX runs, without this package::
 

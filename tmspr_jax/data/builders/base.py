@@ -59,7 +59,8 @@ def find_dataset_root(manual_dir: Path, folder_names: Sequence[str], required: S
     """
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():
-        raise DatasetLayoutError(f"manual_dir {manual_dir} does not exist or is not a folder. Expected layout:\n{layout}")
+        raise DatasetLayoutError(
+            f"manual_dir {manual_dir} does not exist or is not a folder. Expected layout:\n{layout}")
     candidates = [manual_dir] + [manual_dir / name for name in folder_names]
     for cand in candidates:
         if all((cand / child).exists() for child in required):
@@ -113,7 +114,8 @@ def parse_market_name(path: Path, *, max_cam: int, max_pid: int | None, layout: 
 def read_market_folder(
     folder: Path, *, max_cam: int, max_pid: int | None, layout: str, extensions: Sequence[str] = (".jpg",)
 ) -> tuple[list[Item], int]:
-    """Items of one Market/Duke-style folder (sorted by name) with raw pids, and the number of pid -1 junk files dropped."""
+    """Items of one Market/Duke-style folder (sorted by name) with raw pids, and the number of pid -1 junk files
+    dropped."""
     items, junk = [], 0
     for path in list_images(folder, extensions, layout):
         pid, cam = parse_market_name(path, max_cam=max_cam, max_pid=max_pid, layout=layout)

@@ -28,7 +28,8 @@ def read_market_layout(
     root = base.find_dataset_root(manual_dir, folder_names, list(SUBFOLDERS.values()), layout)
     splits, junk = {}, {}
     for split, sub in SUBFOLDERS.items():
-        splits[split], junk[split] = base.read_market_folder(root / sub, max_cam=max_cam, max_pid=max_pid, layout=layout)
+        splits[split], junk[split] = base.read_market_folder(
+            root / sub, max_cam=max_cam, max_pid=max_pid, layout=layout)
     return splits, junk
 
 
