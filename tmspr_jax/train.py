@@ -613,6 +613,8 @@ class _Saves:
             raise self._failed(e) from e
 
     def _failed(self, e: BaseException, step: int | None = None) -> CheckpointSaveError:
+        # An earlier asynchronous save's error may surface only here (orbax raises it on the next save or wait), so
+        # the message names the step being saved, not necessarily the one that failed.
         try:
             self.manager.reload()
             intact = self.manager.latest_step()
@@ -620,9 +622,8 @@ class _Saves:
             intact = None
         text = " ".join(str(e).split())[:300]
         return CheckpointSaveError(
-            f"Saving checkpoint step {self.last if step is None else step} in {self.manager.directory} failed "
-            f"({type(e).__name__}: {text}): "
-            f"training stopped; the newest complete checkpoint is step {intact}. Free space and run the same "
+            f"A checkpoint save in {self.manager.directory} failed ({type(e).__name__}: {text}; seen while saving step "
+            f"{self.last if step is None else step}): training stopped; the newest complete checkpoint is step {intact}. Free space and run the same "
             "command to resume."
         )
 
