@@ -14,7 +14,7 @@ Total loss (docs/reference.md §9.6), with the reference's weights, in the refer
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from tmspr_jax.models.outputs import NUM_REFERENCE_FEATS, TrainOutputs, from_reference_order
+from tmspr_jax.utils import config_value, l2_normalise
 
 # The reference's feature indices that get a triplet term (docs/reference.md §8): all but the part logits O (1),
 # Q (2) and Qc (3), which are not [B, D] matrices.
@@ -104,7 +105,7 @@ def triplet_loss(feats: jax.Array, labels: jax.Array, margin: float = 0.0, norm_
     if margin < 0:
         raise ValueError(f"triplet_loss: margin must be >= 0 (0 = soft margin), got {margin}")
     if norm_feat:
-        f = f / jnp.maximum(jnp.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+        f = l2_normalise(f, axis=1)
     sq = jnp.sum(f * f, axis=1)
     # HIGHEST: no TF32 on GPU for this tiny [B, B] product; batch-hard mining is sensitive to distance rounding.
     gram = jnp.matmul(f, f.T, precision=jax.lax.Precision.HIGHEST)
@@ -205,13 +206,6 @@ def kl_term(logits_global: jax.Array, logits_jpm1: jax.Array) -> jax.Array:
     return jnp.sum(jnp.exp(lq) * (lq - lp)) / lq.shape[0]
 
 
-def _cfg(loss_cfg: Any, key: str) -> Any:
-    try:
-        return loss_cfg[key] if isinstance(loss_cfg, Mapping) else getattr(loss_cfg, key)
-    except (KeyError, AttributeError):
-        raise KeyError(f"loss config is missing key 'loss.{key}' (see configs/common.py)") from None
-
-
 def _as_outputs(outputs: Any) -> TrainOutputs:
     if isinstance(outputs, TrainOutputs):
         return outputs
@@ -255,15 +249,16 @@ def total_loss(
       reference's order) and ``triplet_per_feat`` (every ``[B, D]`` feature, in the reference's order).
     """
     out = _as_outputs(outputs)
-    smoothing = float(_cfg(loss_cfg, "label_smoothing"))
-    margin = float(_cfg(loss_cfg, "triplet_margin"))
-    norm_feat = bool(_cfg(loss_cfg, "triplet_norm_feat"))
+    cfg = lambda key: config_value(loss_cfg, key, "loss")  # noqa: E731
+    smoothing = float(cfg("label_smoothing"))
+    margin = float(cfg("triplet_margin"))
+    norm_feat = bool(cfg("triplet_norm_feat"))
 
-    id_loss = str(_cfg(loss_cfg, "id_loss"))
+    id_loss = str(cfg("id_loss"))
     if id_loss not in ID_LOSSES:
         raise ValueError(f"config.loss.id_loss={id_loss!r}: expected one of {list(ID_LOSSES)}")
     if id_loss != "softmax":
-        scale, id_margin = float(_cfg(loss_cfg, "id_scale")), float(_cfg(loss_cfg, "id_margin"))
+        scale, id_margin = float(cfg("id_scale")), float(cfg("id_margin"))
         to_logits = lambda s: margin_logits(s, pids, id_loss, scale, id_margin)  # noqa: E731
         kl_logits = (scale * _f32(out.global_logits[0]), scale * _f32(out.jpm_logits[0]))
     else:
@@ -293,20 +288,20 @@ def total_loss(
         l_tri = l_tri + t
     l_kl = kl_term(*kl_logits)
 
-    loss = float(_cfg(loss_cfg, "id_weight")) * l_id + float(_cfg(loss_cfg, "triplet_weight")) * l_tri
+    loss = float(cfg("id_weight")) * l_id + float(cfg("triplet_weight")) * l_tri
     terms = {"id": l_id, "triplet": l_tri}
     if out.parsing_logits is not None:
-        seg_name = str(_cfg(loss_cfg, "seg_loss"))
+        seg_name = str(cfg("seg_loss"))
         if seg_name not in SEG_LOSSES:
             raise ValueError(f"config.loss.seg_loss={seg_name!r}: expected one of {sorted(SEG_LOSSES)}")
         if parsing is None:
             raise ValueError("total_loss: the part head's segmentation loss needs parsing targets")
         terms["seg"] = SEG_LOSSES[seg_name](out.parsing_logits, parsing, parsing_weight)
-        loss = loss + float(_cfg(loss_cfg, "seg_weight")) * terms["seg"]
+        loss = loss + float(cfg("seg_weight")) * terms["seg"]
     if out.recovered_parts is not None:
         terms["rec"] = reconstruction_loss(out.visible_parts, out.recovered_parts)
-        loss = loss + float(_cfg(loss_cfg, "rec_weight")) * terms["rec"]
-    kl_weight = float(_cfg(loss_cfg, "kl_weight"))
+        loss = loss + float(cfg("rec_weight")) * terms["rec"]
+    kl_weight = float(cfg("kl_weight"))
     if kl_weight != 0.0:
         loss = loss + kl_weight * l_kl
     acc = jnp.mean((jnp.argmax(out.global_logits[0], axis=-1) == pids).astype(jnp.float32))

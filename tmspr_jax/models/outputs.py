@@ -74,7 +74,7 @@ def from_reference_order(logits: Sequence[jax.Array], feats: Sequence[jax.Array]
     if len(logits) != NUM_REFERENCE_LOGITS:
         raise ValueError(f"from_reference_order: expected {NUM_REFERENCE_LOGITS} logits, got {len(logits)}")
     if len(feats) != NUM_REFERENCE_FEATS:
-        raise ValueError(f"from_reference_order: expected {NUM_REFERENCE_FEATS} features, got {len(feats)}")
+        raise ValueError(f"from_reference_order: expected {NUM_REFERENCE_FEATS} feats (features), got {len(feats)}")
     return TrainOutputs(
         global_feats=(feats[0], *feats[4:7]), global_logits=tuple(logits[0:4]),
         jpm_feats=tuple(feats[7:11]), jpm_logits=tuple(logits[4:8]),
