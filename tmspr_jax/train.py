@@ -623,8 +623,8 @@ class _Saves:
         text = " ".join(str(e).split())[:300]
         return CheckpointSaveError(
             f"A checkpoint save in {self.manager.directory} failed ({type(e).__name__}: {text}; seen while saving step "
-            f"{self.last if step is None else step}): training stopped; the newest complete checkpoint is step {intact}. Free space and run the same "
-            "command to resume."
+            f"{self.last if step is None else step}): training stopped; the newest complete checkpoint is step "
+            f"{intact}. Free space and run the same command to resume."
         )
 
 
