@@ -26,9 +26,9 @@ Anywhere JAX runs, without this package::
 ``images`` ``[batch, H, W, 3]`` and ``camids`` ``[batch]`` and output ``features``, the batch axis dynamic unless
 ``--batch`` fixes it; outside JAX::
 
-    import onnxruntime as ort
-    session = ort.InferenceSession("tmspr.onnx")
-    features = session.run(None, {"images": images, "camids": camids})[0]
+    import onnxruntime
+    program = onnxruntime.InferenceSession("tmspr.onnx")
+    features = program.run(None, {"images": images, "camids": camids})[0]
 """
 
 from __future__ import annotations
