@@ -20,18 +20,28 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/X.py) giving the model and img_size.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/X.py) giving the model and img_size.", lock_config=True
+)
 _OUT = flags.DEFINE_string("out", None, "Output folder for the converted weights (must not exist or be empty).")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", None, "timm: classifier rows to initialise; tmspr: checked "
-                                    "against the checkpoint (default: read from it).")
-_NUM_CAMERAS = flags.DEFINE_integer("num_cameras", None, "timm: camera-embedding rows to initialise; tmspr: checked "
-                                    "against the checkpoint.")
+_NUM_CLASSES = flags.DEFINE_integer(
+    "num_classes",
+    None,
+    "timm: classifier rows to initialise; tmspr: checked against the checkpoint (default: read from it).",
+)
+_NUM_CAMERAS = flags.DEFINE_integer(
+    "num_cameras", None, "timm: camera-embedding rows to initialise; tmspr: checked against the checkpoint."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the reference-style init of the heads that the source lacks.")
-_RESIZE_POS = flags.DEFINE_bool("resize_pos", False, "tmspr: resize the position embedding when the checkpoint's "
-                                "grid differs from the config's (otherwise that is an error).")
-_SRC_GRID = flags.DEFINE_string("src_grid", None, "tmspr with --resize_pos: the checkpoint's grid as HxW when it "
-                                "cannot be inferred.")
+_RESIZE_POS = flags.DEFINE_bool(
+    "resize_pos",
+    False,
+    "tmspr: resize the position embedding when the checkpoint's "
+    "grid differs from the config's (otherwise that is an error).",
+)
+_SRC_GRID = flags.DEFINE_string(
+    "src_grid", None, "tmspr with --resize_pos: the checkpoint's grid as HxW when it cannot be inferred."
+)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the contents of an existing --out folder.")
 
 MODES = ("timm", "tmspr", "schp")
@@ -68,15 +78,24 @@ def main(argv: list[str]) -> None:
     # Every reader, mapping and weights error is a ValueError: one line naming the file, key and value, no traceback.
     with one_line_errors():
         variables, meta, report = convert_file(
-            src, cfg.model, pair(cfg.img_size, "config.img_size"), jax.random.key(_SEED.value),
-            num_classes=_NUM_CLASSES.value, num_cameras=_NUM_CAMERAS.value, resize_pos=_RESIZE_POS.value,
-            src_grid=_parse_grid(_SRC_GRID.value), mode=mode)
+            src,
+            cfg.model,
+            pair(cfg.img_size, "config.img_size"),
+            jax.random.key(_SEED.value),
+            num_classes=_NUM_CLASSES.value,
+            num_cameras=_NUM_CAMERAS.value,
+            resize_pos=_RESIZE_POS.value,
+            src_grid=_parse_grid(_SRC_GRID.value),
+            mode=mode,
+        )
         meta["seed"] = _SEED.value
         save_variables(_OUT.value, variables, meta, overwrite=_OVERWRITE.value)
     print(report.summary())
     n = sum(int(x.size) for x in jax.tree_util.tree_leaves(variables))
-    print(f"kind: {meta['kind']}; classes: {meta['num_classes']}; cameras: {meta['num_cameras']}; "
-          f"grid: {meta['grid'][0]}x{meta['grid'][1]}; {n:,} values")
+    print(
+        f"kind: {meta['kind']}; classes: {meta['num_classes']}; cameras: {meta['num_cameras']}; "
+        f"grid: {meta['grid'][0]}x{meta['grid'][1]}; {n:,} values"
+    )
     print(f"wrote {_OUT.value}")
 
 

@@ -25,9 +25,18 @@ from tmspr_jax.weights import KINDS, META_FILE, WeightsError, load_variables, mo
 MODES = ("timm", "tmspr", "auto")
 
 
-def convert_file(path: str, model_cfg: Any, img_size: Sequence[int], rng: jax.Array, *,
-                 num_classes: int | None = None, num_cameras: int | None = None, resize_pos: bool = False,
-                 src_grid: tuple[int, int] | None = None, mode: str = "auto") -> tuple[dict, dict, Any]:
+def convert_file(
+    path: str,
+    model_cfg: Any,
+    img_size: Sequence[int],
+    rng: jax.Array,
+    *,
+    num_classes: int | None = None,
+    num_cameras: int | None = None,
+    resize_pos: bool = False,
+    src_grid: tuple[int, int] | None = None,
+    mode: str = "auto",
+) -> tuple[dict, dict, Any]:
     """Convert a checkpoint file into ``(variables, meta, report)`` for the config.
 
     ``mode``: ``'timm'`` (ImageNet ViT, timm naming or vit_jax ``.npz``), ``'tmspr'`` (trained T-MSPR / TransReID
@@ -49,25 +58,38 @@ def convert_file(path: str, model_cfg: Any, img_size: Sequence[int], rng: jax.Ar
             raise CheckpointError(
                 f"{path!r}: not an ImageNet ViT checkpoint: expected timm keys (patch_embed.proj.weight, cls_token, "
                 f"blocks.N.*) or the vit_jax .npz layout (embedding/kernel, Transformer/...); found keys "
-                f"{sorted(state)[:8]}...")
+                f"{sorted(state)[:8]}..."
+            )
         n_cls, n_cam = default_counts(num_classes, num_cameras)
         model = build_model(model_cfg, img_size, n_cls, n_cam)
         ref, report = timm_to_reference(state, model, rng, source=path)
         kind = "imagenet"
     else:
         ref, report, kind, model = tmspr_to_reference(
-            state, model_cfg, img_size, rng, source=path, num_classes=num_classes, num_cameras=num_cameras,
-            resize_pos=resize_pos, src_grid=src_grid)
+            state,
+            model_cfg,
+            img_size,
+            rng,
+            source=path,
+            num_classes=num_classes,
+            num_cameras=num_cameras,
+            resize_pos=resize_pos,
+            src_grid=src_grid,
+        )
     variables, _ = reference_to_variables(ref, model, source=path)
     meta = {**model_meta(model), "kind": kind, "source": os.path.abspath(path), "conversion": report.to_meta()}
     if kind == "imagenet":
-        meta["heads"] = ("placeholder: classes/cameras not given, heads re-initialised when loaded"
-                         if num_classes is None or num_cameras is None else "initialised")
+        meta["heads"] = (
+            "placeholder: classes/cameras not given, heads re-initialised when loaded"
+            if num_classes is None or num_cameras is None
+            else "initialised"
+        )
     return variables, meta, report
 
 
-def load_pretrained(path: str, model_cfg: Any, img_size: Sequence[int], num_classes: int, num_cameras: int,
-                    rng: jax.Array) -> dict:
+def load_pretrained(
+    path: str, model_cfg: Any, img_size: Sequence[int], num_classes: int, num_cameras: int, rng: jax.Array
+) -> dict:
     """Full ``{'params', 'batch_stats'}`` for ``build_model(model_cfg, img_size, num_classes, num_cameras)``.
 
     ``path``: an ImageNet ViT ``.pth``/``.npz``/``.safetensors`` (converted on the fly, heads initialised from
@@ -79,16 +101,16 @@ def load_pretrained(path: str, model_cfg: Any, img_size: Sequence[int], num_clas
     if os.path.isdir(path):
         return _from_folder(path, model_cfg, img_size, int(num_classes), int(num_cameras), rng)
     if is_weight_file(path):
-        variables, _, _ = convert_file(path, model_cfg, img_size, rng, num_classes=num_classes,
-                                       num_cameras=num_cameras)
+        variables, _, _ = convert_file(path, model_cfg, img_size, rng, num_classes=num_classes, num_cameras=num_cameras)
         return variables
     if not os.path.exists(path):
         raise FileNotFoundError(f"pretrained weights not found: {path!r}")
     raise WeightsError(f"{path!r}: expected a .pth/.npz/.safetensors file or a converted-weights folder")
 
 
-def _from_folder(path: str, model_cfg: Any, img_size: tuple[int, int], num_classes: int, num_cameras: int,
-                 rng: jax.Array) -> dict:
+def _from_folder(
+    path: str, model_cfg: Any, img_size: tuple[int, int], num_classes: int, num_cameras: int, rng: jax.Array
+) -> dict:
     variables, meta = load_variables(path)
     model = build_model(model_cfg, img_size, num_classes, num_cameras)
     want = model_meta(model)
@@ -98,18 +120,24 @@ def _from_folder(path: str, model_cfg: Any, img_size: tuple[int, int], num_class
     # Geometry must match whatever the kind: these shapes are never re-initialised.
     for key in ("embed_dim", "depth", "patch_size", "grid"):
         if meta.get(key) != want[key]:
-            hint = (" (re-convert the original checkpoint with this config, or use --resize_pos when converting)"
-                    if key == "grid" else "")
-            raise WeightsError(f"{path}/{META_FILE}: {key}={meta.get(key)} but the config needs {key}={want[key]}"
-                               f"{hint}")
+            hint = (
+                " (re-convert the original checkpoint with this config, or use --resize_pos when converting)"
+                if key == "grid"
+                else ""
+            )
+            raise WeightsError(
+                f"{path}/{META_FILE}: {key}={meta.get(key)} but the config needs {key}={want[key]}{hint}"
+            )
     if kind != "imagenet":
         for key, asked in (("num_classes", num_classes), ("num_cameras", num_cameras)):
             have = meta.get(key)
             if key == "num_cameras":  # compare what shapes the model: the SIE table rows
                 have_rows = sie_rows(_Counts(int(have or 0), int(model.num_views)))
                 if have_rows != sie_rows(model):
-                    raise WeightsError(f"{path}/{META_FILE}: trained with num_cameras={have} but {asked} were asked "
-                                       "for (the camera embedding cannot be reused)")
+                    raise WeightsError(
+                        f"{path}/{META_FILE}: trained with num_cameras={have} but {asked} were asked "
+                        "for (the camera embedding cannot be reused)"
+                    )
             elif have != asked:
                 raise WeightsError(f"{path}/{META_FILE}: trained with {key}={have} but {key}={asked} was asked for")
         return variables

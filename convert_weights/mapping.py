@@ -127,8 +127,9 @@ def _target_shapes(model: Any, batch_size: int) -> dict:
     return {"params": shapes["params"], "batch_stats": shapes["batch_stats"]}
 
 
-def reference_to_variables(state: Mapping[str, Any], model: Any, *, batch_size: int = 2,
-                           source: str = "state dict") -> tuple[dict, MappingReport]:
+def reference_to_variables(
+    state: Mapping[str, Any], model: Any, *, batch_size: int = 2, source: str = "state dict"
+) -> tuple[dict, MappingReport]:
     """Map a flat reference-named dict of arrays to ``{'params', 'batch_stats'}`` for ``model`` (strict).
 
     ``state`` must already be stripped of the reference's unused modules
@@ -177,7 +178,8 @@ def reference_to_variables(state: Mapping[str, Any], model: Any, *, batch_size: 
                     elif np.any(bias != 0):
                         raise MappingError(
                             f"{source}: {bias_key} is not all zeros (max |bias| = {np.abs(bias).max():.3g}); the port "
-                            "freezes the BNNeck bias at 0 as the reference does, so this checkpoint cannot be mapped")
+                            "freezes the BNNeck bias at 0 as the reference does, so this checkpoint cannot be mapped"
+                        )
                     used.add(bias_key)
                     report.ignored.append((bias_key, "BNNeck bias, frozen at 0 (checked all zeros)"))
                 for name in _BN_IGNORED:
@@ -190,8 +192,11 @@ def reference_to_variables(state: Mapping[str, Any], model: Any, *, batch_size: 
     if missing:
         problems.append(f"missing keys ({len(missing)}): " + first_few(missing, ", "))
     if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): " + first_few(unexpected, ", ")
-                        + " (strip the reference's unused modules with tmspr_jax.oracles.tmspr.strip_unused first)")
+        problems.append(
+            f"unexpected keys ({len(unexpected)}): "
+            + first_few(unexpected, ", ")
+            + " (strip the reference's unused modules with tmspr_jax.oracles.tmspr.strip_unused first)"
+        )
     if bad_shape:
         problems.append(f"wrong shapes ({len(bad_shape)}): " + first_few(bad_shape, "; "))
     if problems:

@@ -42,9 +42,7 @@ def read_checkpoint(path: str) -> dict[str, np.ndarray]:
     elif lower.endswith(TORCH_SUFFIXES):
         raw = _read_torch(path)
     else:
-        raise CheckpointError(
-            f"{path!r}: unknown checkpoint format; expected one of {', '.join(SUPPORTED_SUFFIXES)}"
-        )
+        raise CheckpointError(f"{path!r}: unknown checkpoint format; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
     return unwrap(raw, source=path)
 
 

@@ -117,13 +117,16 @@ def convert_state(state: dict[str, np.ndarray], source: str = "<checkpoint>") ->
         node[name] = np.ascontiguousarray(value, np.float32)
         used.add(path)
     if unknown:
-        raise CheckpointError(f"{source!r}: unknown key(s) for SCHP's AugmentCE2P: {sorted(unknown)[:10]}"
-                              f"{' ...' if len(unknown) > 10 else ''}")
+        raise CheckpointError(
+            f"{source!r}: unknown key(s) for SCHP's AugmentCE2P: {sorted(unknown)[:10]}"
+            f"{' ...' if len(unknown) > 10 else ''}"
+        )
     missing = sorted(set(want) - used)
     if missing:
         names = [_torch_name(p) for p in missing]
-        raise CheckpointError(f"{source!r}: missing key(s) for SCHP's AugmentCE2P: {names[:10]}"
-                              f"{' ...' if len(names) > 10 else ''}")
+        raise CheckpointError(
+            f"{source!r}: missing key(s) for SCHP's AugmentCE2P: {names[:10]}{' ...' if len(names) > 10 else ''}"
+        )
     settings = dataset_settings(arch.num_classes)
     meta = {
         "arch": arch.to_dict(),
@@ -134,9 +137,11 @@ def convert_state(state: dict[str, np.ndarray], source: str = "<checkpoint>") ->
         "source": source,
     }
     n = sum(int(np.prod(s)) for s in want.values())
-    report = [f"converted {len(used)} tensors ({n:,} values): layers {list(arch.layers)}, "
-              f"{arch.num_classes} classes ({settings['dataset'] or 'unknown dataset'}), input "
-              f"{settings['input_size'][0]}x{settings['input_size'][1]}"]
+    report = [
+        f"converted {len(used)} tensors ({n:,} values): layers {list(arch.layers)}, "
+        f"{arch.num_classes} classes ({settings['dataset'] or 'unknown dataset'}), input "
+        f"{settings['input_size'][0]}x{settings['input_size'][1]}"
+    ]
     for reason, keys in skipped.items():
         report.append(f"skipped {len(keys)} key(s): {reason} (e.g. {keys[0]})")
     return variables, meta, report

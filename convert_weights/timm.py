@@ -42,7 +42,7 @@ def vit_jax_to_timm(arrays: dict[str, np.ndarray], source: str = "<npz>") -> dic
     v, then head, then head_dim, as timm's fused qkv), ``out`` ``[H, hd, D]`` -> ``proj`` ``[D, D]``.
     """
     if _NPZ_PREFIX + "embedding/kernel" in arrays:
-        arrays = {k[len(_NPZ_PREFIX):]: v for k, v in arrays.items() if k.startswith(_NPZ_PREFIX)}
+        arrays = {k[len(_NPZ_PREFIX) :]: v for k, v in arrays.items() if k.startswith(_NPZ_PREFIX)}
     out: dict[str, np.ndarray] = {}
     unknown: list[str] = []
     attn: dict[int, dict[str, np.ndarray]] = {}
@@ -95,12 +95,20 @@ def _npz_block_param(rest: str) -> str | None:
     parts = rest.split("/")
     if len(parts) == 2 and parts[0] in _NPZ_LN and parts[1] in _NPZ_LN_PARAM:
         return f"{_NPZ_LN[parts[0]]}.{_NPZ_LN_PARAM[parts[1]]}"
-    if len(parts) == 3 and parts[0] == "MlpBlock_3" and parts[1] in ("Dense_0", "Dense_1") \
-            and parts[2] in ("kernel", "bias"):
+    if (
+        len(parts) == 3
+        and parts[0] == "MlpBlock_3"
+        and parts[1] in ("Dense_0", "Dense_1")
+        and parts[2] in ("kernel", "bias")
+    ):
         fc = "fc1" if parts[1] == "Dense_0" else "fc2"
         return f"mlp.{fc}.{'weight' if parts[2] == 'kernel' else 'bias'}"
-    if len(parts) == 3 and parts[0] == "MultiHeadDotProductAttention_1" \
-            and parts[1] in ("query", "key", "value", "out") and parts[2] in ("kernel", "bias"):
+    if (
+        len(parts) == 3
+        and parts[0] == "MultiHeadDotProductAttention_1"
+        and parts[1] in ("query", "key", "value", "out")
+        and parts[2] in ("kernel", "bias")
+    ):
         return f"attn.{parts[1]}.{parts[2]}"
     return None
 
@@ -115,7 +123,7 @@ def _npz_dense(source: str, key: str, v: np.ndarray) -> np.ndarray:
 def _npz_attention(source: str, i: int, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     prefix = f"Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/"
     needed = [f"attn.{n}.{p}" for n in ("query", "key", "value", "out") for p in ("kernel", "bias")]
-    missing = [prefix + n[len("attn."):].replace(".", "/") for n in needed if n not in parts]
+    missing = [prefix + n[len("attn.") :].replace(".", "/") for n in needed if n not in parts]
     if missing:
         raise CheckpointError(f"{source!r}: missing keys {missing}")
     for n in ("query", "key", "value"):
@@ -129,7 +137,8 @@ def _npz_attention(source: str, i: int, parts: dict[str, np.ndarray]) -> dict[st
         # [D, H, hd] -> [D, H*hd] -> [H*hd, D]; stacked q, k, v along the output axis
         f"blocks.{i}.attn.qkv.weight": np.concatenate([w.reshape(d, -1).T for w in qkv_w], axis=0),
         f"blocks.{i}.attn.qkv.bias": np.concatenate(
-            [parts[f"attn.{n}.bias"].reshape(-1) for n in ("query", "key", "value")]),
+            [parts[f"attn.{n}.bias"].reshape(-1) for n in ("query", "key", "value")]
+        ),
         # [H, hd, D] -> [H*hd, D] (in, out) -> [D, H*hd] (out, in)
         f"blocks.{i}.attn.proj.weight": out_k.reshape(-1, out_k.shape[-1]).T,
         f"blocks.{i}.attn.proj.bias": parts["attn.out.bias"],
@@ -143,9 +152,20 @@ def _need_ndim(source: str, key: str, v: np.ndarray, ndim: int) -> None:
 
 # ------------------------------------------------------------------------------------------------ timm naming
 
-_BLOCK_PARAMS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-                 "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
-                 "mlp.fc2.bias")
+_BLOCK_PARAMS = (
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+)
 # Keys the reference never loads, and why (docs/reference.md §2.5: 'head' and 'dist' keys are skipped).
 _DROPPED = {
     "head.weight": "ImageNet classifier (the reference skips keys containing 'head')",
@@ -173,20 +193,35 @@ def expected_timm_shapes(embed_dim: int, depth: int, patch: int, mlp_hidden: int
     """Shape of every timm key the converter needs (``pos_embed``: None, its length is checked separately)."""
     d, m = embed_dim, mlp_hidden
     shapes: dict[str, tuple[int, ...] | None] = {
-        "cls_token": (1, 1, d), "pos_embed": None,
-        "patch_embed.proj.weight": (d, 3, patch, patch), "patch_embed.proj.bias": (d,),
-        "norm.weight": (d,), "norm.bias": (d,),
+        "cls_token": (1, 1, d),
+        "pos_embed": None,
+        "patch_embed.proj.weight": (d, 3, patch, patch),
+        "patch_embed.proj.bias": (d,),
+        "norm.weight": (d,),
+        "norm.bias": (d,),
     }
-    block = {"norm1.weight": (d,), "norm1.bias": (d,), "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
-             "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "norm2.weight": (d,), "norm2.bias": (d,),
-             "mlp.fc1.weight": (m, d), "mlp.fc1.bias": (m,), "mlp.fc2.weight": (d, m), "mlp.fc2.bias": (d,)}
+    block = {
+        "norm1.weight": (d,),
+        "norm1.bias": (d,),
+        "attn.qkv.weight": (3 * d, d),
+        "attn.qkv.bias": (3 * d,),
+        "attn.proj.weight": (d, d),
+        "attn.proj.bias": (d,),
+        "norm2.weight": (d,),
+        "norm2.bias": (d,),
+        "mlp.fc1.weight": (m, d),
+        "mlp.fc1.bias": (m,),
+        "mlp.fc2.weight": (d, m),
+        "mlp.fc2.bias": (d,),
+    }
     for i in range(depth):
         shapes.update({f"blocks.{i}.{k}": s for k, s in block.items()})
     return shapes
 
 
-def timm_to_reference(state: dict[str, np.ndarray], model: Any, rng: jax.Array,
-                      source: str = "<checkpoint>") -> tuple[dict[str, np.ndarray], ConversionReport]:
+def timm_to_reference(
+    state: dict[str, np.ndarray], model: Any, rng: jax.Array, source: str = "<checkpoint>"
+) -> tuple[dict[str, np.ndarray], ConversionReport]:
     """Map an ImageNet ViT state dict in timm naming to the reference T-MSPR state dict for ``model``.
 
     ``model`` is the :class:`tmspr_jax.models.TMSPR` to load into (its depth, width, patch, grid, classes and cameras
@@ -199,13 +234,17 @@ def timm_to_reference(state: dict[str, np.ndarray], model: Any, rng: jax.Array,
     mlp_hidden = int(d * model.mlp_ratio)
     n_blocks = timm_block_count(state)
     if n_blocks != depth:
-        raise CheckpointError(f"{source!r}: the checkpoint has {n_blocks} transformer blocks, config.model.depth="
-                              f"{depth}; they must match")
+        raise CheckpointError(
+            f"{source!r}: the checkpoint has {n_blocks} transformer blocks, config.model.depth={depth}; they must match"
+        )
     expected = expected_timm_shapes(d, depth, patch, mlp_hidden)
     missing = sorted(k for k in expected if k not in state)
     unknown = sorted(k for k in state if k not in expected and k not in _DROPPED)
-    wrong = [f"{k}: {tuple(state[k].shape)} (expected {s})" for k, s in expected.items()
-             if k in state and s is not None and tuple(state[k].shape) != s]
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} (expected {s})"
+        for k, s in expected.items()
+        if k in state and s is not None and tuple(state[k].shape) != s
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys ({len(missing)}): " + first_few(missing, ", "))
@@ -214,8 +253,10 @@ def timm_to_reference(state: dict[str, np.ndarray], model: Any, rng: jax.Array,
     if wrong:
         problems.append(f"wrong shapes ({len(wrong)}): " + first_few(wrong, "; "))
     if problems:
-        raise CheckpointError(f"{source!r} is not a ViT with embed_dim={d}, depth={depth}, patch={patch}, "
-                              f"mlp hidden={mlp_hidden} in timm naming: " + " | ".join(problems))
+        raise CheckpointError(
+            f"{source!r} is not a ViT with embed_dim={d}, depth={depth}, patch={patch}, "
+            f"mlp hidden={mlp_hidden} in timm naming: " + " | ".join(problems)
+        )
     for k in sorted(state):
         if k in _DROPPED:
             report.skip(k, _DROPPED[k])
@@ -229,8 +270,11 @@ def timm_to_reference(state: dict[str, np.ndarray], model: Any, rng: jax.Array,
         report.skip("pos_embed[:, 1]", "position of the distillation token (the reference has no such token)")
     if tuple(src_grid) != dst_grid:
         pos = resize_pos_embed(pos, src_grid, dst_grid)
-        report.resize("pos_embed", f"{src_grid[0]}x{src_grid[1]} -> {dst_grid[0]}x{dst_grid[1]} (PyTorch bilinear, "
-                                   "align_corners=False, no antialias; cls kept)")
+        report.resize(
+            "pos_embed",
+            f"{src_grid[0]}x{src_grid[1]} -> {dst_grid[0]}x{dst_grid[1]} (PyTorch bilinear, "
+            "align_corners=False, no antialias; cls kept)",
+        )
 
     f32 = lambda k: np.asarray(state[k], np.float32)
     ref: dict[str, np.ndarray] = {
@@ -250,9 +294,10 @@ def timm_to_reference(state: dict[str, np.ndarray], model: Any, rng: jax.Array,
             ref[f"{branch}.0.{p}"] = f32(f"blocks.{last}.{p}").copy()
         ref[f"{branch}.1.weight"] = f32("norm.weight").copy()
         ref[f"{branch}.1.bias"] = f32("norm.bias").copy()
-    report.note(f"blocks.{last}.* and norm.* copied into b1.0/b1.1 and b2.0/b2.1 (the backbone runs {depth - 1} "
-                "blocks; the reference's base.blocks.{last} and base.norm are never executed)".replace(
-                    "{last}", str(last)))
+    report.note(
+        f"blocks.{last}.* and norm.* copied into b1.0/b1.1 and b2.0/b2.1 (the backbone runs {depth - 1} "
+        "blocks; the reference's base.blocks.{last} and base.norm are never executed)".replace("{last}", str(last))
+    )
     report.converted.extend(k for k in sorted(state) if k not in _DROPPED)
 
     heads = init_heads(model, rng)
@@ -268,8 +313,10 @@ def _square_grid(pos: np.ndarray, num_prefix: int, source: str) -> tuple[int, in
     n = pos.shape[1] - num_prefix
     side = int(round(math.sqrt(max(n, 0))))
     if n <= 0 or side * side != n:
-        raise CheckpointError(f"{source!r}: 'pos_embed' has {n} patch positions, which is not a square grid; an "
-                              "ImageNet ViT checkpoint is expected")
+        raise CheckpointError(
+            f"{source!r}: 'pos_embed' has {n} patch positions, which is not a square grid; an "
+            "ImageNet ViT checkpoint is expected"
+        )
     return side, side
 
 

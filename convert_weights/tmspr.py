@@ -20,13 +20,48 @@ from convert_weights.readers import CheckpointError
 NUM_PARTS = 6
 
 # Heads in the order the reference creates them; the first five BNNeck/classifier names are TransReID's too.
-CLASSIFIERS = ("classifier", "classifier_occ1", "classifier_occ2", "classifier_occ3", "classifier_1", "classifier_2",
-               "classifier_3", "classifier_4", "classifier_5", "classifier_0", "classifier_cp")
-BOTTLENECKS = ("bottleneck", "bottleneck_occ1", "bottleneck_occ2", "bottleneck_occ3", "bottleneck_1", "bottleneck_2",
-               "bottleneck_3", "bottleneck_4", "bottleneck_cp", "bottleneck_bp0", "bottleneck_bp1", "bottleneck_bp2",
-               "bottleneck_bp3", "bottleneck_bp4", "bottleneck_bp5")
-TRANSREID_HEADS = ("classifier", "classifier_1", "classifier_2", "classifier_3", "classifier_4", "bottleneck",
-                   "bottleneck_1", "bottleneck_2", "bottleneck_3", "bottleneck_4")
+CLASSIFIERS = (
+    "classifier",
+    "classifier_occ1",
+    "classifier_occ2",
+    "classifier_occ3",
+    "classifier_1",
+    "classifier_2",
+    "classifier_3",
+    "classifier_4",
+    "classifier_5",
+    "classifier_0",
+    "classifier_cp",
+)
+BOTTLENECKS = (
+    "bottleneck",
+    "bottleneck_occ1",
+    "bottleneck_occ2",
+    "bottleneck_occ3",
+    "bottleneck_1",
+    "bottleneck_2",
+    "bottleneck_3",
+    "bottleneck_4",
+    "bottleneck_cp",
+    "bottleneck_bp0",
+    "bottleneck_bp1",
+    "bottleneck_bp2",
+    "bottleneck_bp3",
+    "bottleneck_bp4",
+    "bottleneck_bp5",
+)
+TRANSREID_HEADS = (
+    "classifier",
+    "classifier_1",
+    "classifier_2",
+    "classifier_3",
+    "classifier_4",
+    "bottleneck",
+    "bottleneck_1",
+    "bottleneck_2",
+    "bottleneck_3",
+    "bottleneck_4",
+)
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 # Reference init std of each randomly initialised tensor (docs/reference.md §2.4, §5, §7).
@@ -60,10 +95,13 @@ class ConversionReport:
 
     def summary(self) -> str:
         """Human-readable summary: counts, then every skipped/resized key with its reason."""
-        lines = [f"source: {self.source}",
-                 f"tensors converted from the checkpoint: {len(self.converted)}",
-                 f"tensors initialised (no counterpart in the checkpoint): {len(self.initialised)}",
-                 f"keys skipped: {len(self.skipped)}", f"tensors resized: {len(self.resized)}"]
+        lines = [
+            f"source: {self.source}",
+            f"tensors converted from the checkpoint: {len(self.converted)}",
+            f"tensors initialised (no counterpart in the checkpoint): {len(self.initialised)}",
+            f"keys skipped: {len(self.skipped)}",
+            f"tensors resized: {len(self.resized)}",
+        ]
         for k, why in self.skipped.items():
             lines.append(f"  skipped {k}: {why}")
         for k, how in self.resized.items():
@@ -78,8 +116,13 @@ class ConversionReport:
         return "\n".join(lines)
 
     def to_meta(self) -> dict[str, Any]:
-        return {"converted": len(self.converted), "skipped": dict(self.skipped), "resized": dict(self.resized),
-                "initialised": sorted(self.initialised), "notes": list(self.notes)}
+        return {
+            "converted": len(self.converted),
+            "skipped": dict(self.skipped),
+            "resized": dict(self.resized),
+            "initialised": sorted(self.initialised),
+            "notes": list(self.notes),
+        }
 
 
 def sie_rows(model: Any) -> int:
@@ -141,8 +184,10 @@ def _module_of(key: str) -> str:
 def checkpoint_counts(state: dict[str, np.ndarray], source: str) -> tuple[int, int]:
     """``(num_classes, sie_rows)`` read from a reference checkpoint (classifier rows, ``base.sie_embed`` rows)."""
     if "classifier.weight" not in state:
-        raise CheckpointError(f"{source!r}: missing key 'classifier.weight' (needed to read the number of classes); "
-                              "expected a T-MSPR or TransReID JPM checkpoint")
+        raise CheckpointError(
+            f"{source!r}: missing key 'classifier.weight' (needed to read the number of classes); "
+            "expected a T-MSPR or TransReID JPM checkpoint"
+        )
     num_classes = int(state["classifier.weight"].shape[0])
     sie = state.get("base.sie_embed")
     return num_classes, (int(sie.shape[0]) if sie is not None else 0)
@@ -157,8 +202,15 @@ def infer_grid(num_patches: int, img_size: tuple[int, int], patch: int) -> tuple
     return grids.pop() if len(grids) == 1 else None
 
 
-def check_grid(state: dict[str, np.ndarray], model: Any, source: str, *, resize_pos: bool,
-               src_grid: tuple[int, int] | None, report: ConversionReport) -> dict[str, np.ndarray]:
+def check_grid(
+    state: dict[str, np.ndarray],
+    model: Any,
+    source: str,
+    *,
+    resize_pos: bool,
+    src_grid: tuple[int, int] | None,
+    report: ConversionReport,
+) -> dict[str, np.ndarray]:
     """Check ``base.pos_embed`` against the model grid; resize it only when ``resize_pos`` is asked for."""
     from convert_weights.resize import resize_pos_embed
 
@@ -171,8 +223,10 @@ def check_grid(state: dict[str, np.ndarray], model: Any, source: str, *, resize_
     n = pos.shape[1] - 1
     if n == gh * gw:
         if src_grid is not None and tuple(src_grid) != (gh, gw):
-            raise CheckpointError(f"{source!r}: --src_grid {src_grid[0]}x{src_grid[1]} was given but the checkpoint "
-                                  f"already has the config's {gh}x{gw} = {n} positions")
+            raise CheckpointError(
+                f"{source!r}: --src_grid {src_grid[0]}x{src_grid[1]} was given but the checkpoint "
+                f"already has the config's {gh}x{gw} = {n} positions"
+            )
         return state
     if src_grid is None:
         src_grid = infer_grid(n, tuple(model.img_size), int(model.patch_size))
@@ -181,22 +235,35 @@ def check_grid(state: dict[str, np.ndarray], model: Any, source: str, *, resize_
         raise CheckpointError(
             f"{source!r}: base.pos_embed has {described} patch positions, but the config's grid is {gh}x{gw} = "
             f"{gh * gw} (img_size={tuple(model.img_size)}, stride={tuple(model.stride)}, patch={model.patch_size}); "
-            "use the config the checkpoint was trained with, or pass --resize_pos to resize the position embedding")
+            "use the config the checkpoint was trained with, or pass --resize_pos to resize the position embedding"
+        )
     if src_grid is None or src_grid[0] * src_grid[1] != n:
-        raise CheckpointError(f"{source!r}: base.pos_embed has {n} patch positions and its grid cannot be inferred; "
-                              "pass --src_grid=HxW with --resize_pos")
+        raise CheckpointError(
+            f"{source!r}: base.pos_embed has {n} patch positions and its grid cannot be inferred; "
+            "pass --src_grid=HxW with --resize_pos"
+        )
     out = dict(state)
     out["base.pos_embed"] = resize_pos_embed(np.asarray(pos, np.float32), tuple(src_grid), (gh, gw))
-    report.resize("base.pos_embed", f"{src_grid[0]}x{src_grid[1]} -> {gh}x{gw} (asked for with --resize_pos; "
-                                    "PyTorch bilinear, align_corners=False)")
+    report.resize(
+        "base.pos_embed",
+        f"{src_grid[0]}x{src_grid[1]} -> {gh}x{gw} (asked for with --resize_pos; "
+        "PyTorch bilinear, align_corners=False)",
+    )
     return out
 
 
-def tmspr_to_reference(state: dict[str, np.ndarray], model_cfg: Any, img_size: tuple[int, int], rng: jax.Array,
-                       source: str = "<checkpoint>", *, num_classes: int | None = None,
-                       num_cameras: int | None = None, resize_pos: bool = False,
-                       src_grid: tuple[int, int] | None = None,
-                       ) -> tuple[dict[str, np.ndarray], ConversionReport, str, Any]:
+def tmspr_to_reference(
+    state: dict[str, np.ndarray],
+    model_cfg: Any,
+    img_size: tuple[int, int],
+    rng: jax.Array,
+    source: str = "<checkpoint>",
+    *,
+    num_classes: int | None = None,
+    num_cameras: int | None = None,
+    resize_pos: bool = False,
+    src_grid: tuple[int, int] | None = None,
+) -> tuple[dict[str, np.ndarray], ConversionReport, str, Any]:
     """Normalise a trained T-MSPR or TransReID JPM state dict; returns ``(state, report, kind, model)``.
 
     The number of classes and cameras are read from the checkpoint (``classifier.weight`` rows, ``base.sie_embed``
@@ -216,17 +283,21 @@ def tmspr_to_reference(state: dict[str, np.ndarray], model_cfg: Any, img_size: t
 
     ckpt_classes, ckpt_cams = checkpoint_counts(kept, source)
     if num_classes is not None and int(num_classes) != ckpt_classes:
-        raise CheckpointError(f"{source!r}: classifier.weight has {ckpt_classes} rows (classes) but --num_classes="
-                              f"{num_classes} was given")
+        raise CheckpointError(
+            f"{source!r}: classifier.weight has {ckpt_classes} rows (classes) but --num_classes={num_classes} was given"
+        )
     if ckpt_cams and not model_cfg.sie_camera:
-        raise CheckpointError(f"{source!r}: the checkpoint has a camera embedding base.sie_embed with {ckpt_cams} rows "
-                              "but config.model.sie_camera is False")
+        raise CheckpointError(
+            f"{source!r}: the checkpoint has a camera embedding base.sie_embed with {ckpt_cams} rows "
+            "but config.model.sie_camera is False"
+        )
     if num_cameras is not None:
         expect = int(num_cameras) if (model_cfg.sie_camera and int(num_cameras) > 1) else 0
         if expect != ckpt_cams:
             raise CheckpointError(
                 f"{source!r}: base.sie_embed has {ckpt_cams} rows (cameras; 0 = no camera embedding) but "
-                f"--num_cameras={num_cameras} with config.model.sie_camera={model_cfg.sie_camera} needs {expect}")
+                f"--num_cameras={num_cameras} with config.model.sie_camera={model_cfg.sie_camera} needs {expect}"
+            )
     model = build_model(model_cfg, img_size, ckpt_classes, ckpt_cams)
 
     present = {_module_of(k) for k in kept}
@@ -234,8 +305,9 @@ def tmspr_to_reference(state: dict[str, np.ndarray], model_cfg: Any, img_size: t
     have = [m for m in extra if m in present]
     if have and len(have) < len(extra):
         missing = [m for m in extra if m not in present]
-        raise CheckpointError(f"{source!r}: a T-MSPR checkpoint must have all T-MSPR heads; missing modules {missing} "
-                              f"(present: {have})")
+        raise CheckpointError(
+            f"{source!r}: a T-MSPR checkpoint must have all T-MSPR heads; missing modules {missing} (present: {have})"
+        )
     kind = "tmspr" if have else "transreid"
     if kind == "transreid":
         heads = init_heads(model, rng, names=extra)

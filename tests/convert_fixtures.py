@@ -26,15 +26,32 @@ def timm_vit_state(seed: int = 0, grid: int = 14, with_head: bool = True) -> dic
     """Random ViT (D=64, depth 2, patch 16, 224 input -> 14x14 grid) in timm naming, float32."""
     rs = np.random.RandomState(seed)
     n = lambda *s: rs.randn(*s).astype(np.float32) * np.float32(0.1)
-    st = {"cls_token": n(1, 1, D), "pos_embed": n(1, 1 + grid * grid, D),
-          "patch_embed.proj.weight": n(D, 3, PATCH, PATCH), "patch_embed.proj.bias": n(D),
-          "norm.weight": 1 + n(D), "norm.bias": n(D)}
+    st = {
+        "cls_token": n(1, 1, D),
+        "pos_embed": n(1, 1 + grid * grid, D),
+        "patch_embed.proj.weight": n(D, 3, PATCH, PATCH),
+        "patch_embed.proj.bias": n(D),
+        "norm.weight": 1 + n(D),
+        "norm.bias": n(D),
+    }
     for i in range(DEPTH):
         p = f"blocks.{i}."
-        st.update({p + "norm1.weight": 1 + n(D), p + "norm1.bias": n(D), p + "attn.qkv.weight": n(3 * D, D),
-                   p + "attn.qkv.bias": n(3 * D), p + "attn.proj.weight": n(D, D), p + "attn.proj.bias": n(D),
-                   p + "norm2.weight": 1 + n(D), p + "norm2.bias": n(D), p + "mlp.fc1.weight": n(MLP, D),
-                   p + "mlp.fc1.bias": n(MLP), p + "mlp.fc2.weight": n(D, MLP), p + "mlp.fc2.bias": n(D)})
+        st.update(
+            {
+                p + "norm1.weight": 1 + n(D),
+                p + "norm1.bias": n(D),
+                p + "attn.qkv.weight": n(3 * D, D),
+                p + "attn.qkv.bias": n(3 * D),
+                p + "attn.proj.weight": n(D, D),
+                p + "attn.proj.bias": n(D),
+                p + "norm2.weight": 1 + n(D),
+                p + "norm2.bias": n(D),
+                p + "mlp.fc1.weight": n(MLP, D),
+                p + "mlp.fc1.bias": n(MLP),
+                p + "mlp.fc2.weight": n(D, MLP),
+                p + "mlp.fc2.bias": n(D),
+            }
+        )
     if with_head:
         st["head.weight"], st["head.bias"] = n(10, D), n(10)
     return st
@@ -43,10 +60,14 @@ def timm_vit_state(seed: int = 0, grid: int = 14, with_head: bool = True) -> dic
 def timm_to_vit_jax_layout(st: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The same weights in the vit_jax ``.npz`` layout."""
     hd = D // HEADS
-    out = {"embedding/kernel": st["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
-           "embedding/bias": st["patch_embed.proj.bias"], "cls": st["cls_token"],
-           "Transformer/posembed_input/pos_embedding": st["pos_embed"],
-           "Transformer/encoder_norm/scale": st["norm.weight"], "Transformer/encoder_norm/bias": st["norm.bias"]}
+    out = {
+        "embedding/kernel": st["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+        "embedding/bias": st["patch_embed.proj.bias"],
+        "cls": st["cls_token"],
+        "Transformer/posembed_input/pos_embedding": st["pos_embed"],
+        "Transformer/encoder_norm/scale": st["norm.weight"],
+        "Transformer/encoder_norm/bias": st["norm.bias"],
+    }
     if "head.weight" in st:
         out["head/kernel"], out["head/bias"] = st["head.weight"].T, st["head.bias"]
     for i in range(DEPTH):
@@ -54,8 +75,8 @@ def timm_to_vit_jax_layout(st: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         mha = b + "MultiHeadDotProductAttention_1/"
         w, bias = st[p + "attn.qkv.weight"], st[p + "attn.qkv.bias"]
         for j, name in enumerate(("query", "key", "value")):
-            out[mha + name + "/kernel"] = w[j * D:(j + 1) * D].T.reshape(D, HEADS, hd)  # x @ kernel -> [H, hd]
-            out[mha + name + "/bias"] = bias[j * D:(j + 1) * D].reshape(HEADS, hd)
+            out[mha + name + "/kernel"] = w[j * D : (j + 1) * D].T.reshape(D, HEADS, hd)  # x @ kernel -> [H, hd]
+            out[mha + name + "/bias"] = bias[j * D : (j + 1) * D].reshape(HEADS, hd)
         out[mha + "out/kernel"] = st[p + "attn.proj.weight"].T.reshape(HEADS, hd, D)
         out[mha + "out/bias"] = st[p + "attn.proj.bias"]
         out[b + "LayerNorm_0/scale"], out[b + "LayerNorm_0/bias"] = st[p + "norm1.weight"], st[p + "norm1.bias"]
@@ -71,8 +92,11 @@ def write_all_formats(st: dict[str, np.ndarray], folder: str) -> dict[str, str]:
     import torch
     from safetensors.numpy import save_file
 
-    paths = {"pth": os.path.join(folder, "vit.pth"), "safetensors": os.path.join(folder, "vit.safetensors"),
-             "npz": os.path.join(folder, "vit.npz")}
+    paths = {
+        "pth": os.path.join(folder, "vit.pth"),
+        "safetensors": os.path.join(folder, "vit.safetensors"),
+        "npz": os.path.join(folder, "vit.npz"),
+    }
     torch.save({k: torch.from_numpy(v) for k, v in st.items()}, paths["pth"])
     save_file(st, paths["safetensors"])
     np.savez(paths["npz"], **timm_to_vit_jax_layout(st))

@@ -257,8 +257,12 @@ def make_msmt17(
     lines: dict[str, list[str]] = {"train": [], "val": [], "query": [], "gallery": []}
     splits: dict[str, list[Row]] = {"train": [], "query": [], "gallery": []}
     frame = 0
-    plan = [("train", "train", train_pids, "train"), ("val", "train", val_pids, "train"),
-            ("query", "test", test_pids, "query"), ("gallery", "test", test_pids, "gallery")]
+    plan = [
+        ("train", "train", train_pids, "train"),
+        ("val", "train", val_pids, "train"),
+        ("query", "test", test_pids, "query"),
+        ("gallery", "test", test_pids, "gallery"),
+    ]
     for listname, imgdir, pids, split in plan:
         for pid in pids:
             frame += 1

@@ -70,4 +70,3 @@ def randomize_reference_state(state: dict, seed: int = 0) -> dict:
             out[k] = 0.02 * rng.standard_normal(v.shape)
         out[k] = out[k].astype(v.dtype)
     return out
-

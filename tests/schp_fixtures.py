@@ -7,8 +7,7 @@ import os
 import numpy as np
 
 # One block per stage, a few channels: the same code path as ResNet-101 (downsample in every stage, dilated stage 4).
-TINY = dict(layers=(1, 1, 1, 1), stem=(8, 8, 16), planes=(4, 8, 16, 32), psp=16, decoder=(16, 8, 16), edge=8,
-            fusion=16)  # fmt: skip
+TINY = dict(layers=(1, 1, 1, 1), stem=(8, 8, 16), planes=(4, 8, 16, 32), psp=16, decoder=(16, 8, 16), edge=8, fusion=16)
 
 
 def tiny_oracle(num_classes: int = 20, seed: int = 0):

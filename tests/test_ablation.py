@@ -20,8 +20,14 @@ from tmspr_jax.oracles.tmspr import TorchTransReID, build_torch_model, load_nump
 
 C, CAMS, D = 7, 3, 64
 BASELINE = dict(multi_view=False, perception=False, recovery=False, divide_length=4)
-VIEW_HEADS = {"bottleneck_occ1", "bottleneck_occ2", "bottleneck_occ3", "classifier_occ1", "classifier_occ2",
-              "classifier_occ3"}
+VIEW_HEADS = {
+    "bottleneck_occ1",
+    "bottleneck_occ2",
+    "bottleneck_occ3",
+    "classifier_occ1",
+    "classifier_occ2",
+    "classifier_occ3",
+}
 HSPM_HEADS = {"part_head", "classifier_0", "classifier_5"} | {f"bottleneck_bp{i}" for i in range(6)}
 HSRM_HEADS = {"bottleneck_cp", "classifier_cp"}
 
@@ -58,12 +64,15 @@ def _loss_terms(switches: dict):
     return run(v, views, camids, pids, parsing)
 
 
-@pytest.mark.parametrize("switches, removed", [
-    (dict(multi_view=False), VIEW_HEADS),
-    (dict(recovery=False), HSRM_HEADS),
-    (dict(perception=False, recovery=False), HSPM_HEADS | HSRM_HEADS),
-    (BASELINE, VIEW_HEADS | HSPM_HEADS | HSRM_HEADS),
-])
+@pytest.mark.parametrize(
+    "switches, removed",
+    [
+        (dict(multi_view=False), VIEW_HEADS),
+        (dict(recovery=False), HSRM_HEADS),
+        (dict(perception=False, recovery=False), HSPM_HEADS | HSRM_HEADS),
+        (BASELINE, VIEW_HEADS | HSPM_HEADS | HSRM_HEADS),
+    ],
+)
 def test_each_switch_removes_exactly_its_parameters(switches, removed):
     _, full = _variables()
     _, part = _variables(**switches)
@@ -74,13 +83,16 @@ def test_each_switch_removes_exactly_its_parameters(switches, removed):
     assert _count(full["params"]) - _count(part["params"]) == _count({k: full["params"][k] for k in removed})
 
 
-@pytest.mark.parametrize("switches, keys, n_logits, n_feats", [
-    ({}, {"seg", "rec"}, 15, 15),
-    (dict(multi_view=False), {"seg", "rec"}, 12, 12),
-    (dict(recovery=False), {"seg"}, 14, 14),
-    (dict(perception=False, recovery=False), set(), 8, 8),
-    (BASELINE, set(), 5, 5),
-])
+@pytest.mark.parametrize(
+    "switches, keys, n_logits, n_feats",
+    [
+        ({}, {"seg", "rec"}, 15, 15),
+        (dict(multi_view=False), {"seg", "rec"}, 12, 12),
+        (dict(recovery=False), {"seg"}, 14, 14),
+        (dict(perception=False, recovery=False), set(), 8, 8),
+        (BASELINE, set(), 5, 5),
+    ],
+)
 def test_each_switch_removes_exactly_its_loss_terms(switches, keys, n_logits, n_feats):
     out, (loss, terms) = _loss_terms(switches)
     assert {"seg", "rec"} & set(terms) == keys
@@ -162,12 +174,15 @@ def test_baseline_training_outputs_are_transreids():
         assert rel_err(a, r.numpy()) <= 1e-4
 
 
-@pytest.mark.parametrize("name, switches", [
-    ("occ_duke_transreid", BASELINE),
-    ("occ_duke_ablation_views", dict(multi_view=True, perception=False, recovery=False)),
-    ("occ_duke_ablation_hspm", dict(multi_view=True, perception=True, recovery=False)),
-    ("occ_duke", dict(multi_view=True, perception=True, recovery=True)),
-])
+@pytest.mark.parametrize(
+    "name, switches",
+    [
+        ("occ_duke_transreid", BASELINE),
+        ("occ_duke_ablation_views", dict(multi_view=True, perception=False, recovery=False)),
+        ("occ_duke_ablation_hspm", dict(multi_view=True, perception=True, recovery=False)),
+        ("occ_duke", dict(multi_view=True, perception=True, recovery=True)),
+    ],
+)
 def test_ablation_configs_set_their_switches(name, switches):
     cfg = importlib.import_module(f"configs.{name}").get_config()
     for key, value in switches.items():

@@ -20,9 +20,20 @@ def test_importing_defines_no_flags():
 
 
 def test_tiny_run_prints_both_sides_and_their_agreement():
-    cmd = [sys.executable, "-m", "tmspr_jax.tools.benchmark", "--depth=2", "--embed_dim=32", "--num_heads=2",
-           "--img_size=64x32", "--batch=2", "--iters=1", "--warmup=0", "--num_classes=5",
-           "--num_cameras=2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tmspr_jax.tools.benchmark",
+        "--depth=2",
+        "--embed_dim=32",
+        "--num_heads=2",
+        "--img_size=64x32",
+        "--batch=2",
+        "--iters=1",
+        "--warmup=0",
+        "--num_classes=5",
+        "--num_cameras=2",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rel = float(re.search(r"max \|JAX - PyTorch\| / max \|PyTorch\| = (\S+)", r.stdout).group(1))

@@ -25,9 +25,11 @@ def test_importing_defines_no_flags():
 def test_baselines_agree_with_eval_reid(kind):
     args = benchmark_eval.make_problem(40, 300, 30, 12, 4, kind, seed=1)
     ours = evaluate.eval_reid(*args, max_rank=20)
-    for res in (benchmark_eval.stable_sort_eval(*args, max_rank=20, chunk=1000),
-                benchmark_eval.transreid_eval(*args, max_rank=20),
-                benchmark_eval.transreid_eval(*args, max_rank=20, list_precision=True)):  # fmt: skip
+    for res in (
+        benchmark_eval.stable_sort_eval(*args, max_rank=20, chunk=1000),
+        benchmark_eval.transreid_eval(*args, max_rank=20),
+        benchmark_eval.transreid_eval(*args, max_rank=20, list_precision=True),
+    ):
         np.testing.assert_allclose(res["cmc"], ours["cmc"], atol=1e-6)
         assert res["mAP"] == pytest.approx(ours["mAP"], rel=1e-9)
     assert benchmark_eval.stable_sort_eval(*args, max_rank=20)["mINP"] == pytest.approx(ours["mINP"], rel=1e-9)
@@ -36,9 +38,19 @@ def test_baselines_agree_with_eval_reid(kind):
 
 
 def test_small_run_prints_every_implementation():
-    cmd = [sys.executable, "-m", "tmspr_jax.tools.benchmark_eval", "--num_query=60", "--num_gallery=500",
-           "--gallery_ids=40", "--query_ids=20", "--repeats=1", "--torchreid_queries=5", "--large_query=20",
-           "--large_gallery=2000"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tmspr_jax.tools.benchmark_eval",
+        "--num_query=60",
+        "--num_gallery=500",
+        "--gallery_ids=40",
+        "--query_ids=20",
+        "--repeats=1",
+        "--torchreid_queries=5",
+        "--large_query=20",
+        "--large_gallery=2000",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("eval_reid (this project)", "NumPy stable sort (before)", "TransReID eval_func", "torchreid-style"):

@@ -20,11 +20,19 @@ def test_importing_defines_no_flags():
     assert "tiny" not in flags.FLAGS and "data_workers" not in flags.FLAGS
 
 
-@pytest.mark.parametrize("kind,name,bf16", [
-    ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.4), ("NVIDIA H100 PCIe", "H100 PCIe", 756.5),
-    ("NVIDIA H200", "H200", 989.4), ("NVIDIA A100-SXM4-80GB", "A100", 312.0), ("NVIDIA L4", "L4", 121.0),
-    ("NVIDIA L40S", "L40S", 362.1), ("Tesla V100-SXM2-16GB", "V100", None), ("TPU v4", "TPU v4", 275.0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind,name,bf16",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.4),
+        ("NVIDIA H100 PCIe", "H100 PCIe", 756.5),
+        ("NVIDIA H200", "H200", 989.4),
+        ("NVIDIA A100-SXM4-80GB", "A100", 312.0),
+        ("NVIDIA L4", "L4", 121.0),
+        ("NVIDIA L40S", "L40S", 362.1),
+        ("Tesla V100-SXM2-16GB", "V100", None),
+        ("TPU v4", "TPU v4", 275.0),
+    ],
+)
 def test_peak_table_matches_device_kinds(kind, name, bf16):
     assert benchmark_gpu.peak_tflops(kind)[:2] == (name, bf16)
 
@@ -37,8 +45,12 @@ def test_peak_unknown_and_utilisation():
 
 
 def test_goals_read_the_figures():
-    res = {"settings": {"tiny": False}, "train": {"bfloat16": {"mfu": 0.55}}, "ratios": {"train_bfloat16": 2.5},
-           "eval": {}}
+    res = {
+        "settings": {"tiny": False},
+        "train": {"bfloat16": {"mfu": 0.55}},
+        "ratios": {"train_bfloat16": 2.5},
+        "eval": {},
+    }
     assert list(benchmark_gpu.goals(res).values()) == [True, False, None]
     assert set(benchmark_gpu.goals(dict(res, settings={"tiny": True})).values()) == {None}
 
@@ -49,8 +61,17 @@ def _positive(x) -> bool:
 
 def test_tiny_run_on_cpu_writes_every_field(tmp_path):
     out, table, prof = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "trace"
-    cmd = [sys.executable, "-m", "tmspr_jax.tools.benchmark_gpu", "--tiny", "--dtypes=bfloat16", "--data_workers=0",
-           f"--out={out}", f"--table={table}", f"--profile={prof}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tmspr_jax.tools.benchmark_gpu",
+        "--tiny",
+        "--dtypes=bfloat16",
+        "--data_workers=0",
+        f"--out={out}",
+        f"--table={table}",
+        f"--profile={prof}",
+    ]
     # XLA's LLVM optimisation level 0: the same program, compiled in about half the time (compilation dominates here)
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip())
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)

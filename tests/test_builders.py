@@ -46,8 +46,15 @@ def check_against_truth(builder: tfds.core.DatasetBuilder, truth: fixtures.Datas
 
 
 def test_all_builders_registered_on_import():
-    expected = {"market1501", "dukemtmc_reid", "occluded_duke", "occluded_reid", "partial_reid", "msmt17",
-                "synthetic_occluded"}
+    expected = {
+        "market1501",
+        "dukemtmc_reid",
+        "occluded_duke",
+        "occluded_reid",
+        "partial_reid",
+        "msmt17",
+        "synthetic_occluded",
+    }
     assert set(builders.BUILDERS) == expected
     for name in expected:
         assert tfds.builder_cls(name) is builders.BUILDERS[name]

@@ -25,8 +25,9 @@ def test_histograms_count_the_colours_of_each_stripe():
     np.testing.assert_allclose(cb.stripe_colour_histograms(mixed, 1, 2, 1.0)[0, [0, 7]], [0.5**0.5] * 2, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(stripes=0), "stripes"), (dict(bins=0), "bins"),
-                                           (dict(centre=0.0), "centre")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, match", [(dict(stripes=0), "stripes"), (dict(bins=0), "bins"), (dict(centre=0.0), "centre")]
+)
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         cb.stripe_colour_histograms(np.zeros((1, 8, 4, 3), np.uint8), **kwargs)
@@ -43,9 +44,15 @@ def test_scores_a_generated_split_above_chance(tmp_path):
     c.data.manual_dir = str(tmp_path / "synthetic")
     c.parsing.maps_dir = str(tmp_path / "synthetic" / "parsing_lip")
     c.data.synthetic_options = dict(
-        num_train_ids=4, images_per_id=2, num_test_ids=12, queries_per_id=2, gallery_per_id=4,
-        camera_strength=0.0, background_saturation=0.0, seed=1,
-    )  # fmt: skip
+        num_train_ids=4,
+        images_per_id=2,
+        num_test_ids=12,
+        queries_per_id=2,
+        gallery_per_id=4,
+        camera_strength=0.0,
+        background_saturation=0.0,
+        seed=1,
+    )
     c.eval.max_rank = 10  # the gallery holds 48 images
     setup.prepare_for_config(c)
     results = cb.evaluate_config(c)
@@ -56,8 +63,13 @@ def test_scores_a_generated_split_above_chance(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "baseline.json"
     cfg = os.path.join(root, "configs", "demo.py")
-    args = [f"--config={cfg}", f"--config.data.data_dir={c.data.data_dir}",
-            f"--config.data.manual_dir={c.data.manual_dir}", "--config.eval.max_rank=10", f"--out={out}"]  # fmt: skip
+    args = [
+        f"--config={cfg}",
+        f"--config.data.data_dir={c.data.data_dir}",
+        f"--config.data.manual_dir={c.data.manual_dir}",
+        "--config.eval.max_rank=10",
+        f"--out={out}",
+    ]
     cmd = [sys.executable, "-m", "tmspr_jax.tools.colour_baseline", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, NUM_CAMERAS = 4, 6  # the Market fixture spreads ids over 6 cameras
 D = 64
 
-CONFIG_TEMPLATE = '''
+CONFIG_TEMPLATE = """
 from tmspr_jax.config import get_base_config
 
 
@@ -41,7 +41,7 @@ def get_config():
     c.data.num_workers = 0
     c.eval.max_rank = 5
     return c
-'''
+"""
 
 
 def _config(paths: dict):
@@ -75,23 +75,41 @@ def _reference_state(stride=(8, 8), seed: int = 0) -> dict[str, np.ndarray]:
     state = randomize_reference_state(state_dict_numpy(oracle), seed=seed)
     rs = np.random.RandomState(seed + 1)
     # the last backbone block (depth 2 -> block 1), base.norm and an unused classifier, as a real checkpoint has them
-    state.update({f"base.blocks.1.{k[len('b1.0.'):]}": rs.randn(*v.shape).astype(np.float32)
-                  for k, v in state.items() if k.startswith("b1.0.")})
-    state.update({"base.norm.weight": np.ones(D, np.float32), "base.norm.bias": np.zeros(D, np.float32),
-                  "classifier2.weight": rs.randn(NUM_CLASSES, D).astype(np.float32)})
+    state.update(
+        {
+            f"base.blocks.1.{k[len('b1.0.') :]}": rs.randn(*v.shape).astype(np.float32)
+            for k, v in state.items()
+            if k.startswith("b1.0.")
+        }
+    )
+    state.update(
+        {
+            "base.norm.weight": np.ones(D, np.float32),
+            "base.norm.bias": np.zeros(D, np.float32),
+            "classifier2.weight": rs.randn(NUM_CLASSES, D).astype(np.float32),
+        }
+    )
     return state
 
 
 def _save_pth(state: dict[str, np.ndarray], path) -> str:
-    torch.save({"state_dict": {"module." + k: torch.from_numpy(np.asarray(v)) for k, v in state.items()},
-                "epoch": 120}, str(path))
+    torch.save(
+        {"state_dict": {"module." + k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, "epoch": 120},
+        str(path),
+    )
     return str(path)
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-    return subprocess.run([sys.executable, "-m", "tmspr_jax.tools.compare", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tmspr_jax.tools.compare", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -99,12 +117,27 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_slices_cover_the_feature_in_the_reference_order():
     before = compare.feature_slices(8, "before")
-    assert [n for n, _, _ in before] == ["global", "jpm1", "jpm2", "jpm3", "jpm4",
-                                         "part1", "part2", "part3", "part4", "part5"]
+    assert [n for n, _, _ in before] == [
+        "global",
+        "jpm1",
+        "jpm2",
+        "jpm3",
+        "jpm4",
+        "part1",
+        "part2",
+        "part3",
+        "part4",
+        "part5",
+    ]
     assert before[0][1] == 0 and before[-1][2] == 80
     assert all(a[2] == b[1] for a, b in zip(before, before[1:]))
-    assert [n for n, _, _ in compare.feature_slices(8, "after")] == ["global_bn", "jpm1_bn", "jpm2_bn", "jpm3_bn",
-                                                                      "jpm4_bn"]
+    assert [n for n, _, _ in compare.feature_slices(8, "after")] == [
+        "global_bn",
+        "jpm1_bn",
+        "jpm2_bn",
+        "jpm3_bn",
+        "jpm4_bn",
+    ]
     with pytest.raises(compare.CompareError, match="neck_feat='middle'"):
         compare.feature_slices(8, "middle")
 
@@ -147,8 +180,13 @@ def test_jax_and_torch_agree_on_a_real_split(data, tmp_path, monkeypatch):
         fn = make(model)
 
         def run(*args):
-            precisions.add((jax.config.jax_default_matmul_precision, torch.get_float32_matmul_precision(),
-                            torch.backends.cudnn.allow_tf32))
+            precisions.add(
+                (
+                    jax.config.jax_default_matmul_precision,
+                    torch.get_float32_matmul_precision(),
+                    torch.backends.cudnn.allow_tf32,
+                )
+            )
             return fn(*args)
 
         return run
@@ -205,8 +243,11 @@ def test_transreid_safetensors_without_counters_and_neck_after(data, tmp_path):
     from convert_weights.tmspr import tmspr_only_heads
 
     heads = tmspr_only_heads()
-    state = {k: v for k, v in _reference_state(seed=5).items()
-             if k.split(".", 1)[0] not in heads and not k.endswith("num_batches_tracked")}
+    state = {
+        k: v
+        for k, v in _reference_state(seed=5).items()
+        if k.split(".", 1)[0] not in heads and not k.endswith("num_batches_tracked")
+    }
     ckpt = str(tmp_path / "transreid.safetensors")
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, ckpt)
     cfg = _config(data["paths"])
@@ -216,8 +257,9 @@ def test_transreid_safetensors_without_counters_and_neck_after(data, tmp_path):
     assert res["kind"] == "transreid" and (res["num_query"], res["num_gallery"]) == (3, 3)
     assert "classifier_cp.weight" in res["converter"]["initialised"]
     assert res["converter"]["filled_counters"] == sorted(
-        f"{m}.num_batches_tracked" for m in ("bottleneck", "bottleneck_1", "bottleneck_2", "bottleneck_3",
-                                             "bottleneck_4"))
+        f"{m}.num_batches_tracked"
+        for m in ("bottleneck", "bottleneck_1", "bottleneck_2", "bottleneck_3", "bottleneck_4")
+    )
     assert list(res["slices"]) == ["global_bn", "jpm1_bn", "jpm2_bn", "jpm3_bn", "jpm4_bn"]
     assert max(d["max_rel"] for d in res["slices"].values()) <= 1e-5
     assert res["metrics"]["jax"] == res["metrics"]["torch"]
@@ -226,8 +268,13 @@ def test_transreid_safetensors_without_counters_and_neck_after(data, tmp_path):
 def test_cli_prints_the_table_and_writes_json(data, tmp_path):
     ckpt = _save_pth(_reference_state(seed=3), tmp_path / "tmspr.pth")
     out = tmp_path / "res.json"
-    r = _run_cli(f"--torch_checkpoint={ckpt}", f"--config={data['config_path']}", "--max_images=3",
-                 f"--out={out}", "--device=cpu")
+    r = _run_cli(
+        f"--torch_checkpoint={ckpt}",
+        f"--config={data['config_path']}",
+        "--max_images=3",
+        f"--out={out}",
+        "--device=cpu",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     for text in ("part5", "mAP", "images/s", "jax_default_matmul_precision='highest'", "3 query + 3 gallery"):
         assert text in r.stdout, text

@@ -54,8 +54,10 @@ def _flat(tree, prefix=""):
 def _run_cli(*args, env_extra=None, block_torch=False):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env_extra or {})}
     if block_torch:
-        code = ("import sys, runpy; sys.modules['torch'] = None; sys.argv = ['convert_weights'] + sys.argv[1:]; "
-                "runpy.run_module('convert_weights', run_name='__main__')")
+        code = (
+            "import sys, runpy; sys.modules['torch'] = None; sys.argv = ['convert_weights'] + sys.argv[1:]; "
+            "runpy.run_module('convert_weights', run_name='__main__')"
+        )
         cmd = [sys.executable, "-c", code, *args]
     else:
         cmd = [sys.executable, "-m", "convert_weights", *args]
@@ -100,8 +102,9 @@ def converted(formats):
     _, paths = formats
     out = {}
     for fmt, p in paths.items():
-        v, meta, report = convert_file(p, cfg.model, cfg.img_size, jax.random.key(0), num_classes=NUM_CLASSES,
-                                       num_cameras=NUM_CAMERAS, mode="timm")
+        v, meta, report = convert_file(
+            p, cfg.model, cfg.img_size, jax.random.key(0), num_classes=NUM_CLASSES, num_cameras=NUM_CAMERAS, mode="timm"
+        )
         out[fmt] = (_flat(v), meta, report)
     return out
 
@@ -161,10 +164,16 @@ def test_timm_heads_initialised_as_reference(converted):
 def test_seed_controls_head_init(formats):
     cfg = tiny_config()
     _, paths = formats
-    a = _flat(convert_file(paths["npz"], cfg.model, cfg.img_size, jax.random.key(0), num_classes=NUM_CLASSES,
-                           num_cameras=NUM_CAMERAS)[0])
-    b = _flat(convert_file(paths["npz"], cfg.model, cfg.img_size, jax.random.key(1), num_classes=NUM_CLASSES,
-                           num_cameras=NUM_CAMERAS)[0])
+    a = _flat(
+        convert_file(
+            paths["npz"], cfg.model, cfg.img_size, jax.random.key(0), num_classes=NUM_CLASSES, num_cameras=NUM_CAMERAS
+        )[0]
+    )
+    b = _flat(
+        convert_file(
+            paths["npz"], cfg.model, cfg.img_size, jax.random.key(1), num_classes=NUM_CLASSES, num_cameras=NUM_CAMERAS
+        )[0]
+    )
     assert not np.array_equal(a["params/classifier/kernel"], b["params/classifier/kernel"])
     np.testing.assert_array_equal(a["params/backbone/pos_embed"], b["params/backbone/pos_embed"])
 
@@ -200,13 +209,21 @@ def _model():
     return build_model(cfg.model, cfg.img_size, NUM_CLASSES, NUM_CAMERAS)
 
 
-@pytest.mark.parametrize("edit, key", [
-    (lambda s: s.pop("blocks.0.norm1.weight"), "blocks.0.norm1.weight"),
-    (lambda s: s.__setitem__("blocks.0.attn.extra.weight", np.zeros((2,), np.float32)), "blocks.0.attn.extra.weight"),
-    (lambda s: s.__setitem__("blocks.1.mlp.fc1.weight", np.zeros((3, D), np.float32)), "blocks.1.mlp.fc1.weight"),
-    (lambda s: s.__setitem__("patch_embed.proj.weight", np.zeros((D, 3, 14, 14), np.float32)),
-     "patch_embed.proj.weight"),
-])
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda s: s.pop("blocks.0.norm1.weight"), "blocks.0.norm1.weight"),
+        (
+            lambda s: s.__setitem__("blocks.0.attn.extra.weight", np.zeros((2,), np.float32)),
+            "blocks.0.attn.extra.weight",
+        ),
+        (lambda s: s.__setitem__("blocks.1.mlp.fc1.weight", np.zeros((3, D), np.float32)), "blocks.1.mlp.fc1.weight"),
+        (
+            lambda s: s.__setitem__("patch_embed.proj.weight", np.zeros((D, 3, 14, 14), np.float32)),
+            "patch_embed.proj.weight",
+        ),
+    ],
+)
 def test_timm_errors_name_the_key(edit, key):
     st = timm_vit_state()
     edit(st)
@@ -222,9 +239,11 @@ def test_timm_depth_mismatch_is_an_error():
 
 def test_pth_without_torch_is_a_clear_error(formats):
     _, paths = formats
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from convert_weights.readers import read_checkpoint, CheckpointError\n"
-            f"try:\n    read_checkpoint({paths['pth']!r})\nexcept CheckpointError as e:\n    print('ERR', e)\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from convert_weights.readers import read_checkpoint, CheckpointError\n"
+        f"try:\n    read_checkpoint({paths['pth']!r})\nexcept CheckpointError as e:\n    print('ERR', e)\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "ERR" in r.stdout and "[torch]" in r.stdout and ".npz" in r.stdout, r.stdout + r.stderr
 
@@ -232,8 +251,16 @@ def test_pth_without_torch_is_a_clear_error(formats):
 def test_npz_converts_with_torch_blocked(formats, converted, tmp_path):
     _, paths = formats
     out = tmp_path / "w"
-    r = _run_cli("timm", paths["npz"], f"--out={out}", f"--config={CONFIG_PATH}", f"--num_classes={NUM_CLASSES}",
-                 f"--num_cameras={NUM_CAMERAS}", "--seed=0", block_torch=True)
+    r = _run_cli(
+        "timm",
+        paths["npz"],
+        f"--out={out}",
+        f"--config={CONFIG_PATH}",
+        f"--num_classes={NUM_CLASSES}",
+        f"--num_cameras={NUM_CAMERAS}",
+        "--seed=0",
+        block_torch=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "skipped head.weight" in r.stdout and "resized pos_embed" in r.stdout
     variables, meta = load_variables(str(out))
@@ -266,13 +293,23 @@ def _oracle_state(seed: int = 0, stride=(11, 11)) -> dict[str, np.ndarray]:
 def _with_unused(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Add modules the reference has but never runs (last backbone block, norm, fc, classifier2, NL, ...)."""
     rs = np.random.RandomState(9)
-    extra = {f"base.blocks.1.{k.split('.', 2)[2]}": rs.randn(*v.shape).astype(np.float32)
-             for k, v in state.items() if k.startswith("b1.0.")}
-    extra.update({"base.norm.weight": np.ones(D, np.float32), "base.norm.bias": np.zeros(D, np.float32),
-                  "base.fc.weight": rs.randn(1000, D).astype(np.float32), "base.fc.bias": np.zeros(1000, np.float32),
-                  "classifier2.weight": rs.randn(NUM_CLASSES, D).astype(np.float32),
-                  "bottleneck2.weight": np.ones(D, np.float32), "bottleneck2.running_var": np.ones(D, np.float32),
-                  "NL.0.W.weight": rs.randn(D, D).astype(np.float32)})
+    extra = {
+        f"base.blocks.1.{k.split('.', 2)[2]}": rs.randn(*v.shape).astype(np.float32)
+        for k, v in state.items()
+        if k.startswith("b1.0.")
+    }
+    extra.update(
+        {
+            "base.norm.weight": np.ones(D, np.float32),
+            "base.norm.bias": np.zeros(D, np.float32),
+            "base.fc.weight": rs.randn(1000, D).astype(np.float32),
+            "base.fc.bias": np.zeros(1000, np.float32),
+            "classifier2.weight": rs.randn(NUM_CLASSES, D).astype(np.float32),
+            "bottleneck2.weight": np.ones(D, np.float32),
+            "bottleneck2.running_var": np.ones(D, np.float32),
+            "NL.0.W.weight": rs.randn(D, D).astype(np.float32),
+        }
+    )
     return {**state, **extra}
 
 
@@ -288,8 +325,13 @@ def test_tmspr_cli_round_trip(tmp_path):
     out = tmp_path / "w"
     r = _run_cli("tmspr", src, f"--out={out}", f"--config={CONFIG_PATH}")
     assert r.returncode == 0, r.stdout + r.stderr
-    for k in ("base.blocks.1.mlp.fc1.weight", "base.norm.weight", "base.fc.weight", "classifier2.weight",
-              "NL.0.W.weight"):
+    for k in (
+        "base.blocks.1.mlp.fc1.weight",
+        "base.norm.weight",
+        "base.fc.weight",
+        "classifier2.weight",
+        "NL.0.W.weight",
+    ):
         assert f"skipped {k}:" in r.stdout, k
     variables, meta = load_variables(str(out))
     assert meta["kind"] == "tmspr" and meta["num_classes"] == NUM_CLASSES and meta["num_cameras"] == NUM_CAMERAS
@@ -334,9 +376,11 @@ def test_tmspr_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"classifier\.weight has 5 rows.*--num_classes=7"):
         tmspr_to_reference(state, cfg.model, cfg.img_size, jax.random.key(0), num_classes=7)
     # missing / unknown / wrong shape reach the strict mapping and name the key
-    cases = [({k: v for k, v in state.items() if k != "b2.0.attn.proj.bias"}, "b2.0.attn.proj.bias"),
-             ({**state, "mystery.weight": np.zeros(3, np.float32)}, "mystery.weight"),
-             ({**state, "b1.1.weight": np.zeros(D + 1, np.float32)}, "b1.1.weight")]
+    cases = [
+        ({k: v for k, v in state.items() if k != "b2.0.attn.proj.bias"}, "b2.0.attn.proj.bias"),
+        ({**state, "mystery.weight": np.zeros(3, np.float32)}, "mystery.weight"),
+        ({**state, "b1.1.weight": np.zeros(D + 1, np.float32)}, "b1.1.weight"),
+    ]
     for bad, key in cases:
         ref, _, _, model = tmspr_to_reference(bad, cfg.model, cfg.img_size, jax.random.key(0))
         from convert_weights.mapping import reference_to_variables
@@ -403,8 +447,7 @@ def test_a_checkpoint_of_another_size_gets_a_short_error():
 
 def test_cli_single_number_stride_and_one_line_errors(formats, tmp_path):
     _, paths = formats
-    r = _run_cli("timm", paths["npz"], f"--out={tmp_path / 'w'}", f"--config={CONFIG_PATH}",
-                 "--config.model.stride=12")
+    r = _run_cli("timm", paths["npz"], f"--out={tmp_path / 'w'}", f"--config={CONFIG_PATH}", "--config.model.stride=12")
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "w" / "meta.json").read_text())
     assert meta["stride"] == [12, 12] and meta["grid"] == [21, 10]

@@ -45,27 +45,61 @@ def test_render_sheet_grid_and_errors():
 
 
 def test_sheet_has_one_tile_per_identity(partial, tmp_path):
-    out, stats = ds.sheet_to_file("partial_reid", "query", str(tmp_path / "tfds"), str(tmp_path / "s.jpg"),
-                                  manual_dir=str(partial), tile=(40, 20), columns=3)  # fmt: skip
+    out, stats = ds.sheet_to_file(
+        "partial_reid",
+        "query",
+        str(tmp_path / "tfds"),
+        str(tmp_path / "s.jpg"),
+        manual_dir=str(partial),
+        tile=(40, 20),
+        columns=3,
+    )
     assert stats == {"ids": 7, "images": 14, "cameras": 1}
     img = np.asarray(Image.open(out).convert("RGB")).astype(int)
     cell_w, cell_h = 20 + 4, 40 + 4 + 12
-    assert img.shape == (16 + math.ceil(7 / 3) * cell_h, max(3 * cell_w, 6 * len("partial_reid query: 7 identities, "
-                                                                                "14 images, 1 cameras") + 4), 3)
+    assert img.shape == (
+        16 + math.ceil(7 / 3) * cell_h,
+        max(3 * cell_w, 6 * len("partial_reid query: 7 identities, 14 images, 1 cameras") + 4),
+        3,
+    )
     for i, pid in enumerate(PIDS):
         x, y = (i % 3) * cell_w, 16 + (i // 3) * cell_h
         assert np.abs(img[y + 22, x + 12] - _colour(pid)).max() < 12, pid  # the identity's first image, once each
         assert np.abs(img[y, x + 12] - ds.FRAME).max() < 30  # its frame
     assert np.abs(img[16 + 2 * cell_h + 22, 1 * cell_w + 12] - 255).max() < 12  # no tile after the 7th
 
-    r = subprocess.run([sys.executable, "-m", "tmspr_jax.tools.dataset_sheet", "--dataset=partial_reid",
-                        "--split=gallery", f"--out={tmp_path / 'g.jpg'}", f"--data_dir={tmp_path / 'tfds'}",
-                        "--tile=40,20", "--max_ids=4"], capture_output=True, text=True, cwd=tool_data.ROOT,
-                       timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tmspr_jax.tools.dataset_sheet",
+            "--dataset=partial_reid",
+            "--split=gallery",
+            f"--out={tmp_path / 'g.jpg'}",
+            f"--data_dir={tmp_path / 'tfds'}",
+            "--tile=40,20",
+            "--max_ids=4",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tool_data.ROOT,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "partial_reid gallery: 7 identities, 14 images, 1 cameras; 4 tiles written" in r.stdout
     assert Image.open(tmp_path / "g.jpg").size[1] == 16 + 56  # 4 tiles in one row
-    r = subprocess.run([sys.executable, "-m", "tmspr_jax.tools.dataset_sheet", "--dataset=occluded_duke",
-                        f"--out={tmp_path / 'x.jpg'}", f"--data_dir={tmp_path / 'none'}"], capture_output=True,
-                       text=True, cwd=tool_data.ROOT, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tmspr_jax.tools.dataset_sheet",
+            "--dataset=occluded_duke",
+            f"--out={tmp_path / 'x.jpg'}",
+            f"--data_dir={tmp_path / 'none'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tool_data.ROOT,
+        timeout=300,
+    )
     assert r.returncode == 1 and "error: Dataset 'occluded_duke' is not prepared" in r.stderr, r.stderr[-2000:]

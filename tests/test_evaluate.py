@@ -278,8 +278,15 @@ def test_re_ranking_errors():
 # ----------------------------------------------------------------------------------------------- compute_metrics
 def _eval_cfg(**over):
     c = ml_collections.ConfigDict(
-        {"feat_norm": True, "max_rank": 10, "rerank": False, "k1": 5, "k2": 3, "lambda_value": 0.3,
-         "bootstrap_samples": 0}
+        {
+            "feat_norm": True,
+            "max_rank": 10,
+            "rerank": False,
+            "k1": 5,
+            "k2": 3,
+            "lambda_value": 0.3,
+            "bootstrap_samples": 0,
+        }
     )
     for k, v in over.items():
         c[k] = v
@@ -319,7 +326,8 @@ def test_compute_metrics_pipeline():
         evaluate.compute_metrics(feats, pids, camids, 0, _eval_cfg())
     with pytest.raises(KeyError, match="eval.max_rank"):
         evaluate.compute_metrics(
-            feats, pids, camids, nq, ml_collections.ConfigDict({"feat_norm": True, "rerank": False}))
+            feats, pids, camids, nq, ml_collections.ConfigDict({"feat_norm": True, "rerank": False})
+        )
 
 
 # ----------------------------------------------------------------------------------------------- bootstrap
@@ -331,8 +339,15 @@ def loop_bootstrap(per_query, num_samples, level, seed):
     for draw in draws:
         rows = np.concatenate([np.flatnonzero(per_query["pid"] == ids[i]) for i in draw])
         first = per_query["first_hit"][rows]
-        stats.append([per_query["ap"][rows].mean(), np.mean(first <= 1), np.mean(first <= 5), np.mean(first <= 10),
-                      per_query["inp"][rows].mean()])
+        stats.append(
+            [
+                per_query["ap"][rows].mean(),
+                np.mean(first <= 1),
+                np.mean(first <= 5),
+                np.mean(first <= 10),
+                per_query["inp"][rows].mean(),
+            ]
+        )
     tail = (1 - level) / 2
     lo, hi = np.quantile(np.array(stats), [tail, 1 - tail], axis=0)
     return {name: [lo[i], hi[i]] for i, name in enumerate(evaluate.BOOTSTRAP_METRICS)}

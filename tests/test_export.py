@@ -18,8 +18,12 @@ from tmspr_jax.tools import export as ex
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMG = (64, 32)
-TINY = ("--config.img_size=(64, 32)", "--config.model.embed_dim=32", "--config.model.depth=2",
-        "--config.model.num_heads=2")  # fmt: skip
+TINY = (
+    "--config.img_size=(64, 32)",
+    "--config.model.embed_dim=32",
+    "--config.model.depth=2",
+    "--config.model.num_heads=2",
+)
 
 
 def _config(neck_feat: str = "after"):
@@ -87,9 +91,17 @@ def test_export_from_a_converted_folder_needs_no_dataset(tmp_path):
     with pytest.raises(FileNotFoundError, match="no exported model at"):
         ex.load_exported(str(tmp_path / "missing"))
 
-    cmd = [sys.executable, "-m", "tmspr_jax.tools.export", f"--config={os.path.join(ROOT, 'configs', 'demo.py')}",
-           *TINY, "--config.model.neck_feat=after",  # the folder's model, as exported above
-           f"--checkpoint={folder}", f"--out={tmp_path / 'cli.bin'}", "--batch=2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tmspr_jax.tools.export",
+        f"--config={os.path.join(ROOT, 'configs', 'demo.py')}",
+        *TINY,
+        "--config.model.neck_feat=after",  # the folder's model, as exported above
+        f"--checkpoint={folder}",
+        f"--out={tmp_path / 'cli.bin'}",
+        "--batch=2",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"({info['feature_dim']}-d) for images (2, 64, 32, 3) on cpu" in r.stdout

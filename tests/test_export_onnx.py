@@ -67,15 +67,25 @@ def test_command_line_onnx_export(tmp_path, monkeypatch):
     folder = str(tmp_path / "weights")
     weights.save_variables(folder, variables, weights.model_meta(model))
     out = tmp_path / "tmspr.onnx"
-    cmd = [sys.executable, "-m", "tmspr_jax.tools.export", f"--config={tool_data.DEMO}", *tool_data.TINY_MODEL,
-           "--config.model.neck_feat=after", f"--checkpoint={folder}", f"--out={out}", "--format=onnx"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tmspr_jax.tools.export",
+        f"--config={tool_data.DEMO}",
+        *tool_data.TINY_MODEL,
+        "--config.model.neck_feat=after",
+        f"--checkpoint={folder}",
+        f"--out={out}",
+        "--format=onnx",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads(open(f"{out}.json").read())
     assert info["format"] == "onnx" and info["batch"] == "any" and info["feature_dim"] == 5 * 32
     images, camids = _inputs(2)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
-        None, {"images": images, "camids": camids})[0]  # fmt: skip
+        None, {"images": images, "camids": camids}
+    )[0]
     want = inference.make_extract_fn(model, flip=True)(variables, images, camids, np.ones(2, bool))
     _close(got, np.asarray(want))
 

@@ -26,9 +26,16 @@ def tiny_config(root: str):
     c.data.data_dir = os.path.join(root, "tfds")
     c.data.manual_dir = os.path.join(root, "synthetic")
     c.data.synthetic_options = dict(
-        num_train_ids=4, images_per_id=2, num_test_ids=6, queries_per_id=1, gallery_per_id=3, height=64, width=32,
-        num_occluder_images=0, seed=3,
-    )  # fmt: skip
+        num_train_ids=4,
+        images_per_id=2,
+        num_test_ids=6,
+        queries_per_id=1,
+        gallery_per_id=3,
+        height=64,
+        width=32,
+        num_occluder_images=0,
+        seed=3,
+    )
     c.data.occluder_dir = ""
     c.data.test_batch_size = 8
     c.data.num_workers = 0
@@ -102,12 +109,19 @@ def test_extracted_features_are_the_evaluations(prepared, tmp_path):
 
 def test_command_line_extract_then_visualize(prepared, tmp_path):
     cfg, ckpt = prepared
-    overrides = [f"--config={os.path.join(ROOT, 'configs', 'demo.py')}",
-                 f"--config.data.data_dir={cfg.data.data_dir}", f"--config.data.manual_dir={cfg.data.manual_dir}",
-                 "--config.data.synthetic=False",  # prepared by the fixture with its own options: do not regenerate
-                 "--config.img_size=(64, 32)", "--config.data.occluder_dir=", "--config.data.num_workers=0",
-                 "--config.model.embed_dim=32", "--config.model.depth=2", "--config.model.num_heads=2",
-                 "--config.data.test_batch_size=8"]  # fmt: skip
+    overrides = [
+        f"--config={os.path.join(ROOT, 'configs', 'demo.py')}",
+        f"--config.data.data_dir={cfg.data.data_dir}",
+        f"--config.data.manual_dir={cfg.data.manual_dir}",
+        "--config.data.synthetic=False",  # prepared by the fixture with its own options: do not regenerate
+        "--config.img_size=(64, 32)",
+        "--config.data.occluder_dir=",
+        "--config.data.num_workers=0",
+        "--config.model.embed_dim=32",
+        "--config.model.depth=2",
+        "--config.model.num_heads=2",
+        "--config.data.test_batch_size=8",
+    ]
     out = tmp_path / "f.npz"
     cmd = [sys.executable, "-m", "tmspr_jax.tools.extract", *overrides, f"--checkpoint={ckpt}", f"--out={out}"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -115,8 +129,16 @@ def test_command_line_extract_then_visualize(prepared, tmp_path):
     assert "6 query and 18 gallery features" in r.stdout and out.exists()
 
     ranks = tmp_path / "ranks"
-    cmd = [sys.executable, "-m", "tmspr_jax.tools.visualize", *overrides[:4], f"--features={out}", f"--out={ranks}",
-           "--topk=5", "--num_queries=4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tmspr_jax.tools.visualize",
+        *overrides[:4],
+        f"--features={out}",
+        f"--out={ranks}",
+        "--topk=5",
+        "--num_queries=4",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     pngs = sorted(p.name for p in ranks.glob("*.png"))

@@ -62,7 +62,7 @@ def test_images_of_any_mode_become_8bit_rgb_or_are_refused(tmp_path):
     assert cmyk.shape == (6, 4, 3) and np.abs(cmyk.astype(int) - rgb).mean() < 20
     Image.fromarray(rgb).convert("P").save(tmp_path / "palette.gif")
     assert extract.read_image(str(tmp_path / "palette.gif")).shape == (6, 4, 3)
-    grey16 = (np.arange(24, dtype=np.uint16).reshape(6, 4) * 2800)
+    grey16 = np.arange(24, dtype=np.uint16).reshape(6, 4) * 2800
     Image.fromarray(grey16).save(tmp_path / "deep.png")  # a 16-bit grey PNG
     deep = extract.read_image(str(tmp_path / "deep.png"))
     np.testing.assert_array_equal(deep[..., 1], (grey16 // 257).astype(np.uint8))
@@ -116,8 +116,16 @@ def test_command_line_images(tiny, tmp_path):
         img = Image.open(os.path.join(cfg.data.manual_dir, "query", name)).resize((20 + i * 30, 50 + i * 40))
         (img.convert("L") if i == 1 else img).save(folder / f"person_{i}.png")
     out = tmp_path / "feats.npz"
-    cmd = [sys.executable, "-m", "tmspr_jax.tools.extract", *tool_data.cli_overrides(cfg), f"--checkpoint={ckpt}",
-           f"--images={folder}", f"--out={out}", "--camid=1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tmspr_jax.tools.extract",
+        *tool_data.cli_overrides(cfg),
+        f"--checkpoint={ckpt}",
+        f"--images={folder}",
+        f"--out={out}",
+        "--camid=1",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "3 image features" in r.stdout and "cameras from 0 release names" in r.stdout

@@ -70,7 +70,10 @@ def _damage(step_dir: str, kind: str) -> None:
 
 
 def test_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_newest_intact(
-    trained, tmp_path, caplog, data_root  # noqa: F811
+    trained,
+    tmp_path,
+    caplog,
+    data_root,  # noqa: F811
 ):
     workdir = _copy(trained, tmp_path)
     _damage(os.path.join(workdir, "checkpoints", "4"), "flip")  # same size, other bytes
@@ -143,7 +146,9 @@ def test_checkpoint_of_another_model_size_is_refused_before_anything_runs(traine
 
 
 def test_eval_without_an_evaluated_checkpoint_uses_the_latest_and_a_step_can_be_chosen(
-    trained, tmp_path, data_root  # noqa: F811
+    trained,
+    tmp_path,
+    data_root,  # noqa: F811
 ):
     cfg = _config(data_root, eval_period=10)
     stopped = str(tmp_path / "stopped")
@@ -295,8 +300,11 @@ def _start_trainer(tmp_path, root: str) -> tuple[subprocess.Popen, str, list[int
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tmspr_jax.main", f"--config={config_file}", f"--workdir={workdir}"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        )  # fmt: skip
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        )
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 480  # compilation on a busy 2-core machine
     while time.time() < deadline and proc.poll() is None:
@@ -344,8 +352,9 @@ def test_grain_workers_never_outlive_a_killed_trainer(tmp_path, data_root):  # n
 
 
 def _main(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tmspr_jax.main", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "tmspr_jax.main", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize(
@@ -372,8 +381,16 @@ def test_config_and_workdir_mistakes_are_one_line(tmp_path, args, expected):
 
 
 def test_gitignore_covers_what_the_commands_write():
-    paths = ["weights/vit_in1k/meta.json", "workdirs/demo/metrics.jsonl", "feats.npz", "run/features.npz",
-             "ranks/000_q.png", "ranks/ranks.json", "M.jax_exported", "out/M.jax_exported.json",
-             "cmp.json"]  # fmt: skip
+    paths = [
+        "weights/vit_in1k/meta.json",
+        "workdirs/demo/metrics.jsonl",
+        "feats.npz",
+        "run/features.npz",
+        "ranks/000_q.png",
+        "ranks/ranks.json",
+        "M.jax_exported",
+        "out/M.jax_exported.json",
+        "cmp.json",
+    ]
     out = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
     assert sorted(out.stdout.split()) == sorted(paths)

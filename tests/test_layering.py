@@ -43,19 +43,25 @@ def _append(path, text: str) -> None:
         f.write(text)
 
 
-@pytest.mark.parametrize("module, code, broken", [
-    # the model imports training: against the chain data -> models -> losses -> train -> tools
-    ("tmspr_jax/models/vit.py", "\nimport tmspr_jax.train\n", "tmspr_jax.models.vit -> tmspr_jax.train"),
-    # data imports the model (a lazy import inside a function counts too)
-    ("tmspr_jax/data/views.py", "\ndef _f():\n    from tmspr_jax.models import vit\n",
-     "tmspr_jax.data.views -> tmspr_jax.models.vit"),
-    # the library imports the converter
-    ("tmspr_jax/train.py", "\nimport convert_weights.convert\n", "tmspr_jax.train -> convert_weights.convert"),
-    # the library imports the top-level configs package
-    ("tmspr_jax/data/setup.py", "\nimport configs.demo\n", "tmspr_jax.data.setup -> configs.demo"),
-    # torch outside the oracle, the converter's readers and the tools, even lazily
-    ("tmspr_jax/models/vit.py", "\ndef _f():\n    import torch\n", "tmspr_jax.models.vit -> torch"),
-])
+@pytest.mark.parametrize(
+    "module, code, broken",
+    [
+        # the model imports training: against the chain data -> models -> losses -> train -> tools
+        ("tmspr_jax/models/vit.py", "\nimport tmspr_jax.train\n", "tmspr_jax.models.vit -> tmspr_jax.train"),
+        # data imports the model (a lazy import inside a function counts too)
+        (
+            "tmspr_jax/data/views.py",
+            "\ndef _f():\n    from tmspr_jax.models import vit\n",
+            "tmspr_jax.data.views -> tmspr_jax.models.vit",
+        ),
+        # the library imports the converter
+        ("tmspr_jax/train.py", "\nimport convert_weights.convert\n", "tmspr_jax.train -> convert_weights.convert"),
+        # the library imports the top-level configs package
+        ("tmspr_jax/data/setup.py", "\nimport configs.demo\n", "tmspr_jax.data.setup -> configs.demo"),
+        # torch outside the oracle, the converter's readers and the tools, even lazily
+        ("tmspr_jax/models/vit.py", "\ndef _f():\n    import torch\n", "tmspr_jax.models.vit -> torch"),
+    ],
+)
 def test_lint_imports_fails_on_a_violation(copy_of_repo, module, code, broken):
     _append(copy_of_repo / module, code)
     r = _lint_imports(str(copy_of_repo))
@@ -72,10 +78,36 @@ def test_a_new_module_must_be_given_a_layer(copy_of_repo):
 def test_ruff_fails_on_an_unused_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text('"""An unused import."""\n\nimport os\n')
-    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config",
-                        os.path.join(REPO, "pyproject.toml"), str(bad)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--no-cache",
+            "--config",
+            os.path.join(REPO, "pyproject.toml"),
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "F401" in r.stdout, r.stdout + r.stderr
     bad.write_text('"""No unused import."""\n\nimport os\n\nprint(os.sep)\n')
-    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config",
-                        os.path.join(REPO, "pyproject.toml"), str(bad)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--no-cache",
+            "--config",
+            os.path.join(REPO, "pyproject.toml"),
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr

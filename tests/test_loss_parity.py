@@ -70,9 +70,12 @@ def test_loss_gradients_reach_every_parameter():
 
     def loss_fn(params):
         out, _ = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]}, views, camids, train=True,
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            views,
+            camids,
+            train=True,
             mutable=["batch_stats"],
-        )  # fmt: skip
+        )
         return losses.total_loss(out, pids, parsing, np.ones((b,), np.float32), get_base_config().loss)[0]
 
     grads = jax.grad(loss_fn)(variables["params"])

@@ -35,8 +35,10 @@ def _outputs(seed=0):
 
 def test_cross_entropy_matches_torch():
     logits, _, _ = _outputs()
-    _close(losses.cross_entropy(logits[0], PIDS),
-           F.cross_entropy(torch.from_numpy(logits[0]), torch.from_numpy(PIDS).long()))
+    _close(
+        losses.cross_entropy(logits[0], PIDS),
+        F.cross_entropy(torch.from_numpy(logits[0]), torch.from_numpy(PIDS).long()),
+    )
     _close(
         losses.cross_entropy(logits[3], PIDS, label_smoothing=0.1),
         F.cross_entropy(torch.from_numpy(logits[3]), torch.from_numpy(PIDS).long(), label_smoothing=0.1),
@@ -50,8 +52,9 @@ def test_triplet_matches_reference_boolean_indexing(margin):
     rng = np.random.default_rng(1)
     for _ in range(3):
         f = rng.normal(size=(B, D)).astype(np.float32)
-        ref = torch_losses.reference_triplet(torch.from_numpy(f), torch.from_numpy(PIDS).long(),
-                                             None if margin == 0 else margin)
+        ref = torch_losses.reference_triplet(
+            torch.from_numpy(f), torch.from_numpy(PIDS).long(), None if margin == 0 else margin
+        )
         _close(losses.triplet_loss(f, PIDS, margin), ref)
 
 
@@ -134,8 +137,10 @@ def test_soft_segmentation_loss_is_per_patch_cross_entropy_with_the_part_shares(
     assert float(losses.soft_segmentation_loss(np.log(t), targets)) < float(losses.soft_segmentation_loss(o, targets))
     # Unlike the reference's min-max MSE, a constant map is far from the minimum.
     const = np.zeros_like(o)
-    assert (float(losses.soft_segmentation_loss(const, targets))
-            > float(losses.soft_segmentation_loss(np.log(t), targets)) + 0.1)
+    assert (
+        float(losses.soft_segmentation_loss(const, targets))
+        > float(losses.soft_segmentation_loss(np.log(t), targets)) + 0.1
+    )
 
 
 @pytest.mark.parametrize("name", ["minmax_mse", "soft_ce"])
@@ -175,7 +180,7 @@ def _torch_margin_logits(cos: torch.Tensor, labels: torch.Tensor, kind: str, s: 
         out[rows, labels] = cos[rows, labels] - m
         return s * out
     if kind == "arcface":
-        sine = torch.sqrt((1.0 - cos ** 2).clamp(0, 1))
+        sine = torch.sqrt((1.0 - cos**2).clamp(0, 1))
         phi = cos * np.cos(m) - sine * np.sin(m)
         phi = torch.where(cos > np.cos(np.pi - m), phi, cos - np.sin(np.pi - m) * m)
         out = cos.clone()
@@ -196,8 +201,9 @@ def test_margin_logits_match_fast_reid_heads_with_gradients(kind):
     cos[1, PIDS[1]] = 0.999
     s, m = 16.0, 0.3
     t_cos = torch.from_numpy(cos).requires_grad_(True)
-    t_loss = F.cross_entropy(_torch_margin_logits(t_cos, torch.from_numpy(PIDS).long(), kind, s, m),
-                             torch.from_numpy(PIDS).long())
+    t_loss = F.cross_entropy(
+        _torch_margin_logits(t_cos, torch.from_numpy(PIDS).long(), kind, s, m), torch.from_numpy(PIDS).long()
+    )
     t_loss.backward()
     loss_fn = lambda c: losses.cross_entropy(losses.margin_logits(c, PIDS, kind, s, m), PIDS)
     val, grad = jax.value_and_grad(loss_fn)(jnp.asarray(cos))
@@ -225,7 +231,8 @@ def test_margin_logits_definitions():
         closer = cos.copy()
         closer[y] = np.minimum(closer[y] + 0.2, 1.0)
         assert float(losses.cross_entropy(losses.margin_logits(closer, PIDS, kind, 10.0, 0.3), PIDS)) < float(
-            losses.cross_entropy(losses.margin_logits(cos, PIDS, kind, 10.0, 0.3), PIDS))
+            losses.cross_entropy(losses.margin_logits(cos, PIDS, kind, 10.0, 0.3), PIDS)
+        )
     # Gradients stay finite where a cosine is exactly +-1 (sqrt's slope is infinite there).
     edge = cos.copy()
     edge[0, :2], edge[1, PIDS[1]] = (1.0, -1.0), 1.0
@@ -258,10 +265,13 @@ def test_total_loss_applies_the_margin_id_loss():
 
 def test_reconstruction_and_kl_match_torch():
     logits, feats, _ = _outputs(5)
-    _close(losses.reconstruction_loss(feats[2], feats[3]),
-           F.l1_loss(torch.from_numpy(feats[2]), torch.from_numpy(feats[3])))
+    _close(
+        losses.reconstruction_loss(feats[2], feats[3]),
+        F.l1_loss(torch.from_numpy(feats[2]), torch.from_numpy(feats[3])),
+    )
     ref_kl = F.kl_div(
-        F.log_softmax(torch.from_numpy(logits[4]), dim=1), F.softmax(torch.from_numpy(logits[0]), dim=1),
+        F.log_softmax(torch.from_numpy(logits[4]), dim=1),
+        F.softmax(torch.from_numpy(logits[0]), dim=1),
         reduction="batchmean",
     )
     _close(losses.kl_term(logits[0], logits[4]), ref_kl)
@@ -325,7 +335,10 @@ def test_total_loss_gradients_finite_and_bf16_in_f32():
     # Same as the f32 computation on the bf16-rounded values: the arithmetic itself ran in f32.
     up = lambda t: tuple(np.asarray(jnp.asarray(x, jnp.float32)) for x in t)  # noqa: E731
     loss_up, _ = losses.total_loss(
-        (up(bf_logits), up(bf_feats)), PIDS, np.asarray(jnp.asarray(targets, jnp.bfloat16).astype(jnp.float32)), None,
+        (up(bf_logits), up(bf_feats)),
+        PIDS,
+        np.asarray(jnp.asarray(targets, jnp.bfloat16).astype(jnp.float32)),
+        None,
         cfg,
     )
     _close(loss_bf, loss_up)

@@ -42,11 +42,19 @@ def test_paper_configs_carry_the_reference_settings():
     assert (duke.optim.base_lr, duke.train.eval_period, duke.train.epochs) == (0.01, 10, 300)
     partial = get("partial_reid")
     assert (partial.data.train, partial.data.test, partial.optim.base_lr, partial.train.epochs) == (
-        "market1501", "partial_reid", 1e-4, 20)  # fmt: skip
+        "market1501",
+        "partial_reid",
+        1e-4,
+        20,
+    )
     assert tuple(partial.data.mean) == (0.485, 0.456, 0.406)
     occ_reid = get("occ_reid")
     assert (occ_reid.data.train, occ_reid.data.test, occ_reid.train.epochs, occ_reid.train.eval_period) == (
-        "market1501", "occluded_reid", 60, 2)  # fmt: skip
+        "market1501",
+        "occluded_reid",
+        60,
+        2,
+    )
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):
@@ -65,19 +73,31 @@ def test_missing_dataset_is_one_line_naming_the_folder_and_the_prepare_command(t
 
 
 def test_eval_mode_needs_a_checkpoint(tmp_path):
-    out = _run_main("--config=configs/occ_duke.py", "--mode=eval", f"--config.data.data_dir={tmp_path}",
-                    f"--workdir={tmp_path / 'w'}")  # fmt: skip
+    out = _run_main(
+        "--config=configs/occ_duke.py",
+        "--mode=eval",
+        f"--config.data.data_dir={tmp_path}",
+        f"--workdir={tmp_path / 'w'}",
+    )
     assert out.returncode == 1 and "error: " in out.stderr
 
 
 def test_a_bad_stride_is_one_line_before_any_data_is_touched(tmp_path):
     """``--config.model.stride=12`` reaches the tuple field as ``(12,)``: a square stride; three numbers: an error."""
-    out = _run_main("--config=configs/occ_duke.py", "--config.model.stride=1,2,3",
-                    f"--config.data.data_dir={tmp_path / 'no_data_here'}", f"--workdir={tmp_path / 'w'}")
+    out = _run_main(
+        "--config=configs/occ_duke.py",
+        "--config.model.stride=1,2,3",
+        f"--config.data.data_dir={tmp_path / 'no_data_here'}",
+        f"--workdir={tmp_path / 'w'}",
+    )
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert len(errors) == 1 and "config.model.stride=(1, 2, 3)" in errors[0], out.stderr
     # a single number passes the geometry check: the run gets as far as the missing dataset
-    out = _run_main("--config=configs/occ_duke.py", "--config.model.stride=12",
-                    f"--config.data.data_dir={tmp_path / 'no_data_here'}", f"--workdir={tmp_path / 'w'}")
+    out = _run_main(
+        "--config=configs/occ_duke.py",
+        "--config.model.stride=12",
+        f"--config.data.data_dir={tmp_path / 'no_data_here'}",
+        f"--workdir={tmp_path / 'w'}",
+    )
     assert out.returncode == 1 and "no_data_here" in out.stderr and "config.model.stride" not in out.stderr, out.stderr

@@ -49,7 +49,10 @@ def test_environment_settings_for_each_launcher():
     get = sharding.distributed_settings
     assert get({}) is None
     assert get({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}) == {
-        "coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3}  # fmt: skip
+        "coordinator_address": "10.0.0.1:1234",
+        "num_processes": 4,
+        "process_id": 3,
+    }
     with pytest.raises(ValueError, match="JAX_PROCESS_ID is not"):
         get({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2"})
     with pytest.raises(ValueError, match="0 <= JAX_PROCESS_ID < JAX_NUM_PROCESSES"):
@@ -68,13 +71,24 @@ def test_two_processes_on_localhost_give_the_single_process_losses(data_root, tm
     port = _free_port()
     procs = []
     for pid in range(2):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))  # fmt: skip
+        env = dict(
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+        )
         env.pop("XLA_FLAGS", None)  # one CPU device per process
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tmspr_jax.main", f"--config={config_file}", f"--workdir={two}"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tmspr_jax.main", f"--config={config_file}", f"--workdir={two}"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = []
     for p in procs:
         try:

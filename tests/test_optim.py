@@ -31,10 +31,16 @@ def _params(seed=0):
         "backbone": {
             "cls_token": rng.normal(size=(1, 1, 4)).astype(np.float32),
             "blocks_0": {
-                "attn": {"qkv": {"kernel": rng.normal(size=(4, 12)).astype(np.float32),
-                                 "bias": rng.normal(size=(12,)).astype(np.float32)}},
-                "norm1": {"scale": rng.normal(size=(4,)).astype(np.float32),
-                          "bias": rng.normal(size=(4,)).astype(np.float32)},
+                "attn": {
+                    "qkv": {
+                        "kernel": rng.normal(size=(4, 12)).astype(np.float32),
+                        "bias": rng.normal(size=(12,)).astype(np.float32),
+                    }
+                },
+                "norm1": {
+                    "scale": rng.normal(size=(4,)).astype(np.float32),
+                    "bias": rng.normal(size=(4,)).astype(np.float32),
+                },
             },
         },
         "bottleneck": {"scale": rng.normal(size=(4,)).astype(np.float32)},
@@ -87,8 +93,14 @@ def _torch_groups(params, lrs, cfg):
         t = torch.nn.Parameter(torch.from_numpy(np.array(leaf, np.float32)))
         tensors[name] = t
         is_bias = "bias" in name
-        groups.append({"params": [t], "lr": lrs["bias" if is_bias else "weight"],
-                       "weight_decay": cfg.weight_decay_bias if is_bias else cfg.weight_decay, "is_bias": is_bias})
+        groups.append(
+            {
+                "params": [t],
+                "lr": lrs["bias" if is_bias else "weight"],
+                "weight_decay": cfg.weight_decay_bias if is_bias else cfg.weight_decay,
+                "is_bias": is_bias,
+            }
+        )
     return tensors, groups
 
 
@@ -97,8 +109,9 @@ def test_two_steps_match_torch(name):
     cfg = _cfg(name=name, weight_decay=1e-4, weight_decay_bias=3e-4)
     params = jax.tree_util.tree_map(jnp.asarray, _params(1))
     rng = np.random.default_rng(2)
-    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-             for _ in range(2)]
+    grads = [
+        jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params) for _ in range(2)
+    ]
 
     tx = optim.make_optimizer(cfg, params, EPOCHS)
     state = tx.init(params)

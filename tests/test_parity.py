@@ -126,5 +126,7 @@ def test_training_outputs_match_oracle_full_vit_b():
     new_mean = np.asarray(updates["batch_stats"]["bottleneck"]["mean"])
     torch_mean = oracle.bottleneck.running_mean.numpy()
     assert rel_err(new_mean, torch_mean) <= 1e-4
-    print(f"training parity: max relative error over 15 logits + 18 feats = {max(errs):.2e}; "
-          f"{int(recovered.sum())} of {recovered.size} part features recovered from a neighbour")
+    print(
+        f"training parity: max relative error over 15 logits + 18 feats = {max(errs):.2e}; "
+        f"{int(recovered.sum())} of {recovered.size} part features recovered from a neighbour"
+    )

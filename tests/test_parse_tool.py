@@ -43,8 +43,20 @@ def test_parse_command_matches_simple_extractor(tiny):
 
     model, parser_dir, images, root = tiny
     out = root / "cli_out"
-    r = subprocess.run([sys.executable, "-m", "tmspr_jax.tools.parse", f"--parser={parser_dir}", f"--images={images}",
-                        f"--out={out}", "--logits", "--batch_size=3"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tmspr_jax.tools.parse",
+            f"--parser={parser_dir}",
+            f"--images={images}",
+            f"--out={out}",
+            "--logits",
+            "--batch_size=3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "4 of 4 images parsed" in r.stdout and "done" in r.stdout
     for name, (h, w) in SIZES.items():
@@ -124,13 +136,19 @@ def test_targets_from_images_restart_and_oracle(tiny, parser, prepared, tmp_path
     _, _, split = prepared
     g = GEOM
     out = str(tmp_path / "t.npz")
-    assert P.parse_targets(split, parser_dir, g["img_size"], g["patch"], g["stride"], out=out, batch_size=BATCH,
-                           max_images=3) is None  # stopped after two batches
+    assert (
+        P.parse_targets(
+            split, parser_dir, g["img_size"], g["patch"], g["stride"], out=out, batch_size=BATCH, max_images=3
+        )
+        is None
+    )  # stopped after two batches
     assert sorted(os.listdir(out + ".partial")) == ["batch_000000.npy", "batch_000001.npy", "settings.json"]
-    names, resumed = P.parse_targets(split, parser_dir, g["img_size"], g["patch"], g["stride"], out=out,
-                                     batch_size=BATCH)
-    names2, straight = P.parse_targets(split, parser_dir, g["img_size"], g["patch"], g["stride"],
-                                       out=str(tmp_path / "u.npz"), batch_size=BATCH)
+    names, resumed = P.parse_targets(
+        split, parser_dir, g["img_size"], g["patch"], g["stride"], out=out, batch_size=BATCH
+    )
+    names2, straight = P.parse_targets(
+        split, parser_dir, g["img_size"], g["patch"], g["stride"], out=str(tmp_path / "u.npz"), batch_size=BATCH
+    )
     assert names == names2 == [str(n) for n in split.file_names] and resumed.shape == (6, 10, 5, 6)
     np.testing.assert_array_equal(resumed, straight)
     # the oracle through SCHP's pipeline, merged and pooled by the maps route's own functions

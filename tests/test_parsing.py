@@ -16,12 +16,26 @@ from tmspr_jax.data import parsing as P
 # Written out from docs/reference.md §12.2, independently of the module's table.
 EXPECTED_GROUP = {
     "Background": "Background",
-    "Hat": "Accessory", "Hair": "Head", "Glove": "Accessory", "Sunglasses": "Accessory",
-    "Upper-clothes": "Body", "Dress": "Body", "Coat": "Body", "Socks": "Feet", "Pants": "Legs",
-    "Jumpsuits": "Body", "Scarf": "Accessory", "Skirt": "Legs", "Face": "Head",
-    "Left-arm": "Body", "Right-arm": "Body", "Left-leg": "Legs", "Right-leg": "Legs",
-    "Left-shoe": "Feet", "Right-shoe": "Feet",
-}  # fmt: skip
+    "Hat": "Accessory",
+    "Hair": "Head",
+    "Glove": "Accessory",
+    "Sunglasses": "Accessory",
+    "Upper-clothes": "Body",
+    "Dress": "Body",
+    "Coat": "Body",
+    "Socks": "Feet",
+    "Pants": "Legs",
+    "Jumpsuits": "Body",
+    "Scarf": "Accessory",
+    "Skirt": "Legs",
+    "Face": "Head",
+    "Left-arm": "Body",
+    "Right-arm": "Body",
+    "Left-leg": "Legs",
+    "Right-leg": "Legs",
+    "Left-shoe": "Feet",
+    "Right-shoe": "Feet",
+}
 
 
 def _cfg(path: str = "", missing: str = "error") -> ml_collections.ConfigDict:
@@ -90,8 +104,13 @@ def test_grid_shape_agrees_with_the_model():
     # parsing.py avoids importing jax/flax; its grid must still be the model's (docs/interfaces.md)
     from tmspr_jax.models.vit import patch_grid
 
-    for img_size, patch, stride in [((256, 128), 16, (11, 11)), ((256, 128), 16, (12, 12)), ((128, 64), 16, (12, 12)),
-                                    ((384, 128), 16, (16, 16)), ((8, 8), 4, (2, 3))]:  # fmt: skip
+    for img_size, patch, stride in [
+        ((256, 128), 16, (11, 11)),
+        ((256, 128), 16, (12, 12)),
+        ((128, 64), 16, (12, 12)),
+        ((384, 128), 16, (16, 16)),
+        ((8, 8), 4, (2, 3)),
+    ]:
         assert P.grid_shape(img_size, patch, stride) == patch_grid(img_size, patch, stride)
 
 
@@ -137,12 +156,18 @@ def test_patch_mean_equals_explicit_resize_then_window_mean(src):
     # "PIL-bicubic-resize each channel to (H, W), then average each patch window".
     rng = np.random.default_rng(7)
     small = rng.random((8, 4, 6)).astype(np.float32) + 1.0
-    merged = np.stack([np.asarray(Image.fromarray(small[..., c]).resize(src[::-1], Image.BILINEAR))
-                       for c in range(6)], -1)  # fmt: skip
+    merged = np.stack(
+        [np.asarray(Image.fromarray(small[..., c]).resize(src[::-1], Image.BILINEAR)) for c in range(6)], -1
+    )
     merged /= merged.sum(-1, keepdims=True)
     img_size, patch, stride = (256, 128), 16, (11, 11)
-    full = np.stack([np.asarray(Image.fromarray(merged[..., c]).resize(img_size[::-1], Image.BICUBIC), np.float64)
-                     for c in range(6)], -1)  # fmt: skip
+    full = np.stack(
+        [
+            np.asarray(Image.fromarray(merged[..., c]).resize(img_size[::-1], Image.BICUBIC), np.float64)
+            for c in range(6)
+        ],
+        -1,
+    )
     want = np.zeros((22, 11, 6))
     for y in range(22):
         for x in range(11):
@@ -273,14 +298,30 @@ def _cli(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "tmspr_jax.data.parsing", *args], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "tmspr_jax.data.parsing", *args],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
 
 
 def test_cli_end_to_end(prepared):
     raw, data_dir, split = prepared
-    r = _cli("--maps_dir", os.path.join(raw, "parsing_lip"), "--data_dir", data_dir, "--dataset", "synthetic_occluded",
-             "--img_size", "128,64", "--patch", "16", "--stride", "12,12")  # fmt: skip
+    r = _cli(
+        "--maps_dir",
+        os.path.join(raw, "parsing_lip"),
+        "--data_dir",
+        data_dir,
+        "--dataset",
+        "synthetic_occluded",
+        "--img_size",
+        "128,64",
+        "--patch",
+        "16",
+        "--stride",
+        "12,12",
+    )
     assert r.returncode == 0, r.stderr
     assert "images=12 stored=12 missing=0 grid=10x5" in r.stdout
     out = P.load_targets(_cfg(), split, (10, 5), data_dir, "synthetic_occluded")
@@ -305,8 +346,22 @@ def test_cli_missing_maps(prepared, tmp_path):
     gone = sorted(str(n) for n in split.file_names)[:3]
     for n in gone:
         os.remove(maps / (n[:-4] + ".png"))
-    common = ["--maps_dir", str(maps), "--data_dir", data_dir, "--dataset", "synthetic_occluded", "--img_size",
-              "128,64", "--patch", "16", "--stride", "12,12", "--out", str(tmp_path / "t.npz")]  # fmt: skip
+    common = [
+        "--maps_dir",
+        str(maps),
+        "--data_dir",
+        data_dir,
+        "--dataset",
+        "synthetic_occluded",
+        "--img_size",
+        "128,64",
+        "--patch",
+        "16",
+        "--stride",
+        "12,12",
+        "--out",
+        str(tmp_path / "t.npz"),
+    ]
     r = _cli(*common)
     assert r.returncode != 0 and "3 of 12" in r.stderr and gone[0] in r.stderr and "Traceback" not in r.stderr
     r = _cli(*common, "--allow_missing")
@@ -324,9 +379,12 @@ def test_targets_for_another_image_size_with_the_same_grid_are_refused(tmp_path)
     np.testing.assert_array_equal(ok.targets[0], targets[0])
     assert P.stored_geometry(path) == ((8, 8), 4, (2, 2))
     # 16x16 images with patch 8 and stride 4 give the same 3x3 grid, but other pooling windows
-    with pytest.raises(ValueError, match=r"3x3.npz: targets were pooled for img_size \(8, 8\), patch 4, "
-                                         r"stride \(2, 2\) but the model uses img_size \(16, 16\), patch 8, "
-                                         r"stride \(4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"3x3.npz: targets were pooled for img_size \(8, 8\), patch 4, "
+        r"stride \(2, 2\) but the model uses img_size \(16, 16\), patch 8, "
+        r"stride \(4, 4\)",
+    ):
         P.load_targets(_cfg(), _split(["a.jpg"]), (3, 3), data_dir, "synth", geometry=((16, 16), 8, (4, 4)))
 
 
@@ -338,8 +396,15 @@ def test_prepare_remakes_cached_targets_made_for_another_image_size(tmp_path):
     c.data.data_dir = str(tmp_path / "tfds")
     c.data.manual_dir = str(tmp_path / "synthetic")
     c.parsing.maps_dir = str(tmp_path / "synthetic" / "parsing_lip")
-    c.data.synthetic_options = dict(num_train_ids=3, images_per_id=2, num_test_ids=2, queries_per_id=1,
-                                    gallery_per_id=1, num_occluder_images=0, seed=2)  # fmt: skip
+    c.data.synthetic_options = dict(
+        num_train_ids=3,
+        images_per_id=2,
+        num_test_ids=2,
+        queries_per_id=1,
+        gallery_per_id=1,
+        num_occluder_images=0,
+        seed=2,
+    )
     c.data.occluder_dir = ""
     c.img_size, c.model.patch_size, c.model.stride = (128, 64), 16, (16, 16)
     setup.prepare_for_config(c)

@@ -41,8 +41,12 @@ class FakeSplit:
         return len(self.pids)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self._images[i], "pid": int(self.pids[i]), "camid": int(self.camids[i]),
-                "file_name": str(self.file_names[i])}  # fmt: skip
+        return {
+            "image": self._images[i],
+            "pid": int(self.pids[i]),
+            "camid": int(self.camids[i]),
+            "file_name": str(self.file_names[i]),
+        }
 
 
 def _decode(split: FakeSplit, i: int) -> np.ndarray:
@@ -251,14 +255,16 @@ def test_occluder_folder_or_source_gives_the_covering_views_occluders(tmp_path):
     cfg.data.occluder_dir = str(tmp_path)
     bank = pipeline._default_occluders(cfg, split)
     assert len(bank) == 3 and [bank[i].shape[:2] for i in range(3)] == [(24, 10), (16, 40), (30, 30)]
+
     # A pipeline built without explicit occluders pastes from the folder: its covering views equal those of a
     # pipeline handed the folder's bank, and differ from the training split's (the other views do not change).
     def first_batch(config, **kw):
         return next(iter(pipeline.TrainPipeline(config, split, _targets(len(split)), **kw).epoch_iterator(0)))
 
     from_config = first_batch(cfg)
-    np.testing.assert_array_equal(from_config["views"], first_batch(cfg, occluders=views.OccluderBank.from_dir(
-        str(tmp_path)))["views"])
+    np.testing.assert_array_equal(
+        from_config["views"], first_batch(cfg, occluders=views.OccluderBank.from_dir(str(tmp_path)))["views"]
+    )
     default = first_batch(_config())
     np.testing.assert_array_equal(from_config["views"][:, [0, 1, 3]], default["views"][:, [0, 1, 3]])
     assert not np.array_equal(from_config["views"][:, 2], default["views"][:, 2])
@@ -343,7 +349,7 @@ def test_eval_padding_and_process_slices():
     assert [len(b["valid"]) for b in padded] == [8, 8, 4]
     assert [int(b["valid"].sum()) for b in padded] == [5, 5, 3]
     for b in padded:
-        assert not b["valid"][b["valid"].sum():].any()  # padding only at the end
+        assert not b["valid"][b["valid"].sum() :].any()  # padding only at the end
         assert (b["pids"][~b["valid"]] == -1).all() and (b["camids"][~b["valid"]] == 0).all()
     valid_images = np.concatenate([b["images"][b["valid"]] for b in padded])
     np.testing.assert_array_equal(valid_images, plain)
@@ -380,9 +386,14 @@ def test_integration_with_real_builder_split_parsing_and_occluders(tmp_path, par
     stored = np.random.default_rng(0).random((len(names), *GRID, 6)).astype(np.float32)
     order = np.random.default_rng(1).permutation(len(names))  # the file's order differs from the record order
     parsing.save_targets(
-        parsing.default_path(data_dir, "market1501", GRID), [names[i] for i in order], stored[order],
-        img_size=IMG, patch=16, stride=(11, 11), method="patch_mean",
-    )  # fmt: skip
+        parsing.default_path(data_dir, "market1501", GRID),
+        [names[i] for i in order],
+        stored[order],
+        img_size=IMG,
+        patch=16,
+        stride=(11, 11),
+        method="patch_mean",
+    )
     targets = parsing.load_targets(cfg.parsing, split, GRID, data_dir, "market1501")
 
     # occluders=None: the covering view's occluders come from the training split itself

@@ -108,16 +108,20 @@ def test_convert_cli(tmp_path):
 
     model = tiny_oracle(seed=4)
     src = save_schp_checkpoint(model, str(tmp_path / "exp-schp-lip.pth"))
-    r = subprocess.run([sys.executable, "-m", "convert_weights", "schp", src, "--out", str(tmp_path / "w")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "convert_weights", "schp", src, "--out", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "20 classes (lip)" in r.stdout
     arch, variables, meta = load_parser(str(tmp_path / "w"))
     assert arch == Arch(**TINY)
     want = model.state_dict()["layer2.0.conv2.weight"].numpy().transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(variables["params"]["layer2_0"]["conv2"]["kernel"], want)
-    np.testing.assert_array_equal(variables["batch_stats"]["fushion_1"]["var"],
-                                  model.state_dict()["fushion.1.running_var"].numpy())
+    np.testing.assert_array_equal(
+        variables["batch_stats"]["fushion_1"]["var"], model.state_dict()["fushion.1.running_var"].numpy()
+    )
     # a second conversion into the same folder is refused without --overwrite
     from convert_weights.schp import convert_file
 

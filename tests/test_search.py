@@ -99,17 +99,36 @@ def test_command_line_search_and_benchmark(tiny, tmp_path):
     cfg, ckpt = tiny
     gallery = os.path.join(cfg.data.manual_dir, "bounding_box_test")
     query = sorted(os.listdir(os.path.join(cfg.data.manual_dir, "query")))[0]
-    cmd = [sys.executable, "-m", "tmspr_jax.tools.search", *tool_data.cli_overrides(cfg), f"--checkpoint={ckpt}",
-           f"--gallery={gallery}", f"--query={os.path.join(cfg.data.manual_dir, 'query', query)}",
-           f"--out={tmp_path / 'o'}", "--topk=4", f"--cache={tmp_path / 'c.npz'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tmspr_jax.tools.search",
+        *tool_data.cli_overrides(cfg),
+        f"--checkpoint={ckpt}",
+        f"--gallery={gallery}",
+        f"--query={os.path.join(cfg.data.manual_dir, 'query', query)}",
+        f"--out={tmp_path / 'o'}",
+        "--topk=4",
+        f"--cache={tmp_path / 'c.npz'}",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1 queries ranked against 18 gallery images (features extracted and cached)" in r.stdout
     listed = json.loads((tmp_path / "o" / "results.json").read_text())[0]["results"]
     assert (tmp_path / "c.npz").exists() and len(listed) == 4
-    r = subprocess.run([sys.executable, "-m", "tmspr_jax.tools.search", "--benchmark=2000", "--benchmark_dim=64"],
-                       capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "tmspr_jax.tools.search", "--benchmark=2000", "--benchmark_dim=64"],
+        capture_output=True,
+        text=True,
+        cwd=tool_data.ROOT,
+        timeout=300,
+    )
     assert r.returncode == 0 and "gallery 2000 x 64 float32" in r.stdout and "one query:" in r.stdout, r.stderr[-2000:]
-    r = subprocess.run(cmd[:-5] + [f"--gallery={tmp_path / 'none'}", "--query=x.jpg", "--out=o"], capture_output=True,
-                       text=True, cwd=tool_data.ROOT, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        cmd[:-5] + [f"--gallery={tmp_path / 'none'}", "--query=x.jpg", "--out=o"],
+        capture_output=True,
+        text=True,
+        cwd=tool_data.ROOT,
+        timeout=300,
+    )
     assert r.returncode == 1 and "error: --images" in r.stderr.strip().splitlines()[-1]

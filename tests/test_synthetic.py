@@ -68,8 +68,10 @@ def test_label_maps_for_training_images_only(small):
     maps = _names(out, S.LABEL_DIR)
     assert maps == sorted(n[:-4] + ".png" for n in train)
     for n in train:
-        with Image.open(os.path.join(out, S.LABEL_DIR, n[:-4] + ".png")) as lab, \
-             Image.open(os.path.join(out, S.TRAIN_DIR, n)) as im:  # fmt: skip
+        with (
+            Image.open(os.path.join(out, S.LABEL_DIR, n[:-4] + ".png")) as lab,
+            Image.open(os.path.join(out, S.TRAIN_DIR, n)) as im,
+        ):
             assert lab.mode == "L" and lab.size == im.size
             a = np.asarray(lab)
         assert a.max() <= 19 and (a > 0).sum() > 500  # a person is labelled
@@ -89,20 +91,37 @@ def test_head_is_labelled_where_the_head_is(small):
 
 def _pure_identity(**kw) -> S.Identity:
     base = dict(
-        pid=1, skin=(250, 20, 20), hair_colour=(20, 20, 250), hair_style="long", upper_colour=(20, 250, 20),
-        upper_colour2=(20, 250, 20), pattern="plain", stripe_period=0.05, sleeves="short",
-        lower_colour=(250, 250, 20), lower_type="shorts", shoe_colour=(20, 250, 250), hat_colour=None, bag="none",
-        bag_colour=(128, 128, 128), bag_side=1, build=1.0, height=1.0,
-    )  # fmt: skip
+        pid=1,
+        skin=(250, 20, 20),
+        hair_colour=(20, 20, 250),
+        hair_style="long",
+        upper_colour=(20, 250, 20),
+        upper_colour2=(20, 250, 20),
+        pattern="plain",
+        stripe_period=0.05,
+        sleeves="short",
+        lower_colour=(250, 250, 20),
+        lower_type="shorts",
+        shoe_colour=(20, 250, 250),
+        hat_colour=None,
+        bag="none",
+        bag_colour=(128, 128, 128),
+        bag_side=1,
+        build=1.0,
+        height=1.0,
+    )
     base.update(kw)
     return S.Identity(**base)
 
 
 @pytest.mark.parametrize(
     "ident",
-    [_pure_identity(), _pure_identity(hat_colour=(250, 20, 250), lower_type="skirt", hair_style="bun", sleeves="long"),
-     _pure_identity(lower_type="pants", hair_style="short", bag="shoulder")],
-)  # fmt: skip
+    [
+        _pure_identity(),
+        _pure_identity(hat_colour=(250, 20, 250), lower_type="skirt", hair_style="bun", sleeves="long"),
+        _pure_identity(lower_type="pants", hair_style="short", bag="shoulder"),
+    ],
+)
 def test_label_map_matches_what_is_drawn(ident):
     # Each part has a pure colour; every pixel labelled as that part must show it.
     neutral = S.Camera(gain=(1.0, 1.0, 1.0), offset=0.0, contrast=1.0, blur=0.0)
@@ -178,8 +197,21 @@ def test_train_occluded_fraction_changes_only_training_images(small, tmp_path):
 
 def test_identities_distinct():
     ids = S.sample_identities(60, np.random.default_rng(0))
-    keys = [(i.hair_colour, i.hair_style, i.upper_colour, i.pattern, i.sleeves, i.lower_colour, i.lower_type,
-             i.shoe_colour, i.hat_colour, i.bag) for i in ids]  # fmt: skip
+    keys = [
+        (
+            i.hair_colour,
+            i.hair_style,
+            i.upper_colour,
+            i.pattern,
+            i.sleeves,
+            i.lower_colour,
+            i.lower_type,
+            i.shoe_colour,
+            i.hat_colour,
+            i.bag,
+        )
+        for i in ids
+    ]
     assert len(set(keys)) == 60 and [i.pid for i in ids] == list(range(1, 61))
     cats = np.array([[i.hair_style, i.pattern, i.sleeves, i.lower_type, i.bag, i.hat_colour is None] for i in ids])
     assert all(len(set(col)) > 1 for col in cats.T)  # every attribute actually varies
@@ -252,9 +284,27 @@ def test_cli(tmp_path):
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = ["--out", str(tmp_path / "d"), "--num_ids", "3", "--images_per_id", "2", "--num_test_ids", "2",
-            "--gallery_per_id", "2", "--seed", "5", "--background_saturation", "0.5", "--camera_strength", "0.2",
-            "--min_attribute_diff", "3", "--independent_test_set"]  # fmt: skip
+    args = [
+        "--out",
+        str(tmp_path / "d"),
+        "--num_ids",
+        "3",
+        "--images_per_id",
+        "2",
+        "--num_test_ids",
+        "2",
+        "--gallery_per_id",
+        "2",
+        "--seed",
+        "5",
+        "--background_saturation",
+        "0.5",
+        "--camera_strength",
+        "0.2",
+        "--min_attribute_diff",
+        "3",
+        "--independent_test_set",
+    ]
     cmd = [sys.executable, "-m", "tmspr_jax.data.synthetic", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr
@@ -364,8 +414,14 @@ def test_query_ambiguity_redraws_each_query_exactly(small):
     for i, r in enumerate(meta["images"]):
         if r["split"] == "query":
             rng = np.random.default_rng([p["seed"], 5, i])
-            img, _, _, rid, occ = S._render(idents[r["pid"]], cameras[r["cam"] - 1], rng, size,
-                                            tuple(p["query_occlusion"]), p["background_saturation"])
+            img, _, _, rid, occ = S._render(
+                idents[r["pid"]],
+                cameras[r["cam"] - 1],
+                rng,
+                size,
+                tuple(p["query_occlusion"]),
+                p["background_saturation"],
+            )
             buf = io.BytesIO()
             Image.fromarray(img).save(buf, format="JPEG", quality=p["jpeg_quality"])
             assert buf.getvalue() == open(os.path.join(out, S.QUERY_DIR, r["file_name"]), "rb").read()

@@ -39,7 +39,8 @@ def _variables():
     params = dict(v["params"])
     params["part_head"] = {"kernel": 0.05 * jax.random.normal(jax.random.key(1), (D, 6))}
     params["b2"] = jax.tree_util.tree_map_with_path(
-        lambda path, x: 10.0 * x if "kernel" in jax.tree_util.keystr(path) else x, params["b2"])
+        lambda path, x: 10.0 * x if "kernel" in jax.tree_util.keystr(path) else x, params["b2"]
+    )
     return {"params": params, "batch_stats": v["batch_stats"]}
 
 
@@ -59,13 +60,15 @@ def _ref(out) -> types.SimpleNamespace:
 def _train(model, variables, views, camids, rng=None):
     rngs = {} if rng is None else {"drop_path": rng}
     out, _ = jax.jit(lambda v, x, c: model.apply(v, x, c, train=True, mutable=["batch_stats"], rngs=rngs))(
-        variables, views, camids)
+        variables, views, camids
+    )
     return _ref(out)
 
 
 def _extract(model, variables, images, camids, valid=None):
-    return np.asarray(jax.jit(lambda v, x, c, m: model.apply(v, x, c, m, method=TMSPR.extract))(
-        variables, images, camids, valid))
+    return np.asarray(
+        jax.jit(lambda v, x, c, m: model.apply(v, x, c, m, method=TMSPR.extract))(variables, images, camids, valid)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- contract
@@ -73,10 +76,17 @@ def test_parameter_tree_matches_interface_contract():
     v = _variables()
     p, s = v["params"], v["batch_stats"]
     gh, gw = _model().grid
-    bns = (["bottleneck", "bottleneck_cp"] + [f"bottleneck_occ{i}" for i in (1, 2, 3)]
-           + [f"bottleneck_{i}" for i in (1, 2, 3, 4)] + [f"bottleneck_bp{i}" for i in range(6)])
-    clss = (["classifier", "classifier_0", "classifier_cp"] + [f"classifier_occ{i}" for i in (1, 2, 3)]
-            + [f"classifier_{i}" for i in (1, 2, 3, 4, 5)])
+    bns = (
+        ["bottleneck", "bottleneck_cp"]
+        + [f"bottleneck_occ{i}" for i in (1, 2, 3)]
+        + [f"bottleneck_{i}" for i in (1, 2, 3, 4)]
+        + [f"bottleneck_bp{i}" for i in range(6)]
+    )
+    clss = (
+        ["classifier", "classifier_0", "classifier_cp"]
+        + [f"classifier_occ{i}" for i in (1, 2, 3)]
+        + [f"classifier_{i}" for i in (1, 2, 3, 4, 5)]
+    )
     assert set(p) == {"backbone", "b1", "b2", "part_head", *bns, *clss}
     assert set(s) == set(bns)
     bb = p["backbone"]
@@ -113,12 +123,17 @@ def test_output_shapes_and_order():
     np.testing.assert_allclose(out.logits[10], bn @ k, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("key,value,match", [("part_norm", "image", "config.model.part_norm='image'"),
-                                             ("part_pool", "mean", "config.model.part_pool='mean'"),
-                                             ("neck_feat", "middle", "config.model.neck_feat='middle'"),
-                                             ("classifier", "arc", "config.model.classifier='arc'"),
-                                             ("pos_embed_init", "zeros", "config.model.pos_embed_init='zeros'"),
-                                             ("dtype", "float16", "model.dtype='float16'")])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("part_norm", "image", "config.model.part_norm='image'"),
+        ("part_pool", "mean", "config.model.part_pool='mean'"),
+        ("neck_feat", "middle", "config.model.neck_feat='middle'"),
+        ("classifier", "arc", "config.model.classifier='arc'"),
+        ("pos_embed_init", "zeros", "config.model.pos_embed_init='zeros'"),
+        ("dtype", "float16", "model.dtype='float16'"),
+    ],
+)
 def test_build_model_rejects_bad_config(key, value, match):
     with pytest.raises(ValueError, match=match):
         build_model(tiny_config(**{key: value}), TINY_IMG, C, CAMS)
@@ -139,8 +154,9 @@ def test_cosine_classifier_gives_cosines_with_the_linear_parameter_layout():
     for logit in out.logits:
         assert logit.shape == (5, C) and np.all(np.abs(np.asarray(logit)) <= 1.0 + 1e-6)
     # Evaluation features do not involve the classifiers.
-    np.testing.assert_array_equal(_extract(cosine, lv, _views(5)[:, 0], CAMIDS),
-                                  _extract(linear, lv, _views(5)[:, 0], CAMIDS))
+    np.testing.assert_array_equal(
+        _extract(cosine, lv, _views(5)[:, 0], CAMIDS), _extract(linear, lv, _views(5)[:, 0], CAMIDS)
+    )
 
 
 def test_build_model_reads_config_node():
@@ -188,8 +204,10 @@ def test_neck_feat_after_is_bn_global_and_quartered_jpm():
     def bn(x, name):
         return (np.asarray(x) - s[name]["mean"]) / np.sqrt(s[name]["var"] + 1e-5) * p[name]["scale"]
 
-    want = np.concatenate([bn(full.feats[0], "bottleneck")]
-                          + [bn(full.feats[7 + k], f"bottleneck_{k + 1}") / 4 for k in range(4)], axis=-1)
+    want = np.concatenate(
+        [bn(full.feats[0], "bottleneck")] + [bn(full.feats[7 + k], f"bottleneck_{k + 1}") / 4 for k in range(4)],
+        axis=-1,
+    )
     assert got.shape == (3, 5 * D)
     assert rel_err(got, want) < 1e-5
 
@@ -204,7 +222,7 @@ def test_valid_mask_makes_padded_batch_equal_unpadded():
     assert rel_err(masked[:3], ref) < 1e-6
     unmasked = _extract(m, v, pad, cams, None)
     # the padding rows do change the batch min-max when not masked
-    assert rel_err(unmasked[:3, 5 * D:], ref[:, 5 * D:]) > 1e-4
+    assert rel_err(unmasked[:3, 5 * D :], ref[:, 5 * D :]) > 1e-4
 
 
 @pytest.mark.parametrize("mode", ["sample", "batch"])
@@ -218,8 +236,8 @@ def test_part_norm_batch_dependence(mode):
     if mode == "sample":
         assert rel_err(fb[0], fa[0]) < 1e-6
     else:  # the reference: sample 0's part features depend on the rest of its batch
-        assert rel_err(fb[0, 5 * D:], fa[0, 5 * D:]) > 1e-4
-    np.testing.assert_allclose(fb[0, :5 * D], fa[0, :5 * D], rtol=1e-5, atol=1e-6)  # global + JPM never do
+        assert rel_err(fb[0, 5 * D :], fa[0, 5 * D :]) > 1e-4
+    np.testing.assert_allclose(fb[0, : 5 * D], fa[0, : 5 * D], rtol=1e-5, atol=1e-6)  # global + JPM never do
 
 
 def test_bfloat16_eval_feature_close_to_float32():
@@ -255,10 +273,11 @@ def test_remat_same_outputs_and_gradients(part_pool):
     v, views, cams = _variables(), _views(3), CAMIDS[:3]
 
     def loss(params, model):
-        out, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, views, cams, train=True,
-                             mutable=["batch_stats"])
+        out, _ = model.apply(
+            {"params": params, "batch_stats": v["batch_stats"]}, views, cams, train=True, mutable=["batch_stats"]
+        )
         out = _ref(out)
-        return sum(jnp.sum(l ** 2) for l in out.logits) + jnp.sum(out.feats[11] ** 2)
+        return sum(jnp.sum(l**2) for l in out.logits) + jnp.sum(out.feats[11] ** 2)
 
     def n_remat(model):
         return str(jax.make_jaxpr(lambda p: loss(p, model))(v["params"])).count("remat")
@@ -335,8 +354,10 @@ def test_package_imports_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import tmspr_jax.models, convert_weights.mapping; "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys; import tmspr_jax.models, convert_weights.mapping; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
@@ -361,9 +382,11 @@ def test_flip_test_feature_is_mirror_invariant_mean(neck_feat):
 # ---------------------------------------------------------------------------------------------------- part pooling
 def _part_features(model, variables, tokens):
     """``(logits, [six part features], b2 cls on the plain tokens)`` for backbone tokens ``[B, 1+L, D]``."""
+
     def f(m, x):
         logits, parts = m.hspm(x, range(6), False, None)
         return logits, parts, m.b2.cls(x, train=False)[0]
+
     return model.apply(variables, tokens, method=f)
 
 
@@ -374,6 +397,7 @@ def _part_feature_grads(part_pool: str) -> dict:
     def part_sum(params):
         _, ps, _ = _part_features(m, {"params": params, "batch_stats": v["batch_stats"]}, _tokens())
         return sum(jnp.sum(jnp.sin(p)) for p in ps)
+
     return jax.grad(part_sum)(v["params"])
 
 
@@ -413,8 +437,11 @@ def test_attention_part_pool_pools_each_parts_patches():
     keep = np.zeros((3, 21), np.float32)
     keep[:, [0, 4, 5, 11, 20]] = 1.0
     masked = m.apply(v, x, keep, method=b2_weighted)
-    subset = m.apply(v, np.concatenate([x[:, :1], x[:, 1:][:, [0, 4, 5, 11, 20]]], axis=1),
-                     method=lambda mdl, t: mdl.b2.cls(t, train=False)[0])
+    subset = m.apply(
+        v,
+        np.concatenate([x[:, :1], x[:, 1:][:, [0, 4, 5, 11, 20]]], axis=1),
+        method=lambda mdl, t: mdl.b2.cls(t, train=False)[0],
+    )
     np.testing.assert_allclose(masked, subset, rtol=1e-4, atol=1e-5)
 
 

@@ -37,15 +37,40 @@ def _nchw(x):
 
 def test_oracle_has_reference_key_names():
     _, oracle, state = _oracle()
-    for key in ("base.cls_token", "base.pos_embed", "base.sie_embed", "base.patch_embed.proj.weight",
-                "base.patch_embed.proj.bias", "base.blocks.0.norm1.weight", "base.blocks.0.attn.qkv.weight",
-                "base.blocks.0.attn.qkv.bias", "base.blocks.0.attn.proj.weight", "base.blocks.0.mlp.fc1.weight",
-                "base.blocks.0.mlp.fc2.bias", "base.blocks.0.norm2.bias", "b1.0.attn.qkv.weight", "b1.1.weight",
-                "b2.0.mlp.fc1.bias", "b2.1.bias", "linear_layer.weight", "classifier.weight",
-                "classifier_occ3.weight", "classifier_5.weight", "classifier_0.weight", "classifier_cp.weight",
-                "bottleneck.weight", "bottleneck.bias", "bottleneck.running_mean", "bottleneck.running_var",
-                "bottleneck.num_batches_tracked", "bottleneck_bp0.weight", "bottleneck_bp5.running_var",
-                "bottleneck_occ1.weight", "bottleneck_4.weight", "bottleneck_cp.weight"):
+    for key in (
+        "base.cls_token",
+        "base.pos_embed",
+        "base.sie_embed",
+        "base.patch_embed.proj.weight",
+        "base.patch_embed.proj.bias",
+        "base.blocks.0.norm1.weight",
+        "base.blocks.0.attn.qkv.weight",
+        "base.blocks.0.attn.qkv.bias",
+        "base.blocks.0.attn.proj.weight",
+        "base.blocks.0.mlp.fc1.weight",
+        "base.blocks.0.mlp.fc2.bias",
+        "base.blocks.0.norm2.bias",
+        "b1.0.attn.qkv.weight",
+        "b1.1.weight",
+        "b2.0.mlp.fc1.bias",
+        "b2.1.bias",
+        "linear_layer.weight",
+        "classifier.weight",
+        "classifier_occ3.weight",
+        "classifier_5.weight",
+        "classifier_0.weight",
+        "classifier_cp.weight",
+        "bottleneck.weight",
+        "bottleneck.bias",
+        "bottleneck.running_mean",
+        "bottleneck.running_var",
+        "bottleneck.num_batches_tracked",
+        "bottleneck_bp0.weight",
+        "bottleneck_bp5.running_var",
+        "bottleneck_occ1.weight",
+        "bottleneck_4.weight",
+        "bottleneck_cp.weight",
+    ):
         assert key in state, key
     assert not any(k.startswith("base.blocks.1.") for k in state)  # depth 2: only block 0 in the base
     assert not any(k.startswith(("base.norm", "base.fc", "classifier2", "NL")) for k in state)
@@ -56,14 +81,23 @@ def test_oracle_has_reference_key_names():
 def test_strip_unused_makes_a_reference_checkpoint_load_strictly():
     _, oracle, state = _oracle()
     d = 64
-    unused = {"base.blocks.1.attn.qkv.weight": np.zeros((3 * d, d)), "base.norm.weight": np.ones(d),
-              "base.fc.weight": np.zeros((1000, d)), "base.fc.bias": np.zeros(1000),
-              "classifier2.weight": np.zeros((C, d)), "classifier_c.weight": np.zeros((C, d)),
-              "classifier3_2.weight": np.zeros((C, d)), "classifier_bp.weight": np.zeros((C, d)),
-              "classifier_bp4.weight": np.zeros((C, d)), "bottleneck2.running_mean": np.zeros(d),
-              "bottleneck3_1.weight": np.ones(d), "bottleneck_bp.bias": np.zeros(d),
-              "bottleneck_0.num_batches_tracked": np.zeros((), np.int64), "NL.0.g.weight": np.zeros((d, d)),
-              "NL_1.theta.weight": np.zeros((d, d))}
+    unused = {
+        "base.blocks.1.attn.qkv.weight": np.zeros((3 * d, d)),
+        "base.norm.weight": np.ones(d),
+        "base.fc.weight": np.zeros((1000, d)),
+        "base.fc.bias": np.zeros(1000),
+        "classifier2.weight": np.zeros((C, d)),
+        "classifier_c.weight": np.zeros((C, d)),
+        "classifier3_2.weight": np.zeros((C, d)),
+        "classifier_bp.weight": np.zeros((C, d)),
+        "classifier_bp4.weight": np.zeros((C, d)),
+        "bottleneck2.running_mean": np.zeros(d),
+        "bottleneck3_1.weight": np.ones(d),
+        "bottleneck_bp.bias": np.zeros(d),
+        "bottleneck_0.num_batches_tracked": np.zeros((), np.int64),
+        "NL.0.g.weight": np.zeros((d, d)),
+        "NL_1.theta.weight": np.zeros((d, d)),
+    }
     full = {**state, **unused}
     kept, dropped = strip_unused(full, depth=2)
     assert sorted(dropped) == sorted(unused)
@@ -74,7 +108,8 @@ def test_strip_unused_makes_a_reference_checkpoint_load_strictly():
     # the ViT-B constant targets block 11
     assert any("blocks\\.11" in p for p in REFERENCE_UNUSED_KEYS_PATTERNS)
     assert strip_unused({"base.blocks.11.norm1.weight": 0, "base.blocks.1.norm1.weight": 0})[1] == [
-        "base.blocks.11.norm1.weight"]
+        "base.blocks.11.norm1.weight"
+    ]
 
 
 def test_oracle_eval_feature_is_the_train_slice():
@@ -91,11 +126,14 @@ def test_oracle_eval_feature_is_the_train_slice():
     torch.testing.assert_close(ev, want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(),  # 7x3 grid: 21 patches, odd -> the shuffle's one-token padding
-    dict(stride=(12, 8), re_arrange=False, divide_length=4, sie_view=True, neck_feat="after"),
-    dict(shift_num=3, shuffle_groups=3, divide_length=5, sie_camera=False),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),  # 7x3 grid: 21 patches, odd -> the shuffle's one-token padding
+        dict(stride=(12, 8), re_arrange=False, divide_length=4, sie_view=True, neck_feat="after"),
+        dict(shift_num=3, shuffle_groups=3, divide_length=5, sie_camera=False),
+    ],
+)
 def test_tiny_oracle_parity_variants(overrides):
     cfg, oracle, state = _oracle(seed=1, **overrides)
     model = build_model(cfg, TINY_IMG, C, CAMS)
@@ -198,7 +236,7 @@ def test_oracle_part_features_are_one_vector():
     attn = torch.softmax((logits - lo) / (hi - lo + 1e-8), dim=-1)
     assert (attn.max() / attn.min()).item() > 1.5  # the part attention is not flat
     d = cfg.embed_dim
-    parts = [feats[:, (5 + k) * d:(6 + k) * d] for k in range(5)]
+    parts = [feats[:, (5 + k) * d : (6 + k) * d] for k in range(5)]
     for p in parts[1:]:
         assert rel_err(p, parts[0]) < 1e-4
     assert rel_err(feats[:, :d], parts[0]) > 0.1  # b1's global feature is another vector

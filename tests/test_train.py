@@ -224,7 +224,7 @@ def _losses_on(devices: int, root: str, workdir: str) -> list[float]:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     line = [l for l in out.stdout.splitlines() if l.startswith("LOSSES")][-1]
-    losses, n = line[len("LOSSES "):].rsplit(" ", 1)
+    losses, n = line[len("LOSSES ") :].rsplit(" ", 1)
     assert int(n) == devices
     return json.loads(losses)
 

@@ -204,8 +204,10 @@ def test_shrinking_scale_edge_replication_and_interior(seed):
 
 
 def test_shrinking_scale_range_is_used():
-    scales = [V.shrinking_view(coord_image(32, 16), np.random.default_rng(s), (64, 32), HALF, HALF, True)[1].scale
-              for s in range(200)]
+    scales = [
+        V.shrinking_view(coord_image(32, 16), np.random.default_rng(s), (64, 32), HALF, HALF, True)[1].scale
+        for s in range(200)
+    ]
     assert min(scales) < 0.82 and max(scales) > 0.98 and all(0.8 <= s <= 1.0 for s in scales)
 
 
@@ -267,8 +269,9 @@ def test_strip_or_band_follows_crop_aspect():
     bank = V.OccluderBank.from_arrays([coord_image(120, 60)])  # crops of aspect 1..4: both cases occur
     kinds = []
     for seed in range(60):
-        _, p = V.covering_view(coord_image(64, 32), np.random.default_rng(seed), bank, SIZE, HALF, HALF,
-                               return_params=True)
+        _, p = V.covering_view(
+            coord_image(64, 32), np.random.default_rng(seed), bank, SIZE, HALF, HALF, return_params=True
+        )
         assert p.strip == (p.crop.height / p.crop.width > 2)
         kinds.append(p.strip)
     assert any(kinds) and not all(kinds)
@@ -302,10 +305,19 @@ def test_occluder_quirk_vs_normalised():
     img = coord_image(128, 64)
     mean, std = np.float32(IMNET_MEAN), np.float32(IMNET_STD)
     for seed in range(5):
-        raw, p = V.covering_view(img, np.random.default_rng(seed), bank, SIZE, IMNET_MEAN, IMNET_STD,
-                                 return_params=True)
-        nrm, p2 = V.covering_view(img, np.random.default_rng(seed), bank, SIZE, IMNET_MEAN, IMNET_STD,
-                                  occluder_normalize=True, return_params=True)
+        raw, p = V.covering_view(
+            img, np.random.default_rng(seed), bank, SIZE, IMNET_MEAN, IMNET_STD, return_params=True
+        )
+        nrm, p2 = V.covering_view(
+            img,
+            np.random.default_rng(seed),
+            bank,
+            SIZE,
+            IMNET_MEAN,
+            IMNET_STD,
+            occluder_normalize=True,
+            return_params=True,
+        )
         assert p == p2
         q = p.paste
         in_paste = np.zeros(raw.shape[:2], bool)
@@ -343,8 +355,9 @@ def test_erased_region_is_standard_normal_per_pixel_and_channel():
     bank = V.OccluderBank.from_arrays([np.zeros((40, 200, 3), np.uint8)])
     vals = []
     for seed in range(10):
-        out, p = V.covering_view(np.zeros((64, 32, 3), np.uint8), np.random.default_rng(seed), bank, SIZE, HALF, HALF,
-                                 return_params=True)
+        out, p = V.covering_view(
+            np.zeros((64, 32, 3), np.uint8), np.random.default_rng(seed), bank, SIZE, HALF, HALF, return_params=True
+        )
         e = p.erase
         r = out[e.top : e.top + e.height, e.left : e.left + e.width]
         assert not np.allclose(r[..., 0], r[..., 1])  # channels are drawn independently
@@ -356,8 +369,16 @@ def test_erased_region_is_standard_normal_per_pixel_and_channel():
 # ------------------------------------------------------------------ ColorJitter
 
 
-@pytest.mark.parametrize("order", [("brightness",), ("contrast",), ("saturation",),
-                                   ("saturation", "brightness", "contrast"), ("contrast", "saturation", "brightness")])
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("brightness",),
+        ("contrast",),
+        ("saturation",),
+        ("saturation", "brightness", "contrast"),
+        ("contrast", "saturation", "brightness"),
+    ],
+)
 @pytest.mark.parametrize("factor", [0.5, 0.83, 1.0, 1.37, 1.5])
 def test_color_jitter_matches_torchvision_formulas(order, factor):
     a = np.random.default_rng(7).integers(0, 256, (23, 17, 3), dtype=np.uint8)
@@ -443,8 +464,9 @@ def test_occluder_bank_from_a_folder(tmp_path):
     np.testing.assert_array_equal(bank[1], arrs["b.png"])  # name order: a.jpg, b.png
     assert bank[0].shape == (30, 60, 3) and np.abs(bank[0].astype(int) - 200).max() <= 2  # JPEG, nearly lossless
     # The covering view pastes from the folder's images: the recorded occluder is one of them.
-    _, params = V.covering_view(coord_image(64, 32), np.random.default_rng(2), bank, (64, 32), HALF, HALF,
-                                return_params=True)
+    _, params = V.covering_view(
+        coord_image(64, 32), np.random.default_rng(2), bank, (64, 32), HALF, HALF, return_params=True
+    )
     assert params.occluder_size == bank[params.occluder_index].shape[:2]
 
     with pytest.raises(FileNotFoundError, match="occluder folder.*not a directory"):
@@ -502,16 +524,37 @@ def test_cli_and_occluder_bank_on_a_prepared_split(tmp_path):
     # A real (tiny) TFDS dataset read through tmspr_jax.data.sources.open_split.
     from tmspr_jax.data import sources, synthetic
 
-    synthetic.generate(str(tmp_path / "raw"), num_train_ids=3, images_per_id=2, num_test_ids=1, gallery_per_id=1,
-                       queries_per_id=1, height=48, width=24)
+    synthetic.generate(
+        str(tmp_path / "raw"),
+        num_train_ids=3,
+        images_per_id=2,
+        num_test_ids=1,
+        gallery_per_id=1,
+        queries_per_id=1,
+        height=48,
+        width=24,
+    )
     sources.prepare_dataset("synthetic_occluded", tmp_path / "tfds", tmp_path / "raw")
     split = sources.open_split("synthetic_occluded", "train", tmp_path / "tfds")
     bank = V.OccluderBank.from_records(split)
     assert len(bank) == len(split) == 6
     np.testing.assert_array_equal(bank[4], sources.decode_image(split[4]))
     out = tmp_path / "grid.png"
-    V.main(["--dataset", "synthetic_occluded", "--data_dir", str(tmp_path / "tfds"), "--out", str(out),
-            "--num", "3", "--img_size", "64", "32"])
+    V.main(
+        [
+            "--dataset",
+            "synthetic_occluded",
+            "--data_dir",
+            str(tmp_path / "tfds"),
+            "--out",
+            str(out),
+            "--num",
+            "3",
+            "--img_size",
+            "64",
+            "32",
+        ]
+    )
     grid = np.asarray(Image.open(out))
     assert grid.shape == (14 + 3 * (64 + 4) + 4, 5 * (32 + 4) + 4, 3)
     # Column 1 (based) of each row is the denormalised based view of some training image.

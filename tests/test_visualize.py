@@ -62,15 +62,19 @@ def test_hardest_order_and_written_files(tmp_path):
 
     rng = np.random.default_rng(0)
     feats = {
-        "query_features": rng.normal(size=(3, 4)), "gallery_features": rng.normal(size=(6, 4)),
-        "query_pids": np.array([0, 1, 2]), "gallery_pids": np.array([0, 0, 1, 1, 2, 2]),
-        "query_camids": np.zeros(3, np.int64), "gallery_camids": np.ones(6, np.int64),
+        "query_features": rng.normal(size=(3, 4)),
+        "gallery_features": rng.normal(size=(6, 4)),
+        "query_pids": np.array([0, 1, 2]),
+        "gallery_pids": np.array([0, 0, 1, 1, 2, 2]),
+        "query_camids": np.zeros(3, np.int64),
+        "gallery_camids": np.ones(6, np.int64),
         "query_file_names": np.array(["a.jpg", "b.jpg", "c.jpg"]),
         "gallery_file_names": np.array([f"g{i}.jpg" for i in range(6)]),
-    }  # fmt: skip
+    }
     image = lambda i: np.full((16, 8, 3), 30 * i, np.uint8)  # noqa: E731
-    paths = vis.visualize(feats, image, image, get_base_config().eval, str(tmp_path), topk=4, num_queries=2,
-                          size=(16, 8))  # fmt: skip
+    paths = vis.visualize(
+        feats, image, image, get_base_config().eval, str(tmp_path), topk=4, num_queries=2, size=(16, 8)
+    )
     assert len(paths) == 2
     summary = json.loads((tmp_path / "ranks.json").read_text())
     ranks = [s["first_match_rank"] for s in summary]

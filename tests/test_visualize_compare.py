@@ -24,20 +24,29 @@ def tiny(tmp_path_factory):
 
 def _features(rng, feats_q, feats_g):
     return {
-        "dataset": "demo_set", "query_features": feats_q, "gallery_features": feats_g,
-        "query_pids": np.array([0, 1, 2]), "gallery_pids": np.array([0, 0, 1, 1, 2, 2]),
-        "query_camids": np.zeros(3, np.int64), "gallery_camids": np.ones(6, np.int64),
+        "dataset": "demo_set",
+        "query_features": feats_q,
+        "gallery_features": feats_g,
+        "query_pids": np.array([0, 1, 2]),
+        "gallery_pids": np.array([0, 0, 1, 1, 2, 2]),
+        "query_camids": np.zeros(3, np.int64),
+        "gallery_camids": np.ones(6, np.int64),
         "query_file_names": np.array(["a.jpg", "b.jpg", "c.jpg"]),
         "gallery_file_names": np.array([f"g{i}.jpg" for i in range(6)]),
-    }  # fmt: skip
+    }
 
 
 def test_alignment_and_difference_order():
     rng = np.random.default_rng(0)
     a = _features(rng, rng.normal(size=(3, 4)), rng.normal(size=(6, 4)))
     perm = [2, 0, 1]
-    b = dict(a, query_features=a["query_features"][perm], query_pids=a["query_pids"][perm],
-             query_camids=a["query_camids"][perm], query_file_names=a["query_file_names"][perm])  # fmt: skip
+    b = dict(
+        a,
+        query_features=a["query_features"][perm],
+        query_pids=a["query_pids"][perm],
+        query_camids=a["query_camids"][perm],
+        query_file_names=a["query_file_names"][perm],
+    )
     got = vis.align_features(a, b)
     np.testing.assert_array_equal(got["query_features"], a["query_features"])
     assert got["query_file_names"].tolist() == ["a.jpg", "b.jpg", "c.jpg"]
@@ -50,8 +59,9 @@ def test_alignment_and_difference_order():
     top = np.array([[0, 1], [2, 3], [4, 5], [6, 7]])
     assert vis.difference_order(ap_a, ap_b, top, top).tolist() == [1, 3, 0, 2]
     # Equal AP differences: fewer shared top-k images first.
-    order = vis.difference_order(np.array([0.5, 0.5]), np.array([0.0, 0.0]), np.array([[0, 1], [0, 1]]),
-                                 np.array([[0, 1], [2, 3]]))  # fmt: skip
+    order = vis.difference_order(
+        np.array([0.5, 0.5]), np.array([0.0, 0.0]), np.array([[0, 1], [0, 1]]), np.array([[0, 1], [2, 3]])
+    )
     assert order.tolist() == [1, 0]
 
 
@@ -62,8 +72,18 @@ def test_comparison_picture_has_both_lists_with_their_frames(tmp_path):
     bad = _features(rng, g[[0, 3, 5]] + 0.01, g)  # queries 1 and 2 nearest to another identity's image
     bad["query_features"][1] = g[4] + 0.01
     image = lambda i: np.full((16, 8, 3), 40 * i, np.uint8)  # noqa: E731
-    paths = vis.compare(good, bad, image, image, get_base_config().eval, str(tmp_path), names=("good", "bad"),
-                        topk=3, num_queries=2, size=(16, 8))  # fmt: skip
+    paths = vis.compare(
+        good,
+        bad,
+        image,
+        image,
+        get_base_config().eval,
+        str(tmp_path),
+        names=("good", "bad"),
+        topk=3,
+        num_queries=2,
+        size=(16, 8),
+    )
     summary = json.loads((tmp_path / "compare.json").read_text())
     assert [s["query"] for s in summary] == ["b.jpg", "c.jpg"]  # the two queries that differ; a.jpg is the same
     assert summary[0]["good"]["first_match_rank"] == 1 and summary[0]["bad"]["first_match_rank"] > 1
@@ -120,8 +140,17 @@ def test_part_maps_of_the_model_and_command_lines(tiny, tmp_path):
             assert tuple(img[12 + b * (h + 18), (k + 2) * (w + 6) + 8]) == colour
 
     # The commands: part maps, and a comparison of a features file with a reordered copy of itself.
-    cmd = [sys.executable, "-m", "tmspr_jax.tools.visualize", *tool_data.cli_overrides(cfg), "--part_maps",
-           f"--checkpoint={ckpt}", f"--images={query}", f"--out={tmp_path / 'pm'}", "--num_queries=2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tmspr_jax.tools.visualize",
+        *tool_data.cli_overrides(cfg),
+        "--part_maps",
+        f"--checkpoint={ckpt}",
+        f"--images={query}",
+        f"--out={tmp_path / 'pm'}",
+        "--num_queries=2",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "part maps of 2 images" in r.stdout and (tmp_path / "pm" / "part_maps.png").exists()
@@ -131,11 +160,20 @@ def test_part_maps_of_the_model_and_command_lines(tiny, tmp_path):
     rev = slice(None, None, -1)
     q = (f["query_features"][rev], f["query_pids"][rev], f["query_camids"][rev])
     g = (f["gallery_features"], f["gallery_pids"], f["gallery_camids"])
-    other = extract.save_features(str(tmp_path / "b.npz"), q, g, f["query_file_names"][rev], f["gallery_file_names"],
-                                  dataset=f["dataset"])  # fmt: skip
-    cmd = [sys.executable, "-m", "tmspr_jax.tools.visualize", *tool_data.cli_overrides(cfg)[:4],
-           f"--features={done.path}", f"--compare={other}", f"--out={tmp_path / 'cmp'}", "--topk=5",
-           "--num_queries=3"]  # fmt: skip
+    other = extract.save_features(
+        str(tmp_path / "b.npz"), q, g, f["query_file_names"][rev], f["gallery_file_names"], dataset=f["dataset"]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "tmspr_jax.tools.visualize",
+        *tool_data.cli_overrides(cfg)[:4],
+        f"--features={done.path}",
+        f"--compare={other}",
+        f"--out={tmp_path / 'cmp'}",
+        "--topk=5",
+        "--num_queries=3",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "3 comparisons (a above b)" in r.stdout

@@ -24,17 +24,23 @@ def test_patch_grid_reference_geometry():
     assert patch_grid((64, 32), 16, (8, 4)) == (7, 5)  # y stride first, x stride second
 
 
-@pytest.mark.parametrize("img,stride,match", [((10, 128), (11, 11), "smaller than the patch"),
-                                              ((256, 128), (0, 11), "must be >= 1"),
-                                              ((256, 128), (11, 11, 11), "stride")])
+@pytest.mark.parametrize(
+    "img,stride,match",
+    [
+        ((10, 128), (11, 11), "smaller than the patch"),
+        ((256, 128), (0, 11), "must be >= 1"),
+        ((256, 128), (11, 11, 11), "stride"),
+    ],
+)
 def test_patch_grid_rejects_bad_geometry(img, stride, match):
     with pytest.raises(ValueError, match=match):
         patch_grid(img, 16, stride)
 
 
 def _vit(**kw):
-    base = dict(img_size=(48, 40), patch_size=16, stride=(8, 12), embed_dim=32, depth=3, num_heads=4,
-                num_cameras=3, sie_coe=3.0)
+    base = dict(
+        img_size=(48, 40), patch_size=16, stride=(8, 12), embed_dim=32, depth=3, num_heads=4, num_cameras=3, sie_coe=3.0
+    )
     base.update(kw)
     return VisionTransformer(**base)
 
@@ -55,11 +61,10 @@ def test_tokens_are_overlapping_patches_plus_pos_and_sie():
     k, bias = p["patch_embed"]["kernel"], p["patch_embed"]["bias"]  # HWIO
     for b in range(2):
         sie = 3.0 * p["sie_embed"][camids[b], 0]
-        np.testing.assert_allclose(out[b, 0], p["cls_token"][0, 0] + p["pos_embed"][0, 0] + sie, rtol=1e-5,
-                                   atol=1e-5)
+        np.testing.assert_allclose(out[b, 0], p["cls_token"][0, 0] + p["pos_embed"][0, 0] + sie, rtol=1e-5, atol=1e-5)
         for y in range(gh):
             for x in range(gw):
-                crop = images[b, 8 * y:8 * y + 16, 12 * x:12 * x + 16]  # overlapping windows, stride (8, 12)
+                crop = images[b, 8 * y : 8 * y + 16, 12 * x : 12 * x + 16]  # overlapping windows, stride (8, 12)
                 want = np.einsum("hwi,hwio->o", crop, k) + bias + p["pos_embed"][0, 1 + gw * y + x] + sie
                 np.testing.assert_allclose(out[b, 1 + gw * y + x], want, rtol=1e-4, atol=1e-4)
 
@@ -67,8 +72,9 @@ def test_tokens_are_overlapping_patches_plus_pos_and_sie():
 def test_sie_table_and_index_rule():
     x = np.zeros((2, 48, 40, 3), np.float32)
     # only cameras: rows = cameras, index = camid
-    assert _vit(num_cameras=3, num_views=0).init(jax.random.key(0), x, np.zeros(2, int))["params"]["sie_embed"].shape \
-        == (3, 1, 32)
+    assert _vit(num_cameras=3, num_views=0).init(jax.random.key(0), x, np.zeros(2, int))["params"][
+        "sie_embed"
+    ].shape == (3, 1, 32)
     # one camera and no views: no table, nothing added (the reference would crash)
     assert "sie_embed" not in _vit(num_cameras=1).init(jax.random.key(0), x, np.zeros(2, int))["params"]
     # cameras and views: rows = C*V, index cam*V + view
@@ -138,7 +144,8 @@ def test_sincos_start_keeps_the_parameter_tree_and_trains():
     grid = _vit().grid
     np.testing.assert_array_equal(np.asarray(sincos["pos_embed"])[0], sincos_embedding(grid, 32))
     assert "pos_embed" in jax.grad(lambda p: jnp.sum(_vit(pos_embed_init="sincos").apply({"params": p}, *args)))(
-        sincos)  # a start, not a frozen table
+        sincos
+    )  # a start, not a frozen table
     with pytest.raises(ValueError, match="pos_embed_init='learned'"):
         _vit(pos_embed_init="learned").init(jax.random.key(0), *args)
 

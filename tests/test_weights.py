@@ -39,8 +39,10 @@ def npz_path(tmp_path_factory):
 
 def test_save_load_round_trip(tmp_path):
     rs = np.random.RandomState(0)
-    variables = {"params": {"a": {"kernel": rs.randn(3, 4).astype(np.float32)}, "b": rs.randn(5).astype(np.float32)},
-                 "batch_stats": {"bn": {"mean": rs.randn(4).astype(np.float32)}}}
+    variables = {
+        "params": {"a": {"kernel": rs.randn(3, 4).astype(np.float32)}, "b": rs.randn(5).astype(np.float32)},
+        "batch_stats": {"bn": {"mean": rs.randn(4).astype(np.float32)}},
+    }
     meta = {"num_classes": 7, "kind": "tmspr", "grid": [22, 11]}
     save_variables(str(tmp_path / "w"), variables, meta)
     got, got_meta = load_variables(str(tmp_path / "w"))
@@ -113,8 +115,9 @@ def test_load_pretrained_from_file_and_imagenet_folder(npz_path, tmp_path):
 
 def test_load_pretrained_trained_folder_checks_counts_and_grid(npz_path, tmp_path):
     cfg = tiny_config()
-    variables, meta, _ = convert_file(npz_path, cfg.model, cfg.img_size, jax.random.key(0), num_classes=6,
-                                      num_cameras=4)
+    variables, meta, _ = convert_file(
+        npz_path, cfg.model, cfg.img_size, jax.random.key(0), num_classes=6, num_cameras=4
+    )
     meta["kind"] = "tmspr"  # as if trained: its heads must be reused, so the counts must match
     save_variables(str(tmp_path / "t"), variables, meta)
     same = load_pretrained(str(tmp_path / "t"), cfg.model, cfg.img_size, 6, 4, jax.random.key(5))
@@ -150,8 +153,9 @@ def test_training_reads_pretrained_weights_through_the_loader_it_is_given(npz_pa
 
     cfg = tiny_config()
     cfg.model.pretrained = npz_path
-    exp = types.SimpleNamespace(config=cfg, model=build_model(cfg.model, cfg.img_size, 6, 4), num_classes=6,
-                                num_cameras=4)
+    exp = types.SimpleNamespace(
+        config=cfg, model=build_model(cfg.model, cfg.img_size, 6, 4), num_classes=6, num_cameras=4
+    )
     got = train.initial_variables(exp, jax.random.key(0), load_pretrained)
     want = load_pretrained(npz_path, cfg.model, cfg.img_size, 6, 4, jax.random.key(0))
     a, b = _flat(got), _flat(want)

@@ -17,8 +17,12 @@ from tmspr_jax.models.tmspr import init_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
-TINY_MODEL = ("--config.img_size=(64, 32)", "--config.model.embed_dim=32", "--config.model.depth=2",
-              "--config.model.num_heads=2")  # fmt: skip
+TINY_MODEL = (
+    "--config.img_size=(64, 32)",
+    "--config.model.embed_dim=32",
+    "--config.model.depth=2",
+    "--config.model.num_heads=2",
+)
 
 
 def tiny_config(root: str, test_batch_size: int = 32):
@@ -28,9 +32,16 @@ def tiny_config(root: str, test_batch_size: int = 32):
     c.data.data_dir = os.path.join(root, "tfds")
     c.data.manual_dir = os.path.join(root, "synthetic")
     c.data.synthetic_options = dict(
-        num_train_ids=4, images_per_id=2, num_test_ids=6, queries_per_id=1, gallery_per_id=3, height=64, width=32,
-        num_occluder_images=0, seed=3,
-    )  # fmt: skip
+        num_train_ids=4,
+        images_per_id=2,
+        num_test_ids=6,
+        queries_per_id=1,
+        gallery_per_id=3,
+        height=64,
+        width=32,
+        num_occluder_images=0,
+        seed=3,
+    )
     c.data.occluder_dir = ""
     c.data.test_batch_size = test_batch_size
     c.data.num_workers = 0
@@ -41,10 +52,16 @@ def tiny_config(root: str, test_batch_size: int = 32):
 
 def cli_overrides(cfg) -> list[str]:
     """Command-line flags giving ``cfg`` (from :func:`tiny_config`) to a tool."""
-    return [f"--config={DEMO}", f"--config.data.data_dir={cfg.data.data_dir}",
-            f"--config.data.manual_dir={cfg.data.manual_dir}", "--config.data.synthetic=False",
-            "--config.data.occluder_dir=", "--config.data.num_workers=0",
-            f"--config.data.test_batch_size={cfg.data.test_batch_size}", *TINY_MODEL]  # fmt: skip
+    return [
+        f"--config={DEMO}",
+        f"--config.data.data_dir={cfg.data.data_dir}",
+        f"--config.data.manual_dir={cfg.data.manual_dir}",
+        "--config.data.synthetic=False",
+        "--config.data.occluder_dir=",
+        "--config.data.num_workers=0",
+        f"--config.data.test_batch_size={cfg.data.test_batch_size}",
+        *TINY_MODEL,
+    ]
 
 
 def prepare_tiny(root: str, seed: int = 0, test_batch_size: int = 32):

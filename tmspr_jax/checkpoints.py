@@ -169,8 +169,9 @@ def read_data(manager: ocp.CheckpointManager, step: int) -> dict:
     return dict(data)
 
 
-def check_model_size(manager: ocp.CheckpointManager, step: int, data: Mapping[str, Any], model: Any,
-                     expected_tree: Any | None = None) -> None:
+def check_model_size(
+    manager: ocp.CheckpointManager, step: int, data: Mapping[str, Any], model: Any, expected_tree: Any | None = None
+) -> None:
     """Refuses a checkpoint of another model size in one line, before its arrays are read.
 
     Uses the size saved beside the state; a checkpoint without it is compared array by array with
@@ -219,12 +220,14 @@ def compare_shapes(saved: Any, expected: Any, where: str, prefix: str = "") -> N
         return
     have, want = getattr(saved, "shape", None), getattr(expected, "shape", None)
     if have is not None and want is not None and tuple(have) != tuple(want):
-        raise ModelSizeError(f"{where}: {prefix} has shape {tuple(have)} in the checkpoint but {tuple(want)} for the "
-                             "config's model")
+        raise ModelSizeError(
+            f"{where}: {prefix} has shape {tuple(have)} in the checkpoint but {tuple(want)} for the config's model"
+        )
 
 
-def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: Any = None,
-                     data: Mapping[str, Any] | None = None) -> tuple[Any, dict]:
+def restore_verified(
+    manager: ocp.CheckpointManager, step: int, abstract_state: Any = None, data: Mapping[str, Any] | None = None
+) -> tuple[Any, dict]:
     """``(state, data)`` of ``step``, checked: the arrays must match the checksums saved with them and be finite.
 
     ``abstract_state`` (shapes, dtypes and shardings) restores into that structure; ``None`` restores as saved.
@@ -322,7 +325,5 @@ def restore_newest_intact(
             logging.warning("Damaged checkpoint not used: %s; using step %d instead.", text, step)
         return step, state, data
     if error is not None:
-        raise DamagedCheckpointError(
-            f"no intact checkpoint in {manager.directory}: {'; '.join(damaged)}"
-        )
+        raise DamagedCheckpointError(f"no intact checkpoint in {manager.directory}: {'; '.join(damaged)}")
     return None

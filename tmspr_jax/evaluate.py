@@ -128,8 +128,9 @@ def eval_reid(
         raise ValueError(f"eval_reid: max_rank must be >= 1, got {max_rank}")
     max_rank = int(max_rank)
     if num_g < max_rank:
-        warnings.warn(f"eval_reid: gallery has only {num_g} items; max_rank {max_rank} clipped to {num_g}",
-                      stacklevel=2)
+        warnings.warn(
+            f"eval_reid: gallery has only {num_g} items; max_rank {max_rank} clipped to {num_g}", stacklevel=2
+        )
         max_rank = num_g
 
     groups = _pid_groups(g_pids)
@@ -206,13 +207,16 @@ def bootstrap_intervals(
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"bootstrap_intervals: level must be in (0, 1), got {level}")
     first_hit = np.asarray(per_query["first_hit"])
-    values = np.stack([
-        np.asarray(per_query["ap"], np.float64),
-        first_hit <= 1,
-        first_hit <= 5,
-        first_hit <= 10,
-        np.asarray(per_query["inp"], np.float64),
-    ], axis=1).astype(np.float64)
+    values = np.stack(
+        [
+            np.asarray(per_query["ap"], np.float64),
+            first_hit <= 1,
+            first_hit <= 5,
+            first_hit <= 10,
+            np.asarray(per_query["inp"], np.float64),
+        ],
+        axis=1,
+    ).astype(np.float64)
     _, identity = np.unique(np.asarray(per_query["pid"]), return_inverse=True)
     num_ids = int(identity.max()) + 1
     sums = np.zeros((num_ids, values.shape[1]))

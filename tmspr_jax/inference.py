@@ -76,6 +76,7 @@ def evaluate_features(
     camids = np.concatenate([query[2], gallery[2]])
     t0 = time.perf_counter()
     results = evaluate.compute_metrics(feats, pids, camids, len(query[0]), eval_cfg)
-    logging.info("Metrics on %d queries x %d gallery in %.1fs", len(query[0]), len(gallery[0]),
-                 time.perf_counter() - t0)
+    logging.info(
+        "Metrics on %d queries x %d gallery in %.1fs", len(query[0]), len(gallery[0]), time.perf_counter() - t0
+    )
     return results

@@ -167,9 +167,7 @@ def segmentation_loss(part_logits: jax.Array, targets: jax.Array, weights: jax.A
     return jnp.where(any_valid, jnp.sum(w * per_sample) / jnp.where(any_valid, denom, 1.0), 0.0)
 
 
-def soft_segmentation_loss(
-    part_logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None
-) -> jax.Array:
+def soft_segmentation_loss(part_logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Cross-entropy between each patch's softmax over the part logits and its parsing target (not the reference).
 
     Each patch's target ``[K]`` (the parts' shares of the patch) is normalised to sum to 1; the loss is the mean over

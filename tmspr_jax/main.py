@@ -111,7 +111,7 @@ def _run(argv: list[str]) -> None:
 def _config_file_arg(argv: list[str]) -> str | None:
     for i, a in enumerate(argv):
         if a.startswith("--config="):
-            return a[len("--config="):]
+            return a[len("--config=") :]
         if a == "--config" and i + 1 < len(argv):
             return argv[i + 1]
     return None
@@ -121,7 +121,7 @@ def _unknown_key_message(config_file: str, override: str) -> str:
     """``--config.a.b=v`` whose key the config lacks: the first missing part and the keys beside it."""
     import importlib.util
 
-    path = override.split("=", 1)[0][len("--config."):].split(".")
+    path = override.split("=", 1)[0][len("--config.") :].split(".")
     try:
         spec = importlib.util.spec_from_file_location("_tmspr_user_config", config_file.split(":", 1)[0])
         module = importlib.util.module_from_spec(spec)
@@ -158,8 +158,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(str(e))
     except (AttributeError, KeyError) as e:
         messages = [_unknown_key_message(config_file, o) for o in overrides]
-        fail(next((m for m in messages if " has no key " in m), messages[0]) if overrides
-             else f"--config={config_file}: {e}")
+        fail(
+            next((m for m in messages if " has no key " in m), messages[0])
+            if overrides
+            else f"--config={config_file}: {e}"
+        )
     except Exception as e:  # a config file that fails to load
         fail(f"--config={config_file}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
     return []

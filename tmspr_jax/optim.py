@@ -150,7 +150,8 @@ def _group_states(opt_state: Any) -> dict[str, Any]:
             st = getattr(st, "inner_state", st)  # MaskedState wrapper
             if not hasattr(st, "hyperparams") or "learning_rate" not in st.hyperparams:
                 raise TypeError(
-                    f"optimiser group {group!r} has no injected learning_rate; build it with make_optimizer")
+                    f"optimiser group {group!r} has no injected learning_rate; build it with make_optimizer"
+                )
             out[group] = st
     return out
 

@@ -38,16 +38,19 @@ def distributed_settings(env: Mapping[str, str]) -> dict[str, Any] | None:
         for key in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
             text = env.get(key, "").strip()
             if not text:
-                raise ValueError(f"JAX_COORDINATOR_ADDRESS={address} is set but {key} is not: a multi-process launch "
-                                 "sets JAX_NUM_PROCESSES (the number of processes) and JAX_PROCESS_ID (0..N-1) too.")
+                raise ValueError(
+                    f"JAX_COORDINATOR_ADDRESS={address} is set but {key} is not: a multi-process launch "
+                    "sets JAX_NUM_PROCESSES (the number of processes) and JAX_PROCESS_ID (0..N-1) too."
+                )
             try:
                 values[key] = int(text)
             except ValueError:
                 raise ValueError(f"{key}={text!r}: expected an integer.") from None
         n, i = values["JAX_NUM_PROCESSES"], values["JAX_PROCESS_ID"]
         if n < 1 or not 0 <= i < n:
-            raise ValueError(f"JAX_PROCESS_ID={i} with JAX_NUM_PROCESSES={n}: expected 0 <= JAX_PROCESS_ID < "
-                             "JAX_NUM_PROCESSES.")
+            raise ValueError(
+                f"JAX_PROCESS_ID={i} with JAX_NUM_PROCESSES={n}: expected 0 <= JAX_PROCESS_ID < JAX_NUM_PROCESSES."
+            )
         return {"coordinator_address": address, "num_processes": n, "process_id": i}
     for key in _CLUSTER_SIZE_VARS:
         if env.get(key, "").strip().isdigit() and int(env[key]) > 1:

@@ -77,9 +77,7 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_cfg: ml_collec
                 rngs={"drop_path": step_rng},
                 mutable=["batch_stats"],
             )
-            loss, terms = losses.total_loss(
-                outputs, batch["pids"], batch["parsing"], batch["parsing_weight"], loss_cfg
-            )
+            loss, terms = losses.total_loss(outputs, batch["pids"], batch["parsing"], batch["parsing_weight"], loss_cfg)
             return loss, (terms, mutated["batch_stats"])
 
         (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -271,8 +269,10 @@ def load_checkpoint_variables(path: str, exp: Experiment, step: int | None = Non
     path = os.path.abspath(os.path.expanduser(path))
     if weights.is_weights_folder(path):
         if step is not None and step >= 0:
-            raise ValueError(f"{path}: a converted weights folder holds one set of weights; a step ({step}) applies "
-                             "to training workdirs only.")
+            raise ValueError(
+                f"{path}: a converted weights folder holds one set of weights; a step ({step}) applies "
+                "to training workdirs only."
+            )
         meta_file = os.path.join(path, weights.META_FILE)
         with open(meta_file) as f:
             weights.check_model_size(json.load(f), exp.model, meta_file)
@@ -289,8 +289,11 @@ def load_checkpoint_variables(path: str, exp: Experiment, step: int | None = Non
     if not steps:
         raise FileNotFoundError(f"No checkpoint in {ckpt_dir}.")
     if (step is None or step < 0) and manager.best_step() is None:
-        logging.info("No evaluated checkpoint in %s (the run stopped before its first evaluation): using the latest, "
-                     "step %d.", ckpt_dir, steps[0])
+        logging.info(
+            "No evaluated checkpoint in %s (the run stopped before its first evaluation): using the latest, step %d.",
+            ckpt_dir,
+            steps[0],
+        )
 
     def expected_tree() -> dict:  # for checkpoints saved without their model size
         shapes = jax.eval_shape(lambda: init_variables(exp.model, jax.random.PRNGKey(0)))
@@ -431,7 +434,11 @@ def train_and_evaluate(
                 jax.eval_shape(fresh_state, shapes),
             )
             resumed_from, state, data_state = checkpoints.restore_newest_intact(
-                manager, steps, model=exp.model, abstract_state=abstract, move_damaged=True,
+                manager,
+                steps,
+                model=exp.model,
+                abstract_state=abstract,
+                move_damaged=True,
                 expected_tree=lambda: {"params": abstract.params, "batch_stats": abstract.batch_stats},
             )
             start_epoch, start_batch = int(data_state["next_epoch"]), int(data_state["next_batch"])
@@ -439,8 +446,9 @@ def train_and_evaluate(
             if start_epoch > total_epochs:
                 manager.close()
                 saved = read_results(workdir)
-                logging.info("Training already finished (%d epochs, step %d) in %s.", total_epochs, resumed_from,
-                             workdir)
+                logging.info(
+                    "Training already finished (%d epochs, step %d) in %s.", total_epochs, resumed_from, workdir
+                )
                 return saved
 
         logger = MetricsLogger(workdir, enabled=is_main, resume_step=resumed_from)
@@ -452,10 +460,13 @@ def train_and_evaluate(
             n = len(exp.train_split)
             targets = parsing.ParsingTargets(
                 targets=np.broadcast_to(np.zeros((1, *exp.grid, 6), np.float32), (n, *exp.grid, 6)),
-                weights=np.zeros((n,), np.float32), num_missing=0)
+                weights=np.zeros((n,), np.float32),
+                num_missing=0,
+            )
         if targets.num_missing:
-            logging.warning("%d training images have no parsing map: their segmentation loss weight is 0.",
-                            targets.num_missing)
+            logging.warning(
+                "%d training images have no parsing map: their segmentation loss weight is 0.", targets.num_missing
+            )
         train_pipe = pipeline.TrainPipeline(
             cfg, exp.train_split, targets, process_index=jax.process_index(), process_count=jax.process_count()
         )
@@ -474,8 +485,9 @@ def train_and_evaluate(
 
         host_step = int(state.step)  # the host's copy of state.step, so the loop never waits on the device
         total_steps = sum(epoch_steps(e) for e in range(1, total_epochs + 1))
-        bar = tqdm(total=total_steps, initial=host_step, desc="train", unit="step", disable=not is_main,
-                   mininterval=2.0)
+        bar = tqdm(
+            total=total_steps, initial=host_step, desc="train", unit="step", disable=not is_main, mininterval=2.0
+        )
         results: dict = {}
         steps_this_call = 0
         pending = None  # (step, metrics) of the previous step, checked one step late so dispatch stays asynchronous
@@ -501,9 +513,12 @@ def train_and_evaluate(
             )
 
         # One data pipeline for the whole run: its worker processes start once (about a second each time on the demo).
-        with _StopOnSigterm() as stop, train_pipe.run_iterator(
-            start_epoch, total_epochs, start_batch=start_batch, num_batches=epoch_steps
-        ) as batches:
+        with (
+            _StopOnSigterm() as stop,
+            train_pipe.run_iterator(
+                start_epoch, total_epochs, start_batch=start_batch, num_batches=epoch_steps
+            ) as batches,
+        ):
             epoch = start_epoch
             while epoch <= total_epochs:
                 lrs = optim.learning_rates(epoch, cfg.optim, total_epochs)

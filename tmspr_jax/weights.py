@@ -71,8 +71,10 @@ def load_variables(path: str) -> tuple[dict, dict]:
     meta_file = os.path.join(path, META_FILE)
     ckpt_dir = os.path.join(path, VARIABLES_DIR)
     if not os.path.isfile(meta_file) or not os.path.isdir(ckpt_dir):
-        raise WeightsError(f"{path!r} is not a converted-weights folder: expected {META_FILE} and {VARIABLES_DIR}/ "
-                           "(written by python -m convert_weights or tmspr_jax.weights.save_variables)")
+        raise WeightsError(
+            f"{path!r} is not a converted-weights folder: expected {META_FILE} and {VARIABLES_DIR}/ "
+            "(written by python -m convert_weights or tmspr_jax.weights.save_variables)"
+        )
     with open(meta_file) as f:
         meta = json.load(f)
     device = jax.devices()[0]
@@ -80,7 +82,8 @@ def load_variables(path: str) -> tuple[dict, dict]:
     with ocp.StandardCheckpointer() as ckptr:
         tree_md = ckptr.metadata(ckpt_dir).item_metadata.tree
         abstract = jax.tree_util.tree_map(
-            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), tree_md)
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), tree_md
+        )
         restored = ckptr.restore(ckpt_dir, abstract)
     variables = {"params": restored.get("params", {}), "batch_stats": restored.get("batch_stats", {})}
     return variables, meta
@@ -88,11 +91,18 @@ def load_variables(path: str) -> tuple[dict, dict]:
 
 def model_meta(model: Any) -> dict[str, Any]:
     """The geometry/size fields of ``meta.json`` for a :class:`tmspr_jax.models.TMSPR`."""
-    return {"num_classes": int(model.num_classes), "num_cameras": int(model.num_cameras),
-            "img_size": [int(s) for s in model.img_size], "stride": [int(s) for s in model.stride],
-            "patch_size": int(model.patch_size), "embed_dim": int(model.embed_dim), "depth": int(model.depth),
-            "num_heads": int(model.num_heads), "mlp_ratio": float(model.mlp_ratio),
-            "grid": [int(g) for g in model.grid]}
+    return {
+        "num_classes": int(model.num_classes),
+        "num_cameras": int(model.num_cameras),
+        "img_size": [int(s) for s in model.img_size],
+        "stride": [int(s) for s in model.stride],
+        "patch_size": int(model.patch_size),
+        "embed_dim": int(model.embed_dim),
+        "depth": int(model.depth),
+        "num_heads": int(model.num_heads),
+        "mlp_ratio": float(model.mlp_ratio),
+        "grid": [int(g) for g in model.grid],
+    }
 
 
 # The fields of meta.json that shape the model's arrays, and where the config sets each.
@@ -129,5 +139,7 @@ def check_model_size(meta: Mapping[str, Any], model: Any, where: str) -> None:
         else:
             same = float(have) == float(want[key])
         if not same:
-            raise WeightsError(f"{where}: {key}={have} in the checkpoint but {key}={want[key]} for the config "
-                               f"(from {source}): a checkpoint of another model size")
+            raise WeightsError(
+                f"{where}: {key}={have} in the checkpoint but {key}={want[key]} for the config "
+                f"(from {source}): a checkpoint of another model size"
+            )

@@ -44,9 +44,27 @@ from PIL import Image
 from tmspr_jax.utils import config_value, pair, patch_grid
 
 LIP_CLASSES: tuple[str, ...] = (
-    "Background", "Hat", "Hair", "Glove", "Sunglasses", "Upper-clothes", "Dress", "Coat", "Socks", "Pants",
-    "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm", "Left-leg", "Right-leg", "Left-shoe", "Right-shoe",
-)  # fmt: skip
+    "Background",
+    "Hat",
+    "Hair",
+    "Glove",
+    "Sunglasses",
+    "Upper-clothes",
+    "Dress",
+    "Coat",
+    "Socks",
+    "Pants",
+    "Jumpsuits",
+    "Scarf",
+    "Skirt",
+    "Face",
+    "Left-arm",
+    "Right-arm",
+    "Left-leg",
+    "Right-leg",
+    "Left-shoe",
+    "Right-shoe",
+)
 GROUP_NAMES: tuple[str, ...] = ("Background", "Head", "Body", "Accessory", "Legs", "Feet")
 NUM_LIP = len(LIP_CLASSES)
 NUM_GROUPS = len(GROUP_NAMES)
@@ -299,9 +317,11 @@ def compute_targets(
             jobs.append((name, path, None if image_sizes is None else tuple(image_sizes[i])))
     if missing and not allow_missing:
         raise _missing_error(
-            f"parsing maps (<stem>.png / <stem>.npy in {maps_dir})", missing, len(seen),
+            f"parsing maps (<stem>.png / <stem>.npy in {maps_dir})",
+            missing,
+            len(seen),
             "Run the parser on every training image (docs/parsing.md) or pass --allow_missing.",
-        )  # fmt: skip
+        )
     targets = np.zeros((len(jobs), gh, gw, NUM_GROUPS), np.float32)
     if progress:
         from tqdm import tqdm
@@ -346,8 +366,10 @@ def parse_targets(
 
     parser = Parser(parser_dir, dtype=dtype, batch_size=batch_size)
     if parser.num_classes != NUM_LIP:
-        raise ValueError(f"{parser_dir}: the parsing targets need a LIP parser ({NUM_LIP} classes), this one has "
-                         f"{parser.num_classes} ({parser.meta.get('dataset')})")
+        raise ValueError(
+            f"{parser_dir}: the parsing targets need a LIP parser ({NUM_LIP} classes), this one has "
+            f"{parser.num_classes} ({parser.meta.get('dataset')})"
+        )
     geometry = pooling_geometry(img_size, patch, stride)
     first: dict[str, int] = {}
     for i, name in enumerate(split.file_names):
@@ -358,8 +380,9 @@ def parse_targets(
         img = preprocess.decode_image(data, name)
         size = _image_size(data)
         if img.shape[:2] != size:  # e.g. an EXIF rotation that OpenCV applies and the training views do not
-            raise ValueError(f"{name}: decoded as {img.shape[0]}x{img.shape[1]} (h x w) but the image is "
-                             f"{size[0]}x{size[1]}")
+            raise ValueError(
+                f"{name}: decoded as {img.shape[0]}x{img.shape[1]} (h x w) but the image is {size[0]}x{size[1]}"
+            )
         return img
 
     items = [Item(n, functools.partial(load, i, n)) for n, i in first.items()]
@@ -368,8 +391,16 @@ def parse_targets(
         return grid_targets(merge_lip(logits), *geometry, method)
 
     settings = {"img_size": geometry[0], "patch": geometry[1], "stride": geometry[2], "method": method}
-    targets = run_restartable(parser, items, post, out + ".partial", settings, max_images=max_images,
-                              progress=progress, desc="parsing targets")
+    targets = run_restartable(
+        parser,
+        items,
+        post,
+        out + ".partial",
+        settings,
+        max_images=max_images,
+        progress=progress,
+        desc="parsing targets",
+    )
     if targets is None:
         return None
     return [it.name for it in items], targets
@@ -508,9 +539,11 @@ def load_targets(
     missing = [n for n, r in zip(file_names, rows) if r < 0]
     if missing and missing_mode == "error":
         raise _missing_error(
-            f"training images have no parsing target in {path}:", missing, len(file_names),
+            f"training images have no parsing target in {path}:",
+            missing,
+            len(file_names),
             "Produce maps for them, or set parsing.missing='zero_weight' to train them without the parsing loss.",
-        )  # fmt: skip
+        )
     # Missing rows get zeros and weight 0: never another image's (stale) target.
     targets = np.zeros((len(file_names), *grid, NUM_GROUPS), np.float32)
     ok = rows >= 0
@@ -519,8 +552,11 @@ def load_targets(
     if missing:
         logging.warning(
             "parsing targets: %d of %d training images have no target in %s; they get weight 0 (first: %s)",
-            len(missing), len(file_names), path, ", ".join(missing[:5]),
-        )  # fmt: skip
+            len(missing),
+            len(file_names),
+            path,
+            ", ".join(missing[:5]),
+        )
     return ParsingTargets(targets=targets, weights=weights, num_missing=len(missing))
 
 
@@ -539,11 +575,21 @@ def _main(argv: Sequence[str]) -> None:
         raise _usage_error(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     cfg = f.config
-    img_size = (_int_pair(f.img_size, "--img_size") if f.img_size
-                else pair(cfg.img_size, "config.img_size") if cfg else (256, 128))
+    img_size = (
+        _int_pair(f.img_size, "--img_size")
+        if f.img_size
+        else pair(cfg.img_size, "config.img_size")
+        if cfg
+        else (256, 128)
+    )
     patch = f.patch if f.patch else (int(cfg.model.patch_size) if cfg else 16)
-    stride = (_int_pair(f.stride, "--stride") if f.stride
-              else pair(cfg.model.stride, "config.model.stride") if cfg else (11, 11))
+    stride = (
+        _int_pair(f.stride, "--stride")
+        if f.stride
+        else pair(cfg.model.stride, "config.model.stride")
+        if cfg
+        else (11, 11)
+    )
     dataset = f.dataset or (cfg.data.train if cfg else "")
     data_dir = f.data_dir or (cfg.data.data_dir if cfg else "")
     if not dataset or not data_dir:
@@ -561,34 +607,73 @@ def _main(argv: Sequence[str]) -> None:
     if f.parser:
         try:
             split = sources.open_split(dataset, "train", data_dir, manual_dir=manual_dir)
-            got = parse_targets(split, f.parser, img_size, patch, stride, out=out, method=method, dtype=f.dtype,
-                                batch_size=f.batch_size, max_images=f.max_images, progress=True)
+            got = parse_targets(
+                split,
+                f.parser,
+                img_size,
+                patch,
+                stride,
+                out=out,
+                method=method,
+                dtype=f.dtype,
+                batch_size=f.batch_size,
+                max_images=f.max_images,
+                progress=True,
+            )
         except (ValueError, OSError) as e:
             sys.exit(f"error: {e}")
         if got is None:
-            print(f"parsing targets: stopped after --max_images={f.max_images}; finished batches are in "
-                  f"{out}.partial; rerun to continue")
+            print(
+                f"parsing targets: stopped after --max_images={f.max_images}; finished batches are in "
+                f"{out}.partial; rerun to continue"
+            )
             return
         names, targets = got
-        save_targets(out, names, targets, img_size=img_size, patch=patch, stride=stride, method=method,
-                     source=os.path.abspath(f.parser))  # fmt: skip
+        save_targets(
+            out,
+            names,
+            targets,
+            img_size=img_size,
+            patch=patch,
+            stride=stride,
+            method=method,
+            source=os.path.abspath(f.parser),
+        )
         remove_partial(out)
-        print(f"parsing targets: dataset={dataset} images={len(names)} grid={grid[0]}x{grid[1]} "
-              f"img_size={img_size[0]}x{img_size[1]} patch={patch} stride={stride[0]},{stride[1]} method={method} "
-              f"parser={f.parser} -> {out} ({time.perf_counter() - t0:.1f}s)")
+        print(
+            f"parsing targets: dataset={dataset} images={len(names)} grid={grid[0]}x{grid[1]} "
+            f"img_size={img_size[0]}x{img_size[1]} patch={patch} stride={stride[0]},{stride[1]} method={method} "
+            f"parser={f.parser} -> {out} ({time.perf_counter() - t0:.1f}s)"
+        )
         return
     try:
         split = sources.open_split(dataset, "train", data_dir, manual_dir=manual_dir)
         file_names = [str(n) for n in split.file_names]
         sizes = [_image_size(split[i]["image"]) for i in range(len(split))]
         names, targets, missing = compute_targets(
-            file_names, f.maps_dir, img_size, patch, stride,
-            method=method, image_sizes=sizes, allow_missing=f.allow_missing, prefer="." + f.prefer, progress=True,
-        )  # fmt: skip
+            file_names,
+            f.maps_dir,
+            img_size,
+            patch,
+            stride,
+            method=method,
+            image_sizes=sizes,
+            allow_missing=f.allow_missing,
+            prefer="." + f.prefer,
+            progress=True,
+        )
     except (ValueError, OSError) as e:  # user mistakes: the message says what is wrong, no traceback
         sys.exit(f"error: {e}")
-    save_targets(out, names, targets, img_size=img_size, patch=patch, stride=stride, method=method,
-                 source=os.path.abspath(f.maps_dir))  # fmt: skip
+    save_targets(
+        out,
+        names,
+        targets,
+        img_size=img_size,
+        patch=patch,
+        stride=stride,
+        method=method,
+        source=os.path.abspath(f.maps_dir),
+    )
     print(
         f"parsing targets: dataset={dataset} images={len(set(file_names))} stored={len(names)} "
         f"missing={len(missing)} grid={grid[0]}x{grid[1]} img_size={img_size[0]}x{img_size[1]} patch={patch} "
@@ -623,11 +708,16 @@ def _define_flags() -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "config file giving img_size, model.patch_size/stride, data.*",
-                                    lock_config=True)  # fmt: skip
+    config_flags.DEFINE_config_file(
+        "config", None, "config file giving img_size, model.patch_size/stride, data.*", lock_config=True
+    )
     flags.DEFINE_string("maps_dir", None, "folder of SCHP outputs <stem>.png and/or <stem>.npy")
-    flags.DEFINE_string("parser", None, "converted SCHP LIP parser folder (python -m convert_weights schp): parse the "
-                        "training images directly instead of reading --maps_dir")
+    flags.DEFINE_string(
+        "parser",
+        None,
+        "converted SCHP LIP parser folder (python -m convert_weights schp): parse the "
+        "training images directly instead of reading --maps_dir",
+    )
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "with --parser: convolution dtype")
     flags.DEFINE_integer("batch_size", 8, "with --parser: images per batch per device")
     flags.DEFINE_integer("max_images", None, "with --parser: stop after about this many images; rerun to continue")
@@ -636,11 +726,16 @@ def _define_flags() -> None:
     flags.DEFINE_string("img_size", None, "model input 'H,W' (default: config, else 256,128)")
     flags.DEFINE_integer("patch", None, "patch size (default: config, else 16)")
     flags.DEFINE_string("stride", None, "patch stride 'SY,SX' (default: config, else 11,11)")
-    flags.DEFINE_enum("method", None, list(METHODS), "pooling onto the grid (default: config parsing.method, else "
-                      "patch_mean; docs/parsing.md)")
+    flags.DEFINE_enum(
+        "method",
+        None,
+        list(METHODS),
+        "pooling onto the grid (default: config parsing.method, else patch_mean; docs/parsing.md)",
+    )
     flags.DEFINE_enum("prefer", "npy", ["npy", "png"], "which map to use when both <stem>.npy and .png exist")
-    flags.DEFINE_string("out", None,
-                        "output .npz (default: parsing.path, else <data_dir>/parsing/<dataset>/<gh>x<gw>.npz)")
+    flags.DEFINE_string(
+        "out", None, "output .npz (default: parsing.path, else <data_dir>/parsing/<dataset>/<gh>x<gw>.npz)"
+    )
     flags.DEFINE_bool("allow_missing", False, "write the targets that exist instead of failing on missing maps")
 
 

@@ -160,9 +160,7 @@ class _TrainSample:
         flipped = self.flip_prob > 0 and bool(rng.random() < self.flip_prob)
         if flipped:
             image = image[:, ::-1]  # the source image, before all four views (their parsing target is mirrored too)
-        v = views.train_views(
-            image, rng, self.occluders, self.img_size, self.mean, self.std, self.occluder_normalize
-        )
+        v = views.train_views(image, rng, self.occluders, self.img_size, self.mean, self.std, self.occluder_normalize)
         return {
             "views": np.asarray(v, dtype=np.float32),
             "pids": np.int32(self.labels[index]),
@@ -351,7 +349,11 @@ class TrainPipeline:
         return it.map(_AddParsing(*self._targets))
 
     def run_iterator(
-        self, start_epoch: int, end_epoch: int, *, start_batch: int | None = None,
+        self,
+        start_epoch: int,
+        end_epoch: int,
+        *,
+        start_batch: int | None = None,
         num_batches: Callable[[int], int] | None = None,
     ) -> TrainIterator:
         """Every batch from ``(start_epoch, start_batch)`` to the end of ``end_epoch``, through one grain pipeline.
@@ -455,8 +457,10 @@ def _flip_prob(config: ml_collections.ConfigDict) -> float:
             logging.warning(
                 "data.flip_prob=%s: the patch grid leaves %d pixel column(s) uncovered on the right, so a mirrored "
                 "image's patches sit %d px away from the mirrored parsing cells (grid columns reversed).",
-                p, shift, shift,
-            )  # fmt: skip
+                p,
+                shift,
+                shift,
+            )
     return p
 
 

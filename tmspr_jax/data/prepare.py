@@ -42,8 +42,11 @@ def dataset_stats(name: str, data_dir: str) -> dict[str, dict[str, int] | None]:
 
 def format_table(stats: dict[str, dict[str, int] | None]) -> str:
     """The reference's statistics table (``subset | # ids | # images | # cameras``); missing splits are left out."""
-    lines = ["  ----------------------------------------", "  subset   | # ids | # images | # cameras",
-             "  ----------------------------------------"]
+    lines = [
+        "  ----------------------------------------",
+        "  subset   | # ids | # images | # cameras",
+        "  ----------------------------------------",
+    ]
     for split, s in stats.items():
         if s is not None:
             lines.append(f"  {split:<8} | {s['ids']:5d} | {s['images']:8d} | {s['cameras']:9d}")

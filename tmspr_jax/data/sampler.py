@@ -175,7 +175,8 @@ class PKSampler:
         batches = self.epoch_batches(position.epoch)
         if not 0 <= position.batch < batches.shape[0]:
             raise IndexError(
-                f"batch {position.batch} out of range: epoch {position.epoch} has {batches.shape[0]} batches")
+                f"batch {position.batch} out of range: epoch {position.epoch} has {batches.shape[0]} batches"
+            )
         return batches[position.batch]
 
     def next(self) -> np.ndarray:

@@ -67,22 +67,44 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
         if cfg.path or stored is None or stored == geometry:
             return  # up to date, or the user's own file: load_targets checks it
         # The default file is a cache of maps_dir: made for another image size with the same grid, it is remade.
-        logging.warning("%s was pooled for img_size %s, patch %s, stride %s: recomputing it for this config.", path,
-                        *stored)
+        logging.warning(
+            "%s was pooled for img_size %s, patch %s, stride %s: recomputing it for this config.", path, *stored
+        )
     split = sources.open_split(
         config.data.train, "train", config.data.data_dir, manual_dir=config.data.manual_dir or None
     )
     t0 = time.perf_counter()
     if parser_dir:
-        got = parsing.parse_targets(split, parser_dir, img_size, patch, stride, out=path, method=cfg.method,
-                                    dtype=cfg.get("parser_dtype", "float32"),
-                                    batch_size=cfg.get("parser_batch_size", 8), progress=True)
+        got = parsing.parse_targets(
+            split,
+            parser_dir,
+            img_size,
+            patch,
+            stride,
+            out=path,
+            method=cfg.method,
+            dtype=cfg.get("parser_dtype", "float32"),
+            batch_size=cfg.get("parser_batch_size", 8),
+            progress=True,
+        )
         assert got is not None  # no max_images: the run finishes or raises
-        parsing.save_targets(path, *got, img_size=img_size, patch=patch, stride=stride, method=cfg.method,
-                             source=os.path.abspath(parser_dir))  # fmt: skip
+        parsing.save_targets(
+            path,
+            *got,
+            img_size=img_size,
+            patch=patch,
+            stride=stride,
+            method=cfg.method,
+            source=os.path.abspath(parser_dir),
+        )
         parsing.remove_partial(path)
-        logging.info("Parsing targets for %d images made by the parser %s -> %s in %.1fs", len(got[0]), parser_dir,
-                     path, time.perf_counter() - t0)
+        logging.info(
+            "Parsing targets for %d images made by the parser %s -> %s in %.1fs",
+            len(got[0]),
+            parser_dir,
+            path,
+            time.perf_counter() - t0,
+        )
         return
     names, targets, missing = parsing.compute_targets(
         list(split.file_names),
@@ -104,9 +126,12 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
         source=cfg.maps_dir,
     )
     logging.info(
-        "Parsing targets for %d images (%d missing) -> %s in %.1fs", len(names), len(missing), path,
+        "Parsing targets for %d images (%d missing) -> %s in %.1fs",
+        len(names),
+        len(missing),
+        path,
         time.perf_counter() - t0,
-    )  # fmt: skip
+    )
 
 
 def _remove_stale_builds(config: ml_collections.ConfigDict) -> None:
@@ -126,8 +151,11 @@ def prepare_for_config(config: ml_collections.ConfigDict) -> None:
     from tmspr_jax.utils import pair, patch_grid
 
     # The geometry first: a mistake in it is reported before any dataset is generated or built.
-    grid = patch_grid(pair(config.img_size, "config.img_size"), config.model.patch_size,
-                      pair(config.model.stride, "config.model.stride"))  # one number: square
+    grid = patch_grid(
+        pair(config.img_size, "config.img_size"),
+        config.model.patch_size,
+        pair(config.model.stride, "config.model.stride"),
+    )  # one number: square
     d = config.data
     if d.get("synthetic", False):
         if not d.manual_dir:

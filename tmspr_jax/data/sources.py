@@ -69,8 +69,15 @@ def prepare_dataset(
 class ReIDSplit:
     """One split of a prepared re-ID dataset: random access to records plus its label arrays and metadata."""
 
-    def __init__(self, name: str, split: str, source: Any, metadata: Mapping[str, Any], files: list[str] | None = None,
-                 data_dir: str = ""):
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        source: Any,
+        metadata: Mapping[str, Any],
+        files: list[str] | None = None,
+        data_dir: str = "",
+    ):
         self.name = name
         self.split = split
         self._source = source

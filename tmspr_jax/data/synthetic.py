@@ -53,10 +53,23 @@ L_ARM, R_ARM, L_LEG, R_LEG, L_SHOE, R_SHOE = 14, 15, 16, 17, 18, 19
 HAIR_COLOURS = ((25, 20, 18), (65, 42, 25), (115, 75, 40), (205, 175, 105), (155, 155, 150), (145, 55, 30))
 SKIN_COLOURS = ((240, 205, 175), (225, 175, 140), (190, 140, 100), (140, 95, 65), (95, 65, 45))
 CLOTH_COLOURS = (
-    (20, 20, 24), (235, 235, 230), (128, 128, 128), (30, 40, 95), (40, 90, 200), (130, 180, 230), (200, 30, 35),
-    (110, 20, 30), (40, 130, 60), (110, 115, 50), (230, 200, 40), (235, 120, 30), (110, 50, 140), (235, 140, 170),
-    (205, 185, 150), (105, 70, 45),
-)  # fmt: skip
+    (20, 20, 24),
+    (235, 235, 230),
+    (128, 128, 128),
+    (30, 40, 95),
+    (40, 90, 200),
+    (130, 180, 230),
+    (200, 30, 35),
+    (110, 20, 30),
+    (40, 130, 60),
+    (110, 115, 50),
+    (230, 200, 40),
+    (235, 120, 30),
+    (110, 50, 140),
+    (235, 140, 170),
+    (205, 185, 150),
+    (105, 70, 45),
+)
 SHOE_COLOURS = ((15, 15, 15), (240, 240, 240), (100, 60, 35), (120, 120, 125), (190, 30, 30), (40, 60, 160))
 HAIR_STYLES = ("short", "long", "bun", "buzz")
 PATTERNS = ("plain", "hstripes", "vstripes", "checks", "twotone", "logo")
@@ -66,12 +79,30 @@ BAGS = ("none", "backpack", "shoulder")
 OCCLUDERS = ("box", "side", "pole", "car", "bush", "top")
 # The 10 categorical attributes two identities must differ in (``min_attribute_diff``), in Identity.attributes order,
 # and the drawn regions (render ids) that show each one.
-ATTRIBUTES = ("hair colour", "hair style", "upper colour", "pattern", "sleeves", "lower colour", "lower type",
-              "shoe colour", "hat", "bag")  # fmt: skip
+ATTRIBUTES = (
+    "hair colour",
+    "hair style",
+    "upper colour",
+    "pattern",
+    "sleeves",
+    "lower colour",
+    "lower type",
+    "shoe colour",
+    "hat",
+    "bag",
+)
 ATTRIBUTE_REGIONS = (
-    (HAIR,), (HAIR,), (UPPER,), (UPPER,), (UPPER, L_ARM, R_ARM), (PANTS, SKIRT), (PANTS, SKIRT, L_LEG, R_LEG),
-    (L_SHOE, R_SHOE), (HAT, HAIR, FACE), (BAG, UPPER),
-)  # fmt: skip
+    (HAIR,),
+    (HAIR,),
+    (UPPER,),
+    (UPPER,),
+    (UPPER, L_ARM, R_ARM),
+    (PANTS, SKIRT),
+    (PANTS, SKIRT, L_LEG, R_LEG),
+    (L_SHOE, R_SHOE),
+    (HAT, HAIR, FACE),
+    (BAG, UPPER),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +150,18 @@ def sample_identities(
 ) -> list[Identity]:
     """``n`` identities whose categorical attributes differ pairwise, and from every identity in ``avoid``, in at least
     ``min_diff`` places."""
-    sizes = (len(HAIR_COLOURS), len(HAIR_STYLES), len(CLOTH_COLOURS), len(PATTERNS), len(SLEEVES),
-             len(CLOTH_COLOURS), len(LOWER_TYPES), len(SHOE_COLOURS), len(CLOTH_COLOURS) + 1, len(BAGS))  # fmt: skip
+    sizes = (
+        len(HAIR_COLOURS),
+        len(HAIR_STYLES),
+        len(CLOTH_COLOURS),
+        len(PATTERNS),
+        len(SLEEVES),
+        len(CLOTH_COLOURS),
+        len(LOWER_TYPES),
+        len(SHOE_COLOURS),
+        len(CLOTH_COLOURS) + 1,
+        len(BAGS),
+    )
     keys = np.array([ident.attributes for ident in avoid], np.int64).reshape(-1, len(sizes))
     out: list[Identity] = []
     attempts = 0
@@ -197,9 +238,7 @@ def _limb(start: np.ndarray, angle: float, length: float) -> np.ndarray:
     return start + length * np.array([np.sin(angle), np.cos(angle)])
 
 
-def draw_person(
-    ident: Identity, size: tuple[int, int], rng: np.random.Generator
-) -> tuple[np.ndarray, dict[str, Any]]:
+def draw_person(ident: Identity, size: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     """Render ids ``[H, W]`` uint8 of one figure (LIP ids, :data:`BAG` for bags, 0 elsewhere) and its geometry."""
     h, w = size
     fh = h * rng.uniform(0.8, 0.93) * ident.height  # figure height, head top to soles
@@ -235,22 +274,39 @@ def draw_person(
         _segment(dr, knee, ankle, 0.062 * fh, 0.048 * fh, leg_cls if bare else PANTS)
         if ident.lower_type == "shorts":
             _segment(dr, hip, hip + 0.55 * (knee - hip), 0.09 * fh * b, 0.075 * fh, PANTS)
-    pelvis = [tuple(P(-hw * 1.02, 0.48)), tuple(P(hw * 1.02, 0.48)), tuple(P(hw * 0.85, 0.58)),
-              tuple(P(-hw * 0.85, 0.58))]  # fmt: skip
+    pelvis = [
+        tuple(P(-hw * 1.02, 0.48)),
+        tuple(P(hw * 1.02, 0.48)),
+        tuple(P(hw * 0.85, 0.58)),
+        tuple(P(-hw * 0.85, 0.58)),
+    ]
     dr.polygon(pelvis, fill=PANTS if lower_cls == PANTS else L_LEG)
     if lower_cls == SKIRT:
         # centre strip below the pelvis stays bare leg only where the skirt does not cover it
         hem = rng.uniform(0.66, 0.74)
-        dr.polygon([tuple(P(-hw * 1.02, 0.47)), tuple(P(hw * 1.02, 0.47)), tuple(P(hw * 1.55, hem)),
-                    tuple(P(-hw * 1.55, hem))], fill=SKIRT)  # fmt: skip
+        dr.polygon(
+            [
+                tuple(P(-hw * 1.02, 0.47)),
+                tuple(P(hw * 1.02, 0.47)),
+                tuple(P(hw * 1.55, hem)),
+                tuple(P(-hw * 1.55, hem)),
+            ],
+            fill=SKIRT,
+        )
     for side, _, shoe_cls, _, _, ankle in legs:
         c = ankle + np.array([side * 0.012 * fh, 0.018 * fh])
         rx, ry = 0.045 * fh, 0.024 * fh
         dr.ellipse([c[0] - rx, c[1] - ry, c[0] + rx, c[1] + ry], fill=shoe_cls)
 
     # torso
-    torso = [tuple(U(-sw, 0.185)), tuple(U(sw, 0.185)), tuple(U(sw * 0.98, 0.25)), tuple(U(hw * 1.05, 0.5)),
-             tuple(U(-hw * 1.05, 0.5)), tuple(U(-sw * 0.98, 0.25))]  # fmt: skip
+    torso = [
+        tuple(U(-sw, 0.185)),
+        tuple(U(sw, 0.185)),
+        tuple(U(sw * 0.98, 0.25)),
+        tuple(U(hw * 1.05, 0.5)),
+        tuple(U(-hw * 1.05, 0.5)),
+        tuple(U(-sw * 0.98, 0.25)),
+    ]
     dr.polygon(torso, fill=UPPER)
     for side in (+1, -1):  # rounded shoulders
         c, r = U(side * (sw - 0.03), 0.215), 0.035 * fh
@@ -291,8 +347,15 @@ def draw_person(
     head = U(0, 0.075)
     if ident.hair_style == "long":
         for side in (+1, -1):
-            dr.polygon([tuple(U(side * 0.035, 0.06)), tuple(U(side * 0.068, 0.06)), tuple(U(side * 0.08, 0.26)),
-                        tuple(U(side * 0.045, 0.25))], fill=HAIR)  # fmt: skip
+            dr.polygon(
+                [
+                    tuple(U(side * 0.035, 0.06)),
+                    tuple(U(side * 0.068, 0.06)),
+                    tuple(U(side * 0.08, 0.26)),
+                    tuple(U(side * 0.045, 0.25)),
+                ],
+                fill=HAIR,
+            )
     hr = (0.052, 0.063) if ident.hair_style == "buzz" else (0.062, 0.07)
     hc = U(0, 0.07 if ident.hair_style == "buzz" else 0.064)
     dr.ellipse([hc[0] - hr[0] * fh, hc[1] - hr[1] * fh, hc[0] + hr[0] * fh, hc[1] + hr[1] * fh], fill=HAIR)
@@ -310,10 +373,12 @@ def draw_person(
 
     rid = np.asarray(im, dtype=np.uint8).copy()
     geometry = {
-        "top": float(top), "cx": float(cx), "fig_h": float(fh),
+        "top": float(top),
+        "cx": float(cx),
+        "fig_h": float(fh),
         "head_center": [float(head[1]), float(head[0])],  # (y, x) pixels
         "torso_center": [float(U(0, 0.33)[1]), float(U(0, 0.33)[0])],
-    }  # fmt: skip
+    }
     return rid, geometry
 
 
@@ -644,17 +709,22 @@ def generate(
     """
     t0 = time.perf_counter()
     checks = {
-        "num_train_ids": num_train_ids >= 1, "num_test_ids": num_test_ids >= 1, "images_per_id": images_per_id >= 2,
-        "queries_per_id": 1 <= queries_per_id <= NUM_CAMERAS - 1, "gallery_per_id": gallery_per_id >= 1,
-        "height": height >= 32, "width": width >= 16,
+        "num_train_ids": num_train_ids >= 1,
+        "num_test_ids": num_test_ids >= 1,
+        "images_per_id": images_per_id >= 2,
+        "queries_per_id": 1 <= queries_per_id <= NUM_CAMERAS - 1,
+        "gallery_per_id": gallery_per_id >= 1,
+        "height": height >= 32,
+        "width": width >= 16,
         "num ids": num_train_ids + num_test_ids <= 9999,  # four-digit Market pids
         "train_occluded_fraction": 0 <= train_occluded_fraction <= 1,
         "gallery_occluded_fraction": 0 <= gallery_occluded_fraction <= 1,
         "jpeg_quality": 1 <= jpeg_quality <= 100,
-        "camera_strength": camera_strength >= 0, "min_attribute_diff": 0 <= min_attribute_diff <= 10,
+        "camera_strength": camera_strength >= 0,
+        "min_attribute_diff": 0 <= min_attribute_diff <= 10,
         "background_saturation": 0 <= background_saturation <= 1,
         "num_occluder_images": num_occluder_images >= 0,
-    }  # fmt: skip
+    }
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise ValueError(
@@ -717,17 +787,34 @@ def generate(
 
     counts = {s: sum(r["split"] == s for r in records) for s in folders}
     params = dict(
-        num_train_ids=num_train_ids, images_per_id=images_per_id, num_test_ids=num_test_ids,
-        queries_per_id=queries_per_id, gallery_per_id=gallery_per_id, height=height, width=width,
-        query_occlusion=list(query_occlusion), train_occluded_fraction=train_occluded_fraction,
-        gallery_occluded_fraction=gallery_occluded_fraction, jpeg_quality=jpeg_quality, seed=seed,
-        camera_strength=camera_strength, min_attribute_diff=min_attribute_diff,
-        background_saturation=background_saturation, num_occluder_images=num_occluder_images,
+        num_train_ids=num_train_ids,
+        images_per_id=images_per_id,
+        num_test_ids=num_test_ids,
+        queries_per_id=queries_per_id,
+        gallery_per_id=gallery_per_id,
+        height=height,
+        width=width,
+        query_occlusion=list(query_occlusion),
+        train_occluded_fraction=train_occluded_fraction,
+        gallery_occluded_fraction=gallery_occluded_fraction,
+        jpeg_quality=jpeg_quality,
+        seed=seed,
+        camera_strength=camera_strength,
+        min_attribute_diff=min_attribute_diff,
+        background_saturation=background_saturation,
+        num_occluder_images=num_occluder_images,
         independent_test_set=independent_test_set,
-    )  # fmt: skip
+    )
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump({"params": params, "identities": [dataclasses.asdict(x) for x in idents], "images": records,
-                   "occluder_images": occluder_kinds}, f)
+        json.dump(
+            {
+                "params": params,
+                "identities": [dataclasses.asdict(x) for x in idents],
+                "images": records,
+                "occluder_images": occluder_kinds,
+            },
+            f,
+        )
     return {
         "out_dir": out_dir,
         "params": params,
@@ -765,9 +852,7 @@ def query_ambiguity(out_dir: str, visible_fraction: float = 0.7) -> dict[str, An
     p = meta["params"]
     seed, size = int(p["seed"]), (int(p["height"]), int(p["width"]))
     independent = bool(p.get("independent_test_set", False))  # no key in meta.json: the default
-    train_ids, test_ids = _identities(
-        seed, p["num_train_ids"], p["num_test_ids"], p["min_attribute_diff"], independent
-    )
+    train_ids, test_ids = _identities(seed, p["num_train_ids"], p["num_test_ids"], p["min_attribute_diff"], independent)
     cameras = sample_cameras(np.random.default_rng([seed, 2]), strength=p["camera_strength"])
     by_pid = {ident.pid: ident for ident in train_ids + test_ids}
     test = np.array([ident.attributes for ident in test_ids])  # [num_test_ids, 10]
@@ -778,9 +863,13 @@ def query_ambiguity(out_dir: str, visible_fraction: float = 0.7) -> dict[str, An
             continue
         ident = by_pid[record["pid"]]
         _, _, drawn, rid, occ = _render(
-            ident, cameras[record["cam"] - 1], _image_rng(seed, i, num_train_images, independent), size,
-            tuple(p["query_occlusion"]), p["background_saturation"],
-        )  # fmt: skip
+            ident,
+            cameras[record["cam"] - 1],
+            _image_rng(seed, i, num_train_images, independent),
+            size,
+            tuple(p["query_occlusion"]),
+            p["background_saturation"],
+        )
         if drawn["occluder"] != record["occluder"] or abs(drawn["coverage"] - record["coverage"]) > 1e-9:
             raise ValueError(
                 f"{meta_path}: query {record['file_name']} records occluder {record['occluder']!r} covering "
@@ -822,13 +911,17 @@ def _define_flags() -> None:
     flags.DEFINE_float("occlusion_max", 0.5, "largest covered fraction of the body for occluded images")
     flags.DEFINE_float("train_occluded", 0.1, "fraction of training images that are occluded")
     flags.DEFINE_float("gallery_occluded", 0.1, "fraction of gallery images that are occluded")
-    flags.DEFINE_float("camera_strength", 1.0,
-                       "scale of the cameras' colour, brightness and contrast shifts (0 = none)")
+    flags.DEFINE_float(
+        "camera_strength", 1.0, "scale of the cameras' colour, brightness and contrast shifts (0 = none)"
+    )
     flags.DEFINE_integer("min_attribute_diff", 2, "attributes (of 10) any two identities differ in, at least")
     flags.DEFINE_float("background_saturation", 1.0, "background colour saturation in [0, 1] (0 = greys)")
     flags.DEFINE_integer("occluder_images", 0, "occluder objects to write into occluders/ (covering-view bank)")
-    flags.DEFINE_bool("independent_test_set", False,
-                      "draw the test set from its own random streams (unchanged by the training set's size)")
+    flags.DEFINE_bool(
+        "independent_test_set",
+        False,
+        "draw the test set from its own random streams (unchanged by the training set's size)",
+    )
     flags.DEFINE_integer("seed", 0, "random seed (same seed, same bytes)")
     flags.DEFINE_bool("overwrite", False, "replace an existing dataset in --out")
 
@@ -840,14 +933,25 @@ def _main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     s = generate(
-        f.out, num_train_ids=f.num_ids, images_per_id=f.images_per_id, num_test_ids=f.num_test_ids,
-        queries_per_id=f.queries_per_id, gallery_per_id=f.gallery_per_id, height=f.height, width=f.width,
-        query_occlusion=(f.occlusion_min, f.occlusion_max), train_occluded_fraction=f.train_occluded,
-        gallery_occluded_fraction=f.gallery_occluded, seed=f.seed, overwrite=f.overwrite,
-        camera_strength=f.camera_strength, min_attribute_diff=f.min_attribute_diff,
-        background_saturation=f.background_saturation, num_occluder_images=f.occluder_images,
+        f.out,
+        num_train_ids=f.num_ids,
+        images_per_id=f.images_per_id,
+        num_test_ids=f.num_test_ids,
+        queries_per_id=f.queries_per_id,
+        gallery_per_id=f.gallery_per_id,
+        height=f.height,
+        width=f.width,
+        query_occlusion=(f.occlusion_min, f.occlusion_max),
+        train_occluded_fraction=f.train_occluded,
+        gallery_occluded_fraction=f.gallery_occluded,
+        seed=f.seed,
+        overwrite=f.overwrite,
+        camera_strength=f.camera_strength,
+        min_attribute_diff=f.min_attribute_diff,
+        background_saturation=f.background_saturation,
+        num_occluder_images=f.occluder_images,
         independent_test_set=f.independent_test_set,
-    )  # fmt: skip
+    )
     n, o = s["num_images"], s["num_occluded"]
     cov = [r["coverage"] for r in s["images"] if r["split"] == "query"]
     print(

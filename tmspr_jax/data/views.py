@@ -466,7 +466,12 @@ def amplifying_view(
 
 
 def _cover(
-    normed: np.ndarray, rng: np.random.Generator, occluders: OccluderSource, m, s, occluder_normalize: bool,
+    normed: np.ndarray,
+    rng: np.random.Generator,
+    occluders: OccluderSource,
+    m,
+    s,
+    occluder_normalize: bool,
     out: np.ndarray,
 ) -> CoverParams:
     h, w = normed.shape[:2]

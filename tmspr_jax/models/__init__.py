@@ -8,6 +8,12 @@ from tmspr_jax.models.tmspr import TMSPR, build_model, init_variables
 from tmspr_jax.models.vit import VisionTransformer, patch_grid
 
 __all__ = [
-    "TMSPR", "TrainOutputs", "VisionTransformer", "build_model", "from_reference_order", "init_variables", "patch_grid",
+    "TMSPR",
+    "TrainOutputs",
+    "VisionTransformer",
+    "build_model",
+    "from_reference_order",
+    "init_variables",
+    "patch_grid",
     "reference_order",
 ]

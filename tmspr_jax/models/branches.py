@@ -57,8 +57,9 @@ class TransformerHead(nn.Module):
         """Every token's output ``[B, N, D]``."""
         return self.norm(self.block(x, not train, key_bias))
 
-    def cls(self, x: jax.Array, *, train: bool, token_scale: jax.Array | None = None,
-            key_bias: jax.Array | None = None) -> jax.Array:
+    def cls(
+        self, x: jax.Array, *, train: bool, token_scale: jax.Array | None = None, key_bias: jax.Array | None = None
+    ) -> jax.Array:
         """The cls token's output only, ``[P, B, D]`` for ``P`` scalings / key biases (``vit.Block.cls_forward``);
         ``[1, B, D]`` without either. This is all b1 and b2 contribute, at a fraction of the full pass's cost."""
         return self.norm(self.block.cls_forward(x, not train, token_scale, key_bias))
@@ -80,22 +81,27 @@ def shuffle_unit(features: jax.Array, shift: int, groups: int) -> jax.Array:
         x = jnp.concatenate([x, x[:, -2:-1]], axis=1)
         n += 1
         if n % groups:
-            raise ValueError(f"JPM shuffle: {n - 1} shifted tokens cannot be split into model.shuffle_groups="
-                             f"{groups} groups (nor {n} after the reference's one-token padding)")
+            raise ValueError(
+                f"JPM shuffle: {n - 1} shifted tokens cannot be split into model.shuffle_groups="
+                f"{groups} groups (nor {n} after the reference's one-token padding)"
+            )
     x = x.reshape(b, groups, n // groups, d)
     return jnp.swapaxes(x, 1, 2).reshape(b, n, d)
 
 
-def jpm_groups(features: jax.Array, *, re_arrange: bool, shift: int, groups: int, divide_length: int
-               ) -> list[jax.Array]:
+def jpm_groups(
+    features: jax.Array, *, re_arrange: bool, shift: int, groups: int, divide_length: int
+) -> list[jax.Array]:
     """The four JPM sequences ``[cls, group k]`` (``[B, 1 + L // divide_length, D]`` each) from the backbone tokens."""
     patch_length = (features.shape[1] - 1) // divide_length
     token = features[:, 0:1]
     x = shuffle_unit(features, shift, groups) if re_arrange else features[:, 1:]
     if 4 * patch_length > x.shape[1]:
-        raise ValueError(f"JPM: model.divide_length={divide_length} gives 4 groups of {patch_length} tokens, "
-                         f"more than the {x.shape[1]} available")
-    return [jnp.concatenate([token, x[:, k * patch_length:(k + 1) * patch_length]], axis=1) for k in range(4)]
+        raise ValueError(
+            f"JPM: model.divide_length={divide_length} gives 4 groups of {patch_length} tokens, "
+            f"more than the {x.shape[1]} available"
+        )
+    return [jnp.concatenate([token, x[:, k * patch_length : (k + 1) * patch_length]], axis=1) for k in range(4)]
 
 
 # ------------------------------------------------------------------------------------------------------ HSPM

@@ -61,11 +61,21 @@ def reference_order(out: TrainOutputs) -> tuple[tuple[jax.Array, ...], tuple[jax
     Only defined for the full model (every module on).
     """
     if out.recovered_parts is None or out.part_feats is None or len(out.global_feats) != 4:
-        raise ValueError("reference_order: the reference's lists exist only for the full model "
-                         "(four views, perception and recovery on)")
+        raise ValueError(
+            "reference_order: the reference's lists exist only for the full model "
+            "(four views, perception and recovery on)"
+        )
     logits = out.all_logits()
-    feats = (out.global_feats[0], out.parsing_logits, out.visible_parts, out.recovered_parts, *out.global_feats[1:],
-             *out.jpm_feats, out.recovered_feat, *out.part_feats)
+    feats = (
+        out.global_feats[0],
+        out.parsing_logits,
+        out.visible_parts,
+        out.recovered_parts,
+        *out.global_feats[1:],
+        *out.jpm_feats,
+        out.recovered_feat,
+        *out.part_feats,
+    )
     return logits, feats
 
 
@@ -76,8 +86,15 @@ def from_reference_order(logits: Sequence[jax.Array], feats: Sequence[jax.Array]
     if len(feats) != NUM_REFERENCE_FEATS:
         raise ValueError(f"from_reference_order: expected {NUM_REFERENCE_FEATS} feats (features), got {len(feats)}")
     return TrainOutputs(
-        global_feats=(feats[0], *feats[4:7]), global_logits=tuple(logits[0:4]),
-        jpm_feats=tuple(feats[7:11]), jpm_logits=tuple(logits[4:8]),
-        parsing_logits=feats[1], visible_parts=feats[2], part_feats=tuple(feats[12:18]),
+        global_feats=(feats[0], *feats[4:7]),
+        global_logits=tuple(logits[0:4]),
+        jpm_feats=tuple(feats[7:11]),
+        jpm_logits=tuple(logits[4:8]),
+        parsing_logits=feats[1],
+        visible_parts=feats[2],
+        part_feats=tuple(feats[12:18]),
         part_logits=tuple(logits[9:15]),
-        recovered_parts=feats[3], recovered_feat=feats[11], recovered_logits=logits[8])
+        recovered_parts=feats[3],
+        recovered_feat=feats[11],
+        recovered_logits=logits[8],
+    )

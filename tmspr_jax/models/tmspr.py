@@ -103,10 +103,12 @@ class TMSPR(nn.Module):
     def setup(self) -> None:
         if self.depth < 2:
             raise ValueError(f"model.depth={self.depth}: T-MSPR needs depth >= 2 (the last block becomes b1/b2)")
-        for key, value, allowed in (("part_norm", self.part_norm, PART_NORMS),
-                                    ("part_pool", self.part_pool, PART_POOLS),
-                                    ("neck_feat", self.neck_feat, NECK_FEATS),
-                                    ("classifier", self.classifier_kind, CLASSIFIERS)):
+        for key, value, allowed in (
+            ("part_norm", self.part_norm, PART_NORMS),
+            ("part_pool", self.part_pool, PART_POOLS),
+            ("neck_feat", self.neck_feat, NECK_FEATS),
+            ("classifier", self.classifier_kind, CLASSIFIERS),
+        ):
             if value not in allowed:
                 raise ValueError(f"model.{key}={value!r}: expected one of {allowed}")
         if self.recovery and not self.perception:
@@ -115,22 +117,51 @@ class TMSPR(nn.Module):
         if self.divide_length < 1 or (gh * gw) // self.divide_length < 1:
             raise ValueError(f"model.divide_length={self.divide_length}: must be in 1..{gh * gw} (patch count)")
         self.backbone = VisionTransformer(
-            img_size=tuple(self.img_size), patch_size=self.patch_size, stride=tuple(self.stride),
-            embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-            drop_path=self.drop_path, num_cameras=self.num_cameras, num_views=self.num_views, sie_coe=self.sie_coe,
-            local_feature=True, dtype=self.dtype, remat=self.remat, pos_embed_init=self.pos_embed_init)
+            img_size=tuple(self.img_size),
+            patch_size=self.patch_size,
+            stride=tuple(self.stride),
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            drop_path=self.drop_path,
+            num_cameras=self.num_cameras,
+            num_views=self.num_views,
+            sie_coe=self.sie_coe,
+            local_feature=True,
+            dtype=self.dtype,
+            remat=self.remat,
+            pos_embed_init=self.pos_embed_init,
+        )
         last_rate = drop_path_rates(self.drop_path, self.depth)[-1]  # b1/b2 copy the last block: rate = drop_path
-        head = lambda: TransformerHead(self.embed_dim, self.num_heads, self.mlp_ratio, last_rate,  # noqa: E731
-                                       self.dtype, self.remat)
+        head = lambda: TransformerHead(
+            self.embed_dim,
+            self.num_heads,
+            self.mlp_ratio,
+            last_rate,  # noqa: E731
+            self.dtype,
+            self.remat,
+        )
         self.b1 = head()
         self.b2 = head()
-        bn = lambda name: nn.BatchNorm(use_bias=False, epsilon=1e-5, momentum=0.9,  # noqa: E731
-                                       scale_init=nn.initializers.ones, name=name)
+        bn = lambda name: nn.BatchNorm(
+            use_bias=False,
+            epsilon=1e-5,
+            momentum=0.9,  # noqa: E731
+            scale_init=nn.initializers.ones,
+            name=name,
+        )
         if self.classifier_kind == "cosine":
             cls = lambda name: CosineClassifier(self.num_classes, name=name)  # noqa: E731
         else:
-            cls = lambda name: nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype,  # noqa: E731
-                                        param_dtype=jnp.float32, kernel_init=nn.initializers.normal(1e-3), name=name)
+            cls = lambda name: nn.Dense(
+                self.num_classes,
+                use_bias=False,
+                dtype=self.dtype,  # noqa: E731
+                param_dtype=jnp.float32,
+                kernel_init=nn.initializers.normal(1e-3),
+                name=name,
+            )
         views = NUM_VIEWS if self.multi_view else 1
         self.global_necks = [bn(n) for n in GLOBAL_NECKS[:views]]
         self.global_classifiers = [cls(n) for n in GLOBAL_CLASSIFIERS[:views]]
@@ -152,7 +183,7 @@ class TMSPR(nn.Module):
         if self.stack_branches and v > 1:
             x = jnp.swapaxes(views, 0, 1).reshape((v * b,) + views.shape[2:])  # view-major [V*B, H, W, 3]
             f = self.backbone(x, jnp.tile(camids, v), train=train)
-            return [f[i * b:(i + 1) * b] for i in range(v)]
+            return [f[i * b : (i + 1) * b] for i in range(v)]
         return [self.backbone(views[:, i], camids, train=train) for i in range(v)]
 
     def global_branch(self, feats: Sequence[jax.Array], train: bool) -> list[jax.Array]:
@@ -160,17 +191,22 @@ class TMSPR(nn.Module):
         if self.stack_branches and len(feats) > 1:
             b = feats[0].shape[0]
             g = self.b1.cls(jnp.concatenate(feats, axis=0), train=train)[0]
-            return [g[i * b:(i + 1) * b] for i in range(len(feats))]
+            return [g[i * b : (i + 1) * b] for i in range(len(feats))]
         return [self.b1.cls(f, train=train)[0] for f in feats]
 
     def jpm(self, feats: jax.Array, train: bool) -> list[jax.Array]:
         """JPM: b2's cls feature of each of the four shifted and shuffled patch groups, ``4 x [B, D]``."""
-        seqs = jpm_groups(feats, re_arrange=self.re_arrange, shift=self.shift_num, groups=self.shuffle_groups,
-                          divide_length=self.divide_length)
+        seqs = jpm_groups(
+            feats,
+            re_arrange=self.re_arrange,
+            shift=self.shift_num,
+            groups=self.shuffle_groups,
+            divide_length=self.divide_length,
+        )
         if self.stack_branches:
             b = feats.shape[0]
             out = self.b2.cls(jnp.concatenate(seqs, axis=0), train=train)[0]
-            return [out[k * b:(k + 1) * b] for k in range(len(seqs))]
+            return [out[k * b : (k + 1) * b] for k in range(len(seqs))]
         return [self.b2.cls(s, train=train)[0] for s in seqs]
 
     def part_logits(self, feats: jax.Array) -> jax.Array:
@@ -179,8 +215,9 @@ class TMSPR(nn.Module):
         gh, gw = self.grid
         return self.part_head(feats[:, 1:].reshape(b, gh, gw, d).astype(jnp.float32))
 
-    def hspm(self, feats: jax.Array, which: Sequence[int], train: bool, valid: jax.Array | None
-             ) -> tuple[jax.Array, list[jax.Array]]:
+    def hspm(
+        self, feats: jax.Array, which: Sequence[int], train: bool, valid: jax.Array | None
+    ) -> tuple[jax.Array, list[jax.Array]]:
         """HSPM: the raw part logits ``O`` and b2's cls feature of each part ``which`` (0 = foreground), the patch
         tokens weighted by the part's attention as ``part_pool`` says (branches.PART_POOLS)."""
         logits = self.part_logits(feats)
@@ -189,22 +226,27 @@ class TMSPR(nn.Module):
         if self.stack_branches:
             out = self.b2.cls(feats, train=train, **pooling)
             return logits, list(out)
-        return logits, [self.b2.cls(feats, train=train, **{k: v[i:i + 1] for k, v in pooling.items()})[0]
-                        for i in range(len(which))]
+        return logits, [
+            self.b2.cls(feats, train=train, **{k: v[i : i + 1] for k, v in pooling.items()})[0]
+            for i in range(len(which))
+        ]
 
-    def hsrm(self, parts: Sequence[jax.Array], logits: jax.Array, global_feat: jax.Array, train: bool
-             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def hsrm(
+        self, parts: Sequence[jax.Array], logits: jax.Array, global_feat: jax.Array, train: bool
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """HSRM: ``(Q, Qc, feature)``: parts 1..5 ``Q [B, 5, D]``, with the parts invisible in an image (by the raw
         logits' argmax) taken from its most similar sample ``Qc``, and b2 over ``Qc`` (output slot 0)."""
         q = jnp.stack(parts, axis=1)
         qc = recover_parts(q, visibility(logits), nearest_neighbour(global_feat))
         return q, qc, self.b2.cls(qc, train=train)[0]
 
-    def bnneck_classifiers(self, necks: Sequence[nn.Module], classifiers: Sequence[nn.Module],
-                           feats: Sequence[jax.Array], train: bool) -> tuple[jax.Array, ...]:
+    def bnneck_classifiers(
+        self, necks: Sequence[nn.Module], classifiers: Sequence[nn.Module], feats: Sequence[jax.Array], train: bool
+    ) -> tuple[jax.Array, ...]:
         """Each feature through its BNNeck (batch statistics in training) and classifier: float32 logits."""
-        return tuple(c(bn(f, use_running_average=not train)).astype(jnp.float32)
-                     for bn, c, f in zip(necks, classifiers, feats))
+        return tuple(
+            c(bn(f, use_running_average=not train)).astype(jnp.float32) for bn, c, f in zip(necks, classifiers, feats)
+        )
 
     # ------------------------------------------------------------------------------------------------ entry points
     def __call__(self, views: jax.Array, camids: jax.Array, *, train: bool) -> TrainOutputs:
@@ -225,17 +267,26 @@ class TMSPR(nn.Module):
             global_feats=tuple(g),
             global_logits=self.bnneck_classifiers(self.global_necks, self.global_classifiers, g, train),
             jpm_feats=tuple(locals_),
-            jpm_logits=self.bnneck_classifiers(self.jpm_necks, self.jpm_classifiers, locals_, train))
+            jpm_logits=self.bnneck_classifiers(self.jpm_necks, self.jpm_classifiers, locals_, train),
+        )
         if self.perception:
             logits_o, parts = self.hspm(f[0], range(NUM_PARTS), train, None)
-            out.update(parsing_logits=logits_o, part_feats=tuple(parts),
-                       part_logits=self.bnneck_classifiers(self.part_necks, self.part_classifiers, parts, train),
-                       visible_parts=jnp.stack(parts[1:], axis=1))
+            out.update(
+                parsing_logits=logits_o,
+                part_feats=tuple(parts),
+                part_logits=self.bnneck_classifiers(self.part_necks, self.part_classifiers, parts, train),
+                visible_parts=jnp.stack(parts[1:], axis=1),
+            )
         if self.recovery:
             q, qc, feat_c = self.hsrm(parts[1:], logits_o, g[0], train)
-            out.update(visible_parts=q, recovered_parts=qc, recovered_feat=feat_c,
-                       recovered_logits=self.bnneck_classifiers([self.recovered_neck], [self.recovered_classifier],
-                                                                [feat_c], train)[0])
+            out.update(
+                visible_parts=q,
+                recovered_parts=qc,
+                recovered_feat=feat_c,
+                recovered_logits=self.bnneck_classifiers(
+                    [self.recovered_neck], [self.recovered_classifier], [feat_c], train
+                )[0],
+            )
         return TrainOutputs(**out)
 
     def extract(self, images: jax.Array, camids: jax.Array, valid: jax.Array | None = None) -> jax.Array:
@@ -259,8 +310,9 @@ class TMSPR(nn.Module):
         _, parts = self.hspm(f1, range(1, NUM_PARTS), False, valid)
         return jnp.concatenate([g1, *locals_, *parts], axis=-1)
 
-    def part_maps(self, images: jax.Array, camids: jax.Array, valid: jax.Array | None = None
-                  ) -> tuple[jax.Array, jax.Array]:
+    def part_maps(
+        self, images: jax.Array, camids: jax.Array, valid: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """What HSPM sees on test images: the part attention ``[B,gh,gw,6]`` (softmax over the 6 channels of the
         normalised part logits, as b2's part pooling uses it) and HSRM's visibility flags ``[B,5]`` of parts 1..5."""
         if not self.perception:
@@ -275,6 +327,7 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
     The SIE camera table gets ``num_cameras`` rows when ``model.sie_camera`` (it exists only if there are > 1
     cameras); ``model.sie_view`` adds a view term with 1 view (all person datasets have a single view).
     """
+
     def get(key: str, *default: Any) -> Any:
         return config_value(model_cfg, key, "model", *default)
 
@@ -285,24 +338,47 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
     stride = pair(get("stride"), "config.model.stride")  # one number: a square stride
     img_size = tuple(int(s) for s in img_size)
     patch_grid(img_size, int(get("patch_size")), stride)  # validates the geometry early
-    for key, allowed in (("part_norm", PART_NORMS), ("part_pool", PART_POOLS), ("neck_feat", NECK_FEATS),
-                         ("classifier", CLASSIFIERS), ("pos_embed_init", POS_EMBED_INITS)):
+    for key, allowed in (
+        ("part_norm", PART_NORMS),
+        ("part_pool", PART_POOLS),
+        ("neck_feat", NECK_FEATS),
+        ("classifier", CLASSIFIERS),
+        ("pos_embed_init", POS_EMBED_INITS),
+    ):
         if get(key) not in allowed:
             raise ValueError(f"config.model.{key}={get(key)!r}: expected one of {allowed}")
     perception, recovery = bool(get("perception", True)), bool(get("recovery", True))
     if recovery and not perception:
         raise ValueError("config.model.recovery=True needs config.model.perception=True (HSRM recovers HSPM's parts)")
     return TMSPR(
-        num_classes=int(num_classes), img_size=img_size,
-        num_cameras=int(num_cameras) if get("sie_camera") else 0, num_views=1 if get("sie_view") else 0,
-        patch_size=int(get("patch_size")), stride=stride, embed_dim=int(get("embed_dim")), depth=int(get("depth")),
-        num_heads=int(get("num_heads")), mlp_ratio=float(get("mlp_ratio")), drop_path=float(get("drop_path")),
-        sie_coe=float(get("sie_coe")), re_arrange=bool(get("re_arrange")), shift_num=int(get("shift_num")),
-        shuffle_groups=int(get("shuffle_groups")), divide_length=int(get("divide_length")),
-        part_norm=str(get("part_norm")), part_pool=str(get("part_pool")), neck_feat=str(get("neck_feat")),
-        classifier_kind=str(get("classifier")), dtype=compute_dtype(str(get("dtype"))),
-        remat=bool(get("remat")), stack_branches=bool(get("stack_branches")), pos_embed_init=str(get("pos_embed_init")),
-        multi_view=bool(get("multi_view", True)), perception=perception, recovery=recovery)
+        num_classes=int(num_classes),
+        img_size=img_size,
+        num_cameras=int(num_cameras) if get("sie_camera") else 0,
+        num_views=1 if get("sie_view") else 0,
+        patch_size=int(get("patch_size")),
+        stride=stride,
+        embed_dim=int(get("embed_dim")),
+        depth=int(get("depth")),
+        num_heads=int(get("num_heads")),
+        mlp_ratio=float(get("mlp_ratio")),
+        drop_path=float(get("drop_path")),
+        sie_coe=float(get("sie_coe")),
+        re_arrange=bool(get("re_arrange")),
+        shift_num=int(get("shift_num")),
+        shuffle_groups=int(get("shuffle_groups")),
+        divide_length=int(get("divide_length")),
+        part_norm=str(get("part_norm")),
+        part_pool=str(get("part_pool")),
+        neck_feat=str(get("neck_feat")),
+        classifier_kind=str(get("classifier")),
+        dtype=compute_dtype(str(get("dtype"))),
+        remat=bool(get("remat")),
+        stack_branches=bool(get("stack_branches")),
+        pos_embed_init=str(get("pos_embed_init")),
+        multi_view=bool(get("multi_view", True)),
+        perception=perception,
+        recovery=recovery,
+    )
 
 
 def init_variables(model: TMSPR, rng: jax.Array, batch_size: int = 2) -> dict:
@@ -312,5 +388,6 @@ def init_variables(model: TMSPR, rng: jax.Array, batch_size: int = 2) -> dict:
     camids = jnp.zeros((batch_size,), jnp.int32)
     p_rng, d_rng = jax.random.split(rng)
     variables = jax.jit(lambda r1, r2: model.init({"params": r1, "drop_path": r2}, views, camids, train=True))(
-        p_rng, d_rng)
+        p_rng, d_rng
+    )
     return {"params": variables["params"], "batch_stats": variables["batch_stats"]}

@@ -93,8 +93,13 @@ class Attention(nn.Module):
     def setup(self) -> None:
         if self.dim % self.num_heads:
             raise ValueError(f"embed_dim {self.dim} is not divisible by num_heads {self.num_heads}")
-        dense = lambda feats: nn.Dense(feats, dtype=self.dtype, param_dtype=jnp.float32,  # noqa: E731
-                                       kernel_init=_normal02, bias_init=nn.initializers.zeros)
+        dense = lambda feats: nn.Dense(
+            feats,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,  # noqa: E731
+            kernel_init=_normal02,
+            bias_init=nn.initializers.zeros,
+        )
         self.qkv = dense(3 * self.dim)
         self.proj = dense(self.dim)
 
@@ -159,8 +164,13 @@ class Block(nn.Module):
         h = self.mlp(self.norm2(x))
         return x + drop_path(self, h.astype(jnp.float32), self.drop_path, deterministic)
 
-    def cls_forward(self, x: jax.Array, deterministic: bool = True, token_scale: jax.Array | None = None,
-                    key_bias: jax.Array | None = None) -> jax.Array:
+    def cls_forward(
+        self,
+        x: jax.Array,
+        deterministic: bool = True,
+        token_scale: jax.Array | None = None,
+        key_bias: jax.Array | None = None,
+    ) -> jax.Array:
         """The block's output at token 0 only, for ``P`` variants of the sequence ``x [B, N, D]``: ``[P, B, D]``.
 
         Variant ``p`` is the sequence with token ``j`` multiplied by ``token_scale[p, :, j]`` (``[P, B, N]``, > 0;
@@ -194,13 +204,17 @@ class Block(nn.Module):
         q = r[..., 0, None, None] * z[None, :, 0, 0] + c[0]  # [P, B, H, hd]
         qk = jnp.einsum("pbhd,bnhd->pbhn", q.astype(self.dtype), z[:, :, 1].astype(self.dtype)).astype(jnp.float32)
         qc = jnp.einsum("pbhd,hd->pbh", q, c[1])
-        scores = (r[:, :, None, :] * qk + qc[..., None]) * (hd ** -0.5)  # [P, B, H, N]
+        scores = (r[:, :, None, :] * qk + qc[..., None]) * (hd**-0.5)  # [P, B, H, N]
         if key_bias is not None:
             scores = scores + key_bias.astype(jnp.float32)[:, :, None, :]
         probs = jax.nn.softmax(scores, axis=-1)
         # sum_j a_j (r_j V_j + c_v) = (a * r) @ V + c_v, since the a_j sum to 1
-        out = jnp.einsum("pbhn,bnhd->pbhd", (probs * r[:, :, None, :]).astype(self.dtype),
-                         z[:, :, 2].astype(self.dtype)).astype(jnp.float32) + c[2]
+        out = (
+            jnp.einsum(
+                "pbhn,bnhd->pbhd", (probs * r[:, :, None, :]).astype(self.dtype), z[:, :, 2].astype(self.dtype)
+            ).astype(jnp.float32)
+            + c[2]
+        )
         p = out.shape[0]
         h = self.attn.proj(out.reshape(p * b, d).astype(self.dtype)).astype(jnp.float32)
         x0 = jnp.broadcast_to(x[:, 0], (p, b, d)).reshape(p * b, d)
@@ -251,16 +265,23 @@ class VisionTransformer(nn.Module):
     def setup(self) -> None:
         d = self.embed_dim
         gh, gw = self.grid
-        self.patch_embed = nn.Conv(d, (self.patch_size, self.patch_size), strides=tuple(self.stride),
-                                   padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
-                                   kernel_init=nn.initializers.normal(np.sqrt(2.0 / (self.patch_size ** 2 * d))),
-                                   bias_init=nn.initializers.zeros)
+        self.patch_embed = nn.Conv(
+            d,
+            (self.patch_size, self.patch_size),
+            strides=tuple(self.stride),
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nn.initializers.normal(np.sqrt(2.0 / (self.patch_size**2 * d))),
+            bias_init=nn.initializers.zeros,
+        )
         self.cls_token = self.param("cls_token", _normal02, (1, 1, d))
         if self.pos_embed_init not in POS_EMBED_INITS:
             raise ValueError(f"pos_embed_init={self.pos_embed_init!r}: expected one of {POS_EMBED_INITS}")
         if self.pos_embed_init == "sincos":
             pos_init = lambda key, shape, dtype=jnp.float32: jnp.asarray(  # noqa: E731
-                sincos_embedding((gh, gw), d)[None], dtype)
+                sincos_embedding((gh, gw), d)[None], dtype
+            )
         else:
             pos_init = _normal02
         self.pos_embed = self.param("pos_embed", pos_init, (1, 1 + gh * gw, d))
@@ -285,13 +306,16 @@ class VisionTransformer(nn.Module):
             return cams
         return views
 
-    def __call__(self, images: jax.Array, camids: jax.Array, viewids: jax.Array | None = None, *,
-                 train: bool = False) -> jax.Array:
+    def __call__(
+        self, images: jax.Array, camids: jax.Array, viewids: jax.Array | None = None, *, train: bool = False
+    ) -> jax.Array:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"VisionTransformer: expected NHWC images [B,H,W,3], got shape {images.shape}")
         if tuple(images.shape[1:3]) != tuple(self.img_size):
-            raise ValueError(f"VisionTransformer: image size {tuple(images.shape[1:3])} != configured img_size "
-                             f"{tuple(self.img_size)} (the position embedding is sized for the latter)")
+            raise ValueError(
+                f"VisionTransformer: image size {tuple(images.shape[1:3])} != configured img_size "
+                f"{tuple(self.img_size)} (the position embedding is sized for the latter)"
+            )
         b = images.shape[0]
         x = self.patch_embed(images).astype(jnp.float32)  # [B, gh, gw, D]
         x = x.reshape(b, -1, self.embed_dim)  # row-major patch p = gw*y + x

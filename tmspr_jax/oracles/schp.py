@@ -57,13 +57,15 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None):
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
         self.bn1 = BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=dilation, dilation=dilation,
-                               bias=False)
+        self.conv2 = nn.Conv2d(
+            planes, planes, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, kernel_size=1, bias=False)
         self.bn3 = BatchNorm2d(planes * 4)
@@ -80,11 +82,16 @@ class Bottleneck(nn.Module):
 class PSPModule(nn.Module):
     def __init__(self, features: int, out_features: int = 512, sizes: Sequence[int] = (1, 2, 3, 6)):
         super().__init__()
-        self.stages = nn.ModuleList([
-            nn.Sequential(nn.AdaptiveAvgPool2d((s, s)), nn.Conv2d(features, out_features, 1, bias=False),
-                          InPlaceABNSync(out_features))
-            for s in sizes
-        ])  # fmt: skip
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.AdaptiveAvgPool2d((s, s)),
+                    nn.Conv2d(features, out_features, 1, bias=False),
+                    InPlaceABNSync(out_features),
+                )
+                for s in sizes
+            ]
+        )
         self.bottleneck = nn.Sequential(
             nn.Conv2d(features + len(sizes) * out_features, out_features, kernel_size=3, padding=1, bias=False),
             InPlaceABNSync(out_features),
@@ -92,8 +99,9 @@ class PSPModule(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         h, w = feats.shape[2:]
-        priors = [F.interpolate(stage(feats), size=(h, w), mode="bilinear", align_corners=True)
-                  for stage in self.stages] + [feats]  # fmt: skip
+        priors = [
+            F.interpolate(stage(feats), size=(h, w), mode="bilinear", align_corners=True) for stage in self.stages
+        ] + [feats]
         return self.bottleneck(torch.cat(priors, 1))
 
 
@@ -120,8 +128,12 @@ class Decoder_Module(nn.Module):  # noqa: N801 (SCHP's name)
         w1, w2, w3 = widths
         self.conv1 = nn.Sequential(nn.Conv2d(in_top, w1, 1, bias=False), InPlaceABNSync(w1))
         self.conv2 = nn.Sequential(nn.Conv2d(in_low, w2, 1, bias=False), InPlaceABNSync(w2))
-        self.conv3 = nn.Sequential(nn.Conv2d(w1 + w2, w3, 1, bias=False), InPlaceABNSync(w3),
-                                   nn.Conv2d(w3, w3, 1, bias=False), InPlaceABNSync(w3))
+        self.conv3 = nn.Sequential(
+            nn.Conv2d(w1 + w2, w3, 1, bias=False),
+            InPlaceABNSync(w3),
+            nn.Conv2d(w3, w3, 1, bias=False),
+            InPlaceABNSync(w3),
+        )
         self.conv4 = nn.Conv2d(w3, num_classes, kernel_size=1, bias=True)
 
     def forward(self, xt: torch.Tensor, xl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,9 +146,18 @@ class Decoder_Module(nn.Module):  # noqa: N801 (SCHP's name)
 class ResNet(nn.Module):
     """SCHP's AugmentCE2P ``ResNet``; forward returns ``[[parsing, fusion], [edge]]`` like SCHP's."""
 
-    def __init__(self, num_classes: int = 20, layers: Sequence[int] = (3, 4, 23, 3),
-                 stem: Sequence[int] = (64, 64, 128), planes: Sequence[int] = (64, 128, 256, 512), psp: int = 512,
-                 decoder: Sequence[int] = (256, 48, 256), edge: int = 256, edge_classes: int = 2, fusion: int = 256):
+    def __init__(
+        self,
+        num_classes: int = 20,
+        layers: Sequence[int] = (3, 4, 23, 3),
+        stem: Sequence[int] = (64, 64, 128),
+        planes: Sequence[int] = (64, 128, 256, 512),
+        psp: int = 512,
+        decoder: Sequence[int] = (256, 48, 256),
+        edge: int = 256,
+        edge_classes: int = 2,
+        fusion: int = 256,
+    ):
         super().__init__()
         self.conv1 = conv3x3(3, stem[0], stride=2)
         self.bn1 = BatchNorm2d(stem[0])
@@ -163,8 +184,9 @@ class ResNet(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * 4:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, kernel_size=1, stride=stride, bias=False),
-                                       BatchNorm2d(planes * 4))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * 4, kernel_size=1, stride=stride, bias=False), BatchNorm2d(planes * 4)
+            )
         layers = [Bottleneck(self.inplanes, planes, stride, dilation=dilation, downsample=downsample)]
         self.inplanes = planes * 4
         layers += [Bottleneck(self.inplanes, planes, dilation=dilation) for _ in range(1, blocks)]
@@ -214,8 +236,9 @@ def _get_3rd_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return b + np.array([-direct[1], direct[0]], dtype=np.float32)
 
 
-def get_affine_transform(center: np.ndarray, scale: np.ndarray, output_size: Sequence[int], inv: bool = False
-                         ) -> np.ndarray:
+def get_affine_transform(
+    center: np.ndarray, scale: np.ndarray, output_size: Sequence[int], inv: bool = False
+) -> np.ndarray:
     """utils/transforms.py ``get_affine_transform`` with rotation 0 and no shift."""
     import cv2
 
@@ -231,8 +254,11 @@ def get_affine_transform(center: np.ndarray, scale: np.ndarray, output_size: Seq
     dst[1, :] = np.array([(dst_w - 1) * 0.5, (dst_h - 1) * 0.5]) + dst_dir
     src[2:, :] = _get_3rd_point(src[0, :], src[1, :])
     dst[2:, :] = _get_3rd_point(dst[0, :], dst[1, :])
-    return cv2.getAffineTransform(np.float32(dst), np.float32(src)) if inv else cv2.getAffineTransform(
-        np.float32(src), np.float32(dst))
+    return (
+        cv2.getAffineTransform(np.float32(dst), np.float32(src))
+        if inv
+        else cv2.getAffineTransform(np.float32(src), np.float32(dst))
+    )
 
 
 def whole_image_box(h: int, w: int, input_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -255,8 +281,14 @@ def extract(model: ResNet, img_bgr: np.ndarray, input_size: Sequence[int] = (473
     h, w = img_bgr.shape[:2]
     center, scale = whole_image_box(h, w, input_size)
     trans = get_affine_transform(center, scale, input_size)
-    warped = cv2.warpAffine(img_bgr, trans, (int(input_size[1]), int(input_size[0])), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    warped = cv2.warpAffine(
+        img_bgr,
+        trans,
+        (int(input_size[1]), int(input_size[0])),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
     x = torch.from_numpy(warped).permute(2, 0, 1).float().div(255)
     x = (x - torch.tensor(BGR_MEAN).view(3, 1, 1)) / torch.tensor(BGR_STD).view(3, 1, 1)
     with torch.no_grad():
@@ -265,12 +297,22 @@ def extract(model: ResNet, img_bgr: np.ndarray, input_size: Sequence[int] = (473
     return transform_logits(up.permute(1, 2, 0).numpy(), center, scale, w, h, input_size)
 
 
-def transform_logits(logits: np.ndarray, center: np.ndarray, scale: np.ndarray, width: int, height: int,
-                     input_size: Sequence[int]) -> np.ndarray:
+def transform_logits(
+    logits: np.ndarray, center: np.ndarray, scale: np.ndarray, width: int, height: int, input_size: Sequence[int]
+) -> np.ndarray:
     """utils/transforms.py ``transform_logits``: each channel warped back to the image by the inverse affine."""
     import cv2
 
     trans = get_affine_transform(center, scale, input_size, inv=True)
-    chans = [cv2.warpAffine(logits[:, :, i], trans, (int(width), int(height)), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0,)) for i in range(logits.shape[2])]
+    chans = [
+        cv2.warpAffine(
+            logits[:, :, i],
+            trans,
+            (int(width), int(height)),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(0,),
+        )
+        for i in range(logits.shape[2])
+    ]
     return np.stack(chans, axis=2)

@@ -25,9 +25,15 @@ def unused_key_patterns(depth: int = 12) -> tuple[str, ...]:
         rf"^base\.blocks\.{depth - 1}\.",  # the last backbone block: b1/b2 are copies of it
         r"^base\.norm\.",
         r"^base\.fc\.",
-        r"^classifier2\.", r"^classifier_c\.", r"^classifier3_[1-4]\.",
-        r"^classifier_bp\.", r"^classifier_bp[1-5]\.",
-        r"^bottleneck2\.", r"^bottleneck3_[1-4]\.", r"^bottleneck_bp\.", r"^bottleneck_0\.",
+        r"^classifier2\.",
+        r"^classifier_c\.",
+        r"^classifier3_[1-4]\.",
+        r"^classifier_bp\.",
+        r"^classifier_bp[1-5]\.",
+        r"^bottleneck2\.",
+        r"^bottleneck3_[1-4]\.",
+        r"^bottleneck_bp\.",
+        r"^bottleneck_0\.",
         r"^NL[._0-9]",  # the four unused nonLocal modules
     )
 
@@ -114,8 +120,9 @@ class PatchEmbed(nn.Module):
 class TransReIDBase(nn.Module):
     """The backbone in JPM mode: blocks 0..depth-2, raw residual stream out (no final norm)."""
 
-    def __init__(self, img_size, patch, stride, dim, depth, num_heads, mlp_ratio, drop_path, num_cameras, num_views,
-                 sie_coe):
+    def __init__(
+        self, img_size, patch, stride, dim, depth, num_heads, mlp_ratio, drop_path, num_cameras, num_views, sie_coe
+    ):
         super().__init__()
         gh, gw = patch_grid(img_size, patch, stride)
         self.cam_num, self.view_num, self.sie_coe = num_cameras, num_views, sie_coe
@@ -152,7 +159,7 @@ class TransReIDBase(nn.Module):
 
 def _shuffle_unit(features, shift: int, group: int, begin: int = 1):
     b, d = features.size(0), features.size(-1)
-    x = torch.cat([features[:, begin - 1 + shift:], features[:, begin:begin - 1 + shift]], dim=1)
+    x = torch.cat([features[:, begin - 1 + shift :], features[:, begin : begin - 1 + shift]], dim=1)
     if x.size(1) % group:
         x = torch.cat([x, x[:, -2:-1, :]], dim=1)
     x = x.view(b, group, -1, d)
@@ -167,28 +174,70 @@ class TorchTMSPR(nn.Module):
     reference does.
     """
 
-    def __init__(self, num_classes: int, img_size=(256, 128), num_cameras: int = 0, num_views: int = 0,
-                 patch_size: int = 16, stride=(11, 11), embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
-                 mlp_ratio: float = 4.0, drop_path: float = 0.1, sie_coe: float = 3.0, re_arrange: bool = True,
-                 shift_num: int = 5, shuffle_groups: int = 2, divide_length: int = 6, neck_feat: str = "before"):
+    def __init__(
+        self,
+        num_classes: int,
+        img_size=(256, 128),
+        num_cameras: int = 0,
+        num_views: int = 0,
+        patch_size: int = 16,
+        stride=(11, 11),
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.1,
+        sie_coe: float = 3.0,
+        re_arrange: bool = True,
+        shift_num: int = 5,
+        shuffle_groups: int = 2,
+        divide_length: int = 6,
+        neck_feat: str = "before",
+    ):
         super().__init__()
         d = embed_dim
         self.grid = patch_grid(img_size, patch_size, stride)
         self.embed_dim = d
         self.rearrange, self.shift_num, self.shuffle_groups = re_arrange, shift_num, shuffle_groups
         self.divide_length, self.neck_feat = divide_length, neck_feat
-        self.base = TransReIDBase(img_size, patch_size, stride, d, depth, num_heads, mlp_ratio, drop_path,
-                                  num_cameras, num_views, sie_coe)
+        self.base = TransReIDBase(
+            img_size, patch_size, stride, d, depth, num_heads, mlp_ratio, drop_path, num_cameras, num_views, sie_coe
+        )
         last = drop_path_rates(drop_path, depth)[-1]
         self.b1 = nn.Sequential(Block(d, num_heads, mlp_ratio, last), nn.LayerNorm(d, eps=1e-6))
         self.b2 = nn.Sequential(Block(d, num_heads, mlp_ratio, last), nn.LayerNorm(d, eps=1e-6))
         self.linear_layer = nn.Linear(d, 6, bias=False)
-        for name in ("classifier", "classifier_occ1", "classifier_occ2", "classifier_occ3", "classifier_1",
-                     "classifier_2", "classifier_3", "classifier_4", "classifier_5", "classifier_0", "classifier_cp"):
+        for name in (
+            "classifier",
+            "classifier_occ1",
+            "classifier_occ2",
+            "classifier_occ3",
+            "classifier_1",
+            "classifier_2",
+            "classifier_3",
+            "classifier_4",
+            "classifier_5",
+            "classifier_0",
+            "classifier_cp",
+        ):
             setattr(self, name, nn.Linear(d, num_classes, bias=False))
-        for name in ("bottleneck", "bottleneck_occ1", "bottleneck_occ2", "bottleneck_occ3", "bottleneck_1",
-                     "bottleneck_2", "bottleneck_3", "bottleneck_4", "bottleneck_cp", "bottleneck_bp0",
-                     "bottleneck_bp1", "bottleneck_bp2", "bottleneck_bp3", "bottleneck_bp4", "bottleneck_bp5"):
+        for name in (
+            "bottleneck",
+            "bottleneck_occ1",
+            "bottleneck_occ2",
+            "bottleneck_occ3",
+            "bottleneck_1",
+            "bottleneck_2",
+            "bottleneck_3",
+            "bottleneck_4",
+            "bottleneck_cp",
+            "bottleneck_bp0",
+            "bottleneck_bp1",
+            "bottleneck_bp2",
+            "bottleneck_bp3",
+            "bottleneck_bp4",
+            "bottleneck_bp5",
+        ):
             bn = nn.BatchNorm1d(d)
             bn.bias.requires_grad_(False)  # the reference freezes the BNNeck bias at 0
             setattr(self, name, bn)
@@ -207,15 +256,19 @@ class TorchTMSPR(nn.Module):
         x = _shuffle_unit(features, self.shift_num, self.shuffle_groups) if self.rearrange else features[:, 1:]
         local_feats = []
         for k in range(4):
-            seq = torch.cat((token, x[:, patch_length * k:patch_length * (k + 1)]), dim=1)
+            seq = torch.cat((token, x[:, patch_length * k : patch_length * (k + 1)]), dim=1)
             local_feats.append(self.b2(seq)[:, 0])
 
         feat = self.bottleneck(global_feat)
         feat2 = self.bottleneck_occ1(global_feat2)
         feat3 = self.bottleneck_occ2(global_feat3)
         feat4 = self.bottleneck_occ3(global_feat4)
-        local_bn = [self.bottleneck_1(local_feats[0]), self.bottleneck_2(local_feats[1]),
-                    self.bottleneck_3(local_feats[2]), self.bottleneck_4(local_feats[3])]
+        local_bn = [
+            self.bottleneck_1(local_feats[0]),
+            self.bottleneck_2(local_feats[1]),
+            self.bottleneck_3(local_feats[2]),
+            self.bottleneck_4(local_feats[3]),
+        ]
 
         # HSPM
         b = features.size(0)
@@ -228,7 +281,7 @@ class TorchTMSPR(nn.Module):
         mask_fore = attn[..., 1:].sum(dim=-1, keepdim=True)
         part_feats = []
         for i in range(6):
-            w = mask_fore if i == 0 else attn[..., i:i + 1]
+            w = mask_fore if i == 0 else attn[..., i : i + 1]
             z = (w * patches).reshape(b, gh * gw, self.embed_dim)
             part_feats.append(self.b2(torch.cat((token, z), dim=1))[:, 0])
 
@@ -249,15 +302,35 @@ class TorchTMSPR(nn.Module):
         bps = [getattr(self, f"bottleneck_bp{i}")(part_feats[i]) for i in range(6)]
 
         if self.training:
-            scores = [self.classifier(feat), self.classifier_occ1(feat2), self.classifier_occ2(feat3),
-                      self.classifier_occ3(feat4),
-                      self.classifier_1(local_bn[0]), self.classifier_2(local_bn[1]), self.classifier_3(local_bn[2]),
-                      self.classifier_4(local_bn[3]),
-                      self.classifier_cp(bp_feat_cp), self.classifier_0(bps[0]),
-                      self.classifier_1(bps[1]), self.classifier_2(bps[2]), self.classifier_3(bps[3]),
-                      self.classifier_4(bps[4]), self.classifier_5(bps[5])]
-            feats = [global_feat, output_features, channel_features, complemented, global_feat2, global_feat3,
-                     global_feat4, *local_feats, feat_c1, *part_feats]
+            scores = [
+                self.classifier(feat),
+                self.classifier_occ1(feat2),
+                self.classifier_occ2(feat3),
+                self.classifier_occ3(feat4),
+                self.classifier_1(local_bn[0]),
+                self.classifier_2(local_bn[1]),
+                self.classifier_3(local_bn[2]),
+                self.classifier_4(local_bn[3]),
+                self.classifier_cp(bp_feat_cp),
+                self.classifier_0(bps[0]),
+                self.classifier_1(bps[1]),
+                self.classifier_2(bps[2]),
+                self.classifier_3(bps[3]),
+                self.classifier_4(bps[4]),
+                self.classifier_5(bps[5]),
+            ]
+            feats = [
+                global_feat,
+                output_features,
+                channel_features,
+                complemented,
+                global_feat2,
+                global_feat3,
+                global_feat4,
+                *local_feats,
+                feat_c1,
+                *part_feats,
+            ]
             return scores, feats
         if self.neck_feat == "after":
             return torch.cat([feat] + [lb / 4 for lb in local_bn], dim=1)
@@ -277,16 +350,33 @@ class TorchTransReID(nn.Module):
     'after' ``[bn(g), bn_k(jpm_k)/4]``.
     """
 
-    def __init__(self, num_classes: int, img_size=(256, 128), num_cameras: int = 0, num_views: int = 0,
-                 patch_size: int = 16, stride=(11, 11), embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
-                 mlp_ratio: float = 4.0, drop_path: float = 0.1, sie_coe: float = 3.0, re_arrange: bool = True,
-                 shift_num: int = 5, shuffle_groups: int = 2, divide_length: int = 4, neck_feat: str = "before"):
+    def __init__(
+        self,
+        num_classes: int,
+        img_size=(256, 128),
+        num_cameras: int = 0,
+        num_views: int = 0,
+        patch_size: int = 16,
+        stride=(11, 11),
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.1,
+        sie_coe: float = 3.0,
+        re_arrange: bool = True,
+        shift_num: int = 5,
+        shuffle_groups: int = 2,
+        divide_length: int = 4,
+        neck_feat: str = "before",
+    ):
         super().__init__()
         d = embed_dim
         self.rearrange, self.shift_num, self.shuffle_groups = re_arrange, shift_num, shuffle_groups
         self.divide_length, self.neck_feat = divide_length, neck_feat
-        self.base = TransReIDBase(img_size, patch_size, stride, d, depth, num_heads, mlp_ratio, drop_path,
-                                  num_cameras, num_views, sie_coe)
+        self.base = TransReIDBase(
+            img_size, patch_size, stride, d, depth, num_heads, mlp_ratio, drop_path, num_cameras, num_views, sie_coe
+        )
         last = drop_path_rates(drop_path, depth)[-1]
         self.b1 = nn.Sequential(Block(d, num_heads, mlp_ratio, last), nn.LayerNorm(d, eps=1e-6))
         self.b2 = nn.Sequential(Block(d, num_heads, mlp_ratio, last), nn.LayerNorm(d, eps=1e-6))
@@ -303,13 +393,15 @@ class TorchTransReID(nn.Module):
         patch_length = (features.size(1) - 1) // self.divide_length
         token = features[:, 0:1]
         x = _shuffle_unit(features, self.shift_num, self.shuffle_groups) if self.rearrange else features[:, 1:]
-        local_feats = [self.b2(torch.cat((token, x[:, patch_length * k:patch_length * (k + 1)]), dim=1))[:, 0]
-                       for k in range(4)]
+        local_feats = [
+            self.b2(torch.cat((token, x[:, patch_length * k : patch_length * (k + 1)]), dim=1))[:, 0] for k in range(4)
+        ]
         feat = self.bottleneck(global_feat)
         local_bn = [getattr(self, f"bottleneck_{k + 1}")(lf) for k, lf in enumerate(local_feats)]
         if self.training:
-            scores = [self.classifier(feat)] + [getattr(self, f"classifier_{k + 1}")(lb)
-                                                for k, lb in enumerate(local_bn)]
+            scores = [self.classifier(feat)] + [
+                getattr(self, f"classifier_{k + 1}")(lb) for k, lb in enumerate(local_bn)
+            ]
             return scores, [global_feat, *local_feats]
         if self.neck_feat == "after":
             return torch.cat([feat] + [lb / 4 for lb in local_bn], dim=1)
@@ -319,8 +411,9 @@ class TorchTransReID(nn.Module):
         return self.forward(images, cam_label)
 
 
-def build_torch_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_cameras: int
-                      ) -> TorchTMSPR | TorchTransReID:
+def build_torch_model(
+    model_cfg: Any, img_size: Sequence[int], num_classes: int, num_cameras: int
+) -> TorchTMSPR | TorchTransReID:
     """The oracle for a ``config.model`` node, with the same geometry rules as ``tmspr_jax.models.build_model``:
     T-MSPR, or TransReID when the three additions are off (``multi_view``, ``perception``, ``recovery``)."""
     stride = model_cfg["stride"]
@@ -329,18 +422,30 @@ def build_torch_model(model_cfg: Any, img_size: Sequence[int], num_classes: int,
         stride = stride * 2
     on = [bool(model_cfg.get(k, True)) for k in ("multi_view", "perception", "recovery")]
     if any(on) and not all(on):
-        raise ValueError("the PyTorch oracles are T-MSPR (every addition on) and TransReID (every addition off); "
-                         f"multi_view, perception, recovery = {on}")
+        raise ValueError(
+            "the PyTorch oracles are T-MSPR (every addition on) and TransReID (every addition off); "
+            f"multi_view, perception, recovery = {on}"
+        )
     cls = TorchTMSPR if all(on) else TorchTransReID
     return cls(
-        num_classes=int(num_classes), img_size=tuple(int(s) for s in img_size),
-        num_cameras=int(num_cameras) if model_cfg["sie_camera"] else 0, num_views=1 if model_cfg["sie_view"] else 0,
-        patch_size=int(model_cfg["patch_size"]), stride=stride, embed_dim=int(model_cfg["embed_dim"]),
-        depth=int(model_cfg["depth"]), num_heads=int(model_cfg["num_heads"]),
-        mlp_ratio=float(model_cfg["mlp_ratio"]), drop_path=float(model_cfg["drop_path"]),
-        sie_coe=float(model_cfg["sie_coe"]), re_arrange=bool(model_cfg["re_arrange"]),
-        shift_num=int(model_cfg["shift_num"]), shuffle_groups=int(model_cfg["shuffle_groups"]),
-        divide_length=int(model_cfg["divide_length"]), neck_feat=str(model_cfg["neck_feat"]))
+        num_classes=int(num_classes),
+        img_size=tuple(int(s) for s in img_size),
+        num_cameras=int(num_cameras) if model_cfg["sie_camera"] else 0,
+        num_views=1 if model_cfg["sie_view"] else 0,
+        patch_size=int(model_cfg["patch_size"]),
+        stride=stride,
+        embed_dim=int(model_cfg["embed_dim"]),
+        depth=int(model_cfg["depth"]),
+        num_heads=int(model_cfg["num_heads"]),
+        mlp_ratio=float(model_cfg["mlp_ratio"]),
+        drop_path=float(model_cfg["drop_path"]),
+        sie_coe=float(model_cfg["sie_coe"]),
+        re_arrange=bool(model_cfg["re_arrange"]),
+        shift_num=int(model_cfg["shift_num"]),
+        shuffle_groups=int(model_cfg["shuffle_groups"]),
+        divide_length=int(model_cfg["divide_length"]),
+        neck_feat=str(model_cfg["neck_feat"]),
+    )
 
 
 def state_dict_numpy(model: nn.Module) -> dict[str, Any]:

@@ -91,12 +91,29 @@ class _Convs:
     def __init__(self, dtype: Any, precision: Any):
         self.dtype, self.precision = dtype, precision
 
-    def __call__(self, features: int, k: int, name: str, stride: int = 1, dilation: int = 1, bias: bool = False,
-                 padding: int | None = None) -> nn.Conv:
+    def __call__(
+        self,
+        features: int,
+        k: int,
+        name: str,
+        stride: int = 1,
+        dilation: int = 1,
+        bias: bool = False,
+        padding: int | None = None,
+    ) -> nn.Conv:
         p = (k // 2) * dilation if padding is None else padding
-        return nn.Conv(features, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
-                       kernel_dilation=(dilation, dilation), use_bias=bias, dtype=self.dtype,
-                       param_dtype=jnp.float32, precision=self.precision, name=name)
+        return nn.Conv(
+            features,
+            (k, k),
+            strides=(stride, stride),
+            padding=((p, p), (p, p)),
+            kernel_dilation=(dilation, dilation),
+            use_bias=bias,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            precision=self.precision,
+            name=name,
+        )
 
 
 def _interp_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -246,18 +263,28 @@ class AugmentCE2P(nn.Module):
             stride, dilation = ((1, 1), (2, 1), (2, 1), (1, 2))[i]  # stage 4: stride 1, dilation 2
             for j in range(n):
                 first = j == 0
-                x = Bottleneck(planes, stride if first else 1, dilation,
-                               downsample=first and (stride != 1 or inplanes != planes * 4), dtype=self.dtype,
-                               precision=self.precision, name=f"layer{i + 1}_{j}")(x)
+                x = Bottleneck(
+                    planes,
+                    stride if first else 1,
+                    dilation,
+                    downsample=first and (stride != 1 or inplanes != planes * 4),
+                    dtype=self.dtype,
+                    precision=self.precision,
+                    name=f"layer{i + 1}_{j}",
+                )(x)
             inplanes = planes * 4
             feats.append(x)
         x2, x3, x4, x5 = feats
         ctx = PSPModule(a.psp, self.dtype, self.precision, name="context_encoding")(x5)
-        parsing, parsing_fea = DecoderModule(a.decoder, a.num_classes, self.dtype, self.precision,
-                                             name="decoder")(ctx, x2)
+        parsing, parsing_fea = DecoderModule(a.decoder, a.num_classes, self.dtype, self.precision, name="decoder")(
+            ctx, x2
+        )
         edge, edge_fea = EdgeModule(a.edge, a.edge_classes, self.dtype, self.precision, name="edge")(x2, x3, x4)
         x = jnp.concatenate([parsing_fea, edge_fea], axis=-1)
         x = ABN(name="fushion_1")(conv(a.fusion, 1, "fushion_0")(x))  # fushion_2 is dropout: identity here
         fusion = conv(a.num_classes, 1, "fushion_3", bias=True)(x)
-        return {"fusion": fusion.astype(jnp.float32), "parsing": parsing.astype(jnp.float32),
-                "edge": edge.astype(jnp.float32)}
+        return {
+            "fusion": fusion.astype(jnp.float32),
+            "parsing": parsing.astype(jnp.float32),
+            "edge": edge.astype(jnp.float32),
+        }

@@ -61,21 +61,34 @@ def warp_to_input(img_bgr: np.ndarray, input_size: Sequence[int]) -> tuple[np.nd
     cv2 = _cv2()
     h, w = img_bgr.shape[:2]
     center, scale = whole_image_box(h, w, input_size)
-    warped = cv2.warpAffine(img_bgr, affine(center, scale, input_size), (int(input_size[1]), int(input_size[0])),
-                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    warped = cv2.warpAffine(
+        img_bgr,
+        affine(center, scale, input_size),
+        (int(input_size[1]), int(input_size[0])),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
     return warped, center, scale
 
 
-def warp_to_image(logits: np.ndarray, center: np.ndarray, scale: np.ndarray, height: int, width: int,
-                  input_size: Sequence[int]) -> np.ndarray:
+def warp_to_image(
+    logits: np.ndarray, center: np.ndarray, scale: np.ndarray, height: int, width: int, input_size: Sequence[int]
+) -> np.ndarray:
     """Input-sized logits ``[H, W, C]`` float32 -> the image's ``[height, width, C]`` (inverse affine, border 0)."""
     cv2 = _cv2()
     trans = affine(center, scale, input_size, inverse=True)
     logits = np.asarray(logits, np.float32)
     out = np.empty((height, width, logits.shape[2]), np.float32)
     for i in range(logits.shape[2]):  # one channel at a time, as SCHP (OpenCV's kernels differ by channel count)
-        out[:, :, i] = cv2.warpAffine(np.ascontiguousarray(logits[:, :, i]), trans, (int(width), int(height)),
-                                      flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0,))
+        out[:, :, i] = cv2.warpAffine(
+            np.ascontiguousarray(logits[:, :, i]),
+            trans,
+            (int(width), int(height)),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(0,),
+        )
     return out
 
 

@@ -71,8 +71,15 @@ class Parser:
     network input SCHP uses for the checkpoint's dataset (``meta.json``).
     """
 
-    def __init__(self, folder: str, *, dtype: str = "float32", batch_size: int = 8,
-                 devices: Sequence[jax.Device] | None = None, input_size: Sequence[int] | None = None):
+    def __init__(
+        self,
+        folder: str,
+        *,
+        dtype: str = "float32",
+        batch_size: int = 8,
+        devices: Sequence[jax.Device] | None = None,
+        input_size: Sequence[int] | None = None,
+    ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if batch_size < 1:
@@ -84,8 +91,7 @@ class Parser:
         self.labels = tuple(self.meta.get("labels", ()))
         self.dtype = dtype
         devices = list(devices or jax.devices())
-        self.mesh = jax.sharding.Mesh(np.array(devices), ("data",),
-                                      axis_types=(jax.sharding.AxisType.Auto,))  # fmt: skip
+        self.mesh = jax.sharding.Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
         self.batch_size = batch_size * len(devices)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self._data = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
@@ -95,8 +101,13 @@ class Parser:
     def fingerprint(self) -> dict[str, Any]:
         """What determines the numbers: the weights file, dtype and batch size (see the module docstring)."""
         st = os.stat(os.path.join(self.folder, VARIABLES_FILE))
-        return {"parser": self.folder, "weights_size": st.st_size, "weights_mtime": int(st.st_mtime),
-                "dtype": self.dtype, "batch_size": self.batch_size}
+        return {
+            "parser": self.folder,
+            "weights_size": st.st_size,
+            "weights_mtime": int(st.st_mtime),
+            "dtype": self.dtype,
+            "batch_size": self.batch_size,
+        }
 
     def logits(self, warped: np.ndarray) -> jax.Array:
         """``uint8`` BGR inputs ``[B, H, W, 3]`` already warped to the input size (``B`` = :attr:`batch_size`) ->
@@ -115,9 +126,17 @@ class Parser:
     def num_batches(self, n: int) -> int:
         return -(-n // self.batch_size)
 
-    def run(self, items: Sequence[Item], post: Callable[[Item, np.ndarray], Any],
-            on_batch: Callable[[int, list[Item], list[Any]], None], *, todo: Iterable[int] | None = None,
-            workers: int | None = None, progress: bool = True, desc: str = "parsing") -> None:
+    def run(
+        self,
+        items: Sequence[Item],
+        post: Callable[[Item, np.ndarray], Any],
+        on_batch: Callable[[int, list[Item], list[Any]], None],
+        *,
+        todo: Iterable[int] | None = None,
+        workers: int | None = None,
+        progress: bool = True,
+        desc: str = "parsing",
+    ) -> None:
         """Parses ``items`` batch by batch: ``post(item, logits [h, w, C])`` runs in worker threads for each image,
         then ``on_batch(k, items, results)`` in this thread, batches in order. ``todo`` limits the batches run."""
         b = self.batch_size
@@ -127,17 +146,18 @@ class Parser:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=sum(len(items[k * b:(k + 1) * b]) for k in todo), desc=desc, unit="img")
+            bar = tqdm(total=sum(len(items[k * b : (k + 1) * b]) for k in todo), desc=desc, unit="img")
         with ThreadPoolExecutor(workers) as pool:
 
             def load(k: int) -> list:
-                return [pool.submit(self.prepare, it) for it in items[k * b:(k + 1) * b]]
+                return [pool.submit(self.prepare, it) for it in items[k * b : (k + 1) * b]]
 
             def finish(k: int, out: jax.Array, prepared: list[Prepared]) -> None:
                 host = np.asarray(out)
-                batch = list(items[k * b:(k + 1) * b])
-                results = list(pool.map(lambda i: post(batch[i], self.to_image(host[i], prepared[i])),
-                                        range(len(batch))))
+                batch = list(items[k * b : (k + 1) * b])
+                results = list(
+                    pool.map(lambda i: post(batch[i], self.to_image(host[i], prepared[i])), range(len(batch)))
+                )
                 on_batch(k, batch, results)
                 if bar is not None:
                     bar.update(len(batch))
@@ -161,9 +181,17 @@ class Parser:
             bar.close()
 
 
-def run_restartable(parser: Parser, items: Sequence[Item], post: Callable[[Item, np.ndarray], np.ndarray],
-                    work_dir: str, settings: dict[str, Any], *, max_images: int | None = None,
-                    progress: bool = True, desc: str = "parsing") -> np.ndarray | None:
+def run_restartable(
+    parser: Parser,
+    items: Sequence[Item],
+    post: Callable[[Item, np.ndarray], np.ndarray],
+    work_dir: str,
+    settings: dict[str, Any],
+    *,
+    max_images: int | None = None,
+    progress: bool = True,
+    desc: str = "parsing",
+) -> np.ndarray | None:
     """Runs ``post`` (returning an array per image) over ``items`` and returns the stacked results, recording
     each finished batch in ``work_dir`` (``settings.json`` + ``batch_<k>.npy``) so that a killed run resumes there.
 

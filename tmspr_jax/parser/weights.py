@@ -22,16 +22,62 @@ KIND = "schp"
 
 # SCHP's simple_extractor.py dataset_settings, keyed by the checkpoint's class count.
 DATASETS: dict[int, dict[str, Any]] = {
-    20: {"dataset": "lip", "input_size": (473, 473), "labels": (
-        "Background", "Hat", "Hair", "Glove", "Sunglasses", "Upper-clothes", "Dress", "Coat", "Socks", "Pants",
-        "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm", "Left-leg", "Right-leg", "Left-shoe",
-        "Right-shoe")},
-    18: {"dataset": "atr", "input_size": (512, 512), "labels": (
-        "Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt", "Left-shoe",
-        "Right-shoe", "Face", "Left-leg", "Right-leg", "Left-arm", "Right-arm", "Bag", "Scarf")},
-    7: {"dataset": "pascal", "input_size": (512, 512), "labels": (
-        "Background", "Head", "Torso", "Upper Arms", "Lower Arms", "Upper Legs", "Lower Legs")},
-}  # fmt: skip
+    20: {
+        "dataset": "lip",
+        "input_size": (473, 473),
+        "labels": (
+            "Background",
+            "Hat",
+            "Hair",
+            "Glove",
+            "Sunglasses",
+            "Upper-clothes",
+            "Dress",
+            "Coat",
+            "Socks",
+            "Pants",
+            "Jumpsuits",
+            "Scarf",
+            "Skirt",
+            "Face",
+            "Left-arm",
+            "Right-arm",
+            "Left-leg",
+            "Right-leg",
+            "Left-shoe",
+            "Right-shoe",
+        ),
+    },
+    18: {
+        "dataset": "atr",
+        "input_size": (512, 512),
+        "labels": (
+            "Background",
+            "Hat",
+            "Hair",
+            "Sunglasses",
+            "Upper-clothes",
+            "Skirt",
+            "Pants",
+            "Dress",
+            "Belt",
+            "Left-shoe",
+            "Right-shoe",
+            "Face",
+            "Left-leg",
+            "Right-leg",
+            "Left-arm",
+            "Right-arm",
+            "Bag",
+            "Scarf",
+        ),
+    },
+    7: {
+        "dataset": "pascal",
+        "input_size": (512, 512),
+        "labels": ("Background", "Head", "Torso", "Upper Arms", "Lower Arms", "Upper Legs", "Lower Legs"),
+    },
+}
 
 
 def dataset_settings(num_classes: int) -> dict[str, Any]:

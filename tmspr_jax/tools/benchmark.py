@@ -38,15 +38,22 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command line's flags (defined only when run as a program, so that importing this module defines none)."""
-    config_flags.DEFINE_config_file("config", None, "Config whose model/img_size to use (default: the base "
-                                   "config, i.e. ViT-B/16 at 256x128, stride 11).")
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Config whose model/img_size to use (default: the base config, i.e. ViT-B/16 at 256x128, stride 11).",
+    )
     flags.DEFINE_integer("depth", None, "Override model.depth.")
     flags.DEFINE_integer("embed_dim", None, "Override model.embed_dim.")
     flags.DEFINE_integer("num_heads", None, "Override model.num_heads.")
     flags.DEFINE_string("img_size", None, "Override img_size as HxW, e.g. 256x128.")
     flags.DEFINE_integer("batch", 32, "Batch size (images per eval batch, samples per training step).")
-    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (JAX: model.dtype; "
-                      "PyTorch: autocast to the same dtype).")
+    flags.DEFINE_enum(
+        "dtype",
+        "float32",
+        ["float32", "bfloat16"],
+        "Compute dtype (JAX: model.dtype; PyTorch: autocast to the same dtype).",
+    )
     flags.DEFINE_integer("num_classes", 702, "Classifier width (Occluded-Duke: 702).")
     flags.DEFINE_integer("num_cameras", 8, "Camera-embedding rows (Occluded-Duke: 8).")
     flags.DEFINE_integer("iters", 10, "Timed iterations per measurement.")
@@ -90,8 +97,9 @@ def _time(fn: Callable[[], Any], sync: Callable[[Any], Any], warmup: int, iters:
 def _jax_device() -> str:
     d = jax.devices()[0]
     kind = getattr(d, "device_kind", d.platform)
-    return f"{d.platform}: {kind} x{jax.device_count()}" + (f" ({platform.processor() or platform.machine()})"
-                                                            if d.platform == "cpu" else "")
+    return f"{d.platform}: {kind} x{jax.device_count()}" + (
+        f" ({platform.processor() or platform.machine()})" if d.platform == "cpu" else ""
+    )
 
 
 def _jax_eval(model, variables, images, camids) -> Callable[[], jax.Array]:
@@ -105,8 +113,14 @@ def _jax_train(model, variables, views, camids, pids, lr: float) -> Callable[[],
     tx = optax.sgd(lr, momentum=0.9)
 
     def loss_fn(params, batch_stats, rng):
-        out, mut = model.apply({"params": params, "batch_stats": batch_stats}, views, camids, train=True,
-                               mutable=["batch_stats"], rngs={"drop_path": rng})
+        out, mut = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            views,
+            camids,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"drop_path": rng},
+        )
         loss = sum(optax.softmax_cross_entropy_with_integer_labels(lg, pids).mean() for lg in out.all_logits())
         return loss, mut["batch_stats"]
 
@@ -119,8 +133,10 @@ def _jax_train(model, variables, views, camids, pids, lr: float) -> Callable[[],
 
     params = variables["params"]
     # private copies: the state is donated and updated in place step after step
-    holder = {"state": jax.tree_util.tree_map(jnp.array, (params, variables["batch_stats"], tx.init(params))),
-              "rng": jax.random.key(0)}
+    holder = {
+        "state": jax.tree_util.tree_map(jnp.array, (params, variables["batch_stats"], tx.init(params))),
+        "rng": jax.random.key(0),
+    }
 
     def run():
         holder["rng"], r = jax.random.split(holder["rng"])
@@ -187,9 +203,11 @@ def main(argv: list[str]) -> None:
     camids_np = rs.randint(0, FLAGS.num_cameras, b).astype(np.int32)
     pids_np = rs.randint(0, FLAGS.num_classes, b).astype(np.int32)
     m = cfg.model
-    print(f"model: depth {m.depth}, embed_dim {m.embed_dim}, heads {m.num_heads}, img {h}x{w}, stride "
-          f"{tuple(model.stride)}, grid {model.grid[0]}x{model.grid[1]}, classes {FLAGS.num_classes}, batch {b}, "
-          f"dtype {FLAGS.dtype}, drop_path {m.drop_path}")
+    print(
+        f"model: depth {m.depth}, embed_dim {m.embed_dim}, heads {m.num_heads}, img {h}x{w}, stride "
+        f"{tuple(model.stride)}, grid {model.grid[0]}x{model.grid[1]}, classes {FLAGS.num_classes}, batch {b}, "
+        f"dtype {FLAGS.dtype}, drop_path {m.drop_path}"
+    )
     print(f"JAX device: {_jax_device()} (jax {jax.__version__})")
 
     images, camids = jnp.asarray(images_np), jnp.asarray(camids_np)
@@ -219,15 +237,19 @@ def main(argv: list[str]) -> None:
         rows.append(("train step (fwd+bwd+SGD)", jt, tt))
 
     print()
-    print(f"{'measurement':<26} {'JAX ms':>10} {'JAX img/s':>10} {'PyTorch ms':>11} {'PyTorch img/s':>14} "
-          f"{'JAX/PyTorch speed':>18}")
+    print(
+        f"{'measurement':<26} {'JAX ms':>10} {'JAX img/s':>10} {'PyTorch ms':>11} {'PyTorch img/s':>14} "
+        f"{'JAX/PyTorch speed':>18}"
+    )
     for name, jt, tt in rows:
         t_ms = f"{tt * 1e3:11.1f}" if tt else f"{'-':>11}"
         t_ips = f"{b / tt:14.1f}" if tt else f"{'-':>14}"
         ratio = f"{tt / jt:17.2f}x" if tt else f"{'-':>18}"
         print(f"{name:<26} {jt * 1e3:10.1f} {b / jt:10.1f} {t_ms} {t_ips} {ratio}")
-    print(f"(median of {FLAGS.iters} timed iterations after {FLAGS.warmup} warm-up; img/s = batch / time; "
-          "JAX/PyTorch speed = PyTorch time / JAX time)")
+    print(
+        f"(median of {FLAGS.iters} timed iterations after {FLAGS.warmup} warm-up; img/s = batch / time; "
+        "JAX/PyTorch speed = PyTorch time / JAX time)"
+    )
 
 
 if __name__ == "__main__":

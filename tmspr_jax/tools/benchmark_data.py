@@ -41,8 +41,9 @@ class InMemorySplit:
         h, w = size
         self.pids = np.arange(num_images) // per_id
         self.camids = rng.integers(0, 6, num_images)
-        self.file_names = np.array([f"{p:04d}_c{c + 1}s1_{i:06d}_00.jpg" for i, (p, c) in
-                                    enumerate(zip(self.pids, self.camids))], dtype=object)  # fmt: skip
+        self.file_names = np.array(
+            [f"{p:04d}_c{c + 1}s1_{i:06d}_00.jpg" for i, (p, c) in enumerate(zip(self.pids, self.camids))], dtype=object
+        )
         yy, xx = np.mgrid[0:h, 0:w]
         self._images = []
         for _ in range(num_images):
@@ -64,8 +65,12 @@ class InMemorySplit:
         return len(self._images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self._images[i], "pid": int(self.pids[i]), "camid": int(self.camids[i]),
-                "file_name": str(self.file_names[i])}  # fmt: skip
+        return {
+            "image": self._images[i],
+            "pid": int(self.pids[i]),
+            "camid": int(self.camids[i]),
+            "file_name": str(self.file_names[i]),
+        }
 
 
 def per_sample_seconds(split: InMemorySplit, cfg, n: int = 64, repeats: int = 3) -> float:
@@ -113,8 +118,10 @@ def main(argv: Sequence[str]) -> None:
     targets = ParsingTargets(
         targets=np.zeros((len(split), 22, 11, 6), np.float32), weights=np.ones(len(split), np.float32), num_missing=0
     )
-    print(f"host: {os.cpu_count()} logical cores; split: {len(split)} JPEGs 128x64, {split.num_classes} ids; "
-          f"input {cfg.img_size[0]}x{cfg.img_size[1]}, batch {cfg.data.batch_size}")  # fmt: skip
+    print(
+        f"host: {os.cpu_count()} logical cores; split: {len(split)} JPEGs 128x64, {split.num_classes} ids; "
+        f"input {cfg.img_size[0]}x{cfg.img_size[1]}, batch {cfg.data.batch_size}"
+    )
     sec = per_sample_seconds(split, cfg)
     print(f"one sample (decode + 4 views), in-process, no grain: {sec * 1e3:.2f} ms -> {1 / sec:.0f} samples/s/core")
     print(f"{'workers':>8} {'samples/s':>10} {'per worker':>11}")

@@ -56,16 +56,24 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_rank", 50, "CMC length.")
     flags.DEFINE_integer("repeats", 3, "Timed runs of each implementation (round-robin); the median is shown.")
     flags.DEFINE_list("distances", ["random", "features"], "Distance kinds to time: random, features.")
-    flags.DEFINE_integer("torchreid_queries", 100, "Queries the torchreid-style loop is timed on (scaled to all); "
-                         "0 skips it.")
+    flags.DEFINE_integer(
+        "torchreid_queries", 100, "Queries the torchreid-style loop is timed on (scaled to all); 0 skips it."
+    )
     flags.DEFINE_integer("large_query", 2000, "Queries of the large-gallery run.")
     flags.DEFINE_integer("large_gallery", 100000, "Gallery of the large-gallery run; 0 skips it.")
     flags.DEFINE_integer("seed", 0, "Random seed of the problems.")
 
 
 # ------------------------------------------------------------------------------------------------ the baselines
-def stable_sort_eval(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
-                     g_camids: np.ndarray, max_rank: int = 50, chunk: int = 1 << 21) -> dict[str, Any]:
+def stable_sort_eval(
+    distmat: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    max_rank: int = 50,
+    chunk: int = 1 << 21,
+) -> dict[str, Any]:
     """CMC, mAP, mINP from a full stable argsort of every row, vectorised over chunks of queries."""
     num_q, num_g = distmat.shape
     max_rank = min(max_rank, num_g)
@@ -89,8 +97,15 @@ def stable_sort_eval(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray
     return {"cmc": cmc_sum / num_valid, "mAP": ap_sum / num_valid, "mINP": inp_sum / num_valid}
 
 
-def transreid_eval(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
-                   g_camids: np.ndarray, max_rank: int = 50, list_precision: bool = False) -> dict[str, Any]:
+def transreid_eval(
+    distmat: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    max_rank: int = 50,
+    list_precision: bool = False,
+) -> dict[str, Any]:
     """TransReID's eval_func algorithm: one argsort of the whole matrix, then a per-query loop.
 
     ``list_precision``: AP's precisions by a Python list comprehension over the ranking (torchreid's Python evaluator).
@@ -119,8 +134,9 @@ def transreid_eval(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, 
 
 
 # ------------------------------------------------------------------------------------------------ the problem
-def make_problem(num_query: int, num_gallery: int, gallery_ids: int, query_ids: int, cameras: int, kind: str,
-                 seed: int = 0) -> tuple[np.ndarray, ...]:
+def make_problem(
+    num_query: int, num_gallery: int, gallery_ids: int, query_ids: int, cameras: int, kind: str, seed: int = 0
+) -> tuple[np.ndarray, ...]:
     """``(distmat, q_pids, g_pids, q_camids, g_camids)`` with re-ID-like identities and ``kind`` distances."""
     if kind not in ("random", "features"):
         raise ValueError(f"--distances: unknown kind {kind!r}; expected random or features")
@@ -179,8 +195,9 @@ def time_problem(kind: str, args: tuple, repeats: int, max_rank: int, torchreid_
                 ref = res if ref is None else ref
                 _check_agree(name, res, ref)
                 bar.update(1)
-    rows = [(name, statistics.median(w for w, _ in t), statistics.median(c for _, c in t), "")
-            for name, t in times.items()]
+    rows = [
+        (name, statistics.median(w for w, _ in t), statistics.median(c for _, c in t), "") for name, t in times.items()
+    ]
     nq = min(torchreid_queries, args[0].shape[0])
     if nq > 0:
         sub = (args[0][:nq], args[1][:nq], args[2], args[3][:nq], args[4])
@@ -196,31 +213,42 @@ def main() -> None:
     if FLAGS.repeats < 1:
         raise ValueError(f"--repeats={FLAGS.repeats}: expected >= 1")
     print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; numpy {np.__version__}")
-    print(f"problem: {FLAGS.num_query} queries x {FLAGS.num_gallery} gallery, {FLAGS.gallery_ids} gallery ids, "
-          f"{FLAGS.query_ids} query ids, {FLAGS.cameras} cameras, max_rank {FLAGS.max_rank}; "
-          f"median of {FLAGS.repeats} round-robin runs")  # fmt: skip
+    print(
+        f"problem: {FLAGS.num_query} queries x {FLAGS.num_gallery} gallery, {FLAGS.gallery_ids} gallery ids, "
+        f"{FLAGS.query_ids} query ids, {FLAGS.cameras} cameras, max_rank {FLAGS.max_rank}; "
+        f"median of {FLAGS.repeats} round-robin runs"
+    )
     for kind in FLAGS.distances:
-        args = make_problem(FLAGS.num_query, FLAGS.num_gallery, FLAGS.gallery_ids, FLAGS.query_ids,
-                            FLAGS.cameras, kind, FLAGS.seed)  # fmt: skip
+        args = make_problem(
+            FLAGS.num_query, FLAGS.num_gallery, FLAGS.gallery_ids, FLAGS.query_ids, FLAGS.cameras, kind, FLAGS.seed
+        )
         rows = time_problem(kind, args, FLAGS.repeats, FLAGS.max_rank, FLAGS.torchreid_queries)
         ours, base = rows[0], next(r for r in rows if r[0] == "TransReID eval_func")
         print(f"\n{kind} distances")
-        print(f"{'implementation':<28} {'wall s':>8} {'CPU s':>8} {'/ TransReID (wall, CPU)':>24} "
-              f"{'eval_reid speed-up (wall, CPU)':>31}")  # fmt: skip
+        print(
+            f"{'implementation':<28} {'wall s':>8} {'CPU s':>8} {'/ TransReID (wall, CPU)':>24} "
+            f"{'eval_reid speed-up (wall, CPU)':>31}"
+        )
         for name, wall, cpu, note in rows:
-            print(f"{name:<28} {wall:>8.3f} {cpu:>8.3f} {wall / base[1]:>11.3f} {cpu / base[2]:>12.3f} "
-                  f"{wall / ours[1]:>17.1f}x {cpu / ours[2]:>12.1f}x" + (f"  ({note})" if note else ""))  # fmt: skip
+            print(
+                f"{name:<28} {wall:>8.3f} {cpu:>8.3f} {wall / base[1]:>11.3f} {cpu / base[2]:>12.3f} "
+                f"{wall / ours[1]:>17.1f}x {cpu / ours[2]:>12.1f}x" + (f"  ({note})" if note else "")
+            )
     if FLAGS.large_gallery > 0:
         ng, nq = FLAGS.large_gallery, FLAGS.large_query
         ids = max(1, round(FLAGS.gallery_ids * ng / FLAGS.num_gallery))
         qids = max(1, min(ids, round(FLAGS.query_ids * ng / FLAGS.num_gallery)))
         args = make_problem(nq, ng, ids, qids, FLAGS.cameras, "random", FLAGS.seed)
-        print(f"\nlarge gallery: {nq} queries x {ng} gallery ({ids} gallery ids, {qids} query ids), random distances; "
-              f"distance matrix {args[0].nbytes / 2**20:.0f} MB (not counted below); one run each")  # fmt: skip
+        print(
+            f"\nlarge gallery: {nq} queries x {ng} gallery ({ids} gallery ids, {qids} query ids), random distances; "
+            f"distance matrix {args[0].nbytes / 2**20:.0f} MB (not counted below); one run each"
+        )
         print(f"{'implementation':<28} {'wall s':>8} {'CPU s':>8} {'peak extra MB':>14}")
         ref = None
-        for name, fn in (("eval_reid (this project)", evaluate.eval_reid), ("NumPy stable sort (before)",
-                                                                            stable_sort_eval)):
+        for name, fn in (
+            ("eval_reid (this project)", evaluate.eval_reid),
+            ("NumPy stable sort (before)", stable_sort_eval),
+        ):
             res, wall, cpu = _timed(lambda fn=fn: fn(*args, max_rank=FLAGS.max_rank))
             ref = res if ref is None else ref
             _check_agree(name, res, ref)

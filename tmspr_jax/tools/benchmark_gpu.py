@@ -93,8 +93,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_cameras", 8, "Camera-embedding rows (Occluded-Duke: 8).")
     flags.DEFINE_integer("matmul_n", 8192, "Size of the square bfloat16 matmul timed as a sanity check.")
     flags.DEFINE_bool("skip_torch", False, "Leave out the PyTorch oracle.")
-    flags.DEFINE_integer("data_workers", -1, "Input-pipeline worker processes (-1: the host's cores less one, at "
-                         "most 32; -2: leave the pipeline out).")
+    flags.DEFINE_integer(
+        "data_workers",
+        -1,
+        "Input-pipeline worker processes (-1: the host's cores less one, at most 32; -2: leave the pipeline out).",
+    )
     flags.DEFINE_integer("data_batches", 10, "Timed input-pipeline batches.")
 
 
@@ -126,8 +129,9 @@ def _compiled_figures(compiled: Any) -> dict[str, Any]:
         pass
     try:
         m = compiled.memory_analysis()
-        out["xla_bytes"] = int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-                               - m.alias_size_in_bytes)
+        out["xla_bytes"] = int(
+            m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+        )
     except Exception:  # noqa: BLE001
         pass
     return out
@@ -139,13 +143,30 @@ def _peak_bytes() -> int | None:
 
 
 def _settings() -> dict[str, Any]:
-    s = {"train_batch": FLAGS.train_batch, "eval_batch": FLAGS.eval_batch, "steps": FLAGS.steps,
-         "warmup": FLAGS.warmup, "num_classes": FLAGS.num_classes, "num_cameras": FLAGS.num_cameras,
-         "matmul_n": FLAGS.matmul_n, "data_batches": FLAGS.data_batches, "data_images": 3000,
-         "tiny": bool(FLAGS.tiny)}  # fmt: skip
+    s = {
+        "train_batch": FLAGS.train_batch,
+        "eval_batch": FLAGS.eval_batch,
+        "steps": FLAGS.steps,
+        "warmup": FLAGS.warmup,
+        "num_classes": FLAGS.num_classes,
+        "num_cameras": FLAGS.num_cameras,
+        "matmul_n": FLAGS.matmul_n,
+        "data_batches": FLAGS.data_batches,
+        "data_images": 3000,
+        "tiny": bool(FLAGS.tiny),
+    }
     if FLAGS.tiny:
-        s.update(train_batch=8, eval_batch=8, steps=2, warmup=1, num_classes=5, num_cameras=2, matmul_n=128,
-                 data_batches=2, data_images=120)  # fmt: skip
+        s.update(
+            train_batch=8,
+            eval_batch=8,
+            steps=2,
+            warmup=1,
+            num_classes=5,
+            num_cameras=2,
+            matmul_n=128,
+            data_batches=2,
+            data_images=120,
+        )
     if s["train_batch"] < 4 or s["train_batch"] % 4:
         raise ValueError(f"--train_batch={s['train_batch']}: expected a positive multiple of 4 (P identities x 4)")
     if min(s["eval_batch"], s["steps"], s["matmul_n"]) < 1 or s["warmup"] < 0:
@@ -218,8 +239,9 @@ def _profile(profile_dir: str | None, fn: Callable[[], Any], calls: int) -> str 
     return None
 
 
-def measure_train(cfg: Any, dtype: str, s: dict, inputs: dict, variables: dict, peak: float | None,
-                  profile_dir: str | None = None) -> dict[str, Any]:
+def measure_train(
+    cfg: Any, dtype: str, s: dict, inputs: dict, variables: dict, peak: float | None, profile_dir: str | None = None
+) -> dict[str, Any]:
     """The real training step at ``dtype``: compile time, step time, samples/s, FLOPs, utilisation, memory.
 
     ``variables``: float32 ``init_variables`` output (parameters stay float32 at every compute dtype); copied, since
@@ -231,8 +253,12 @@ def measure_train(cfg: Any, dtype: str, s: dict, inputs: dict, variables: dict, 
     model = build_model(cfg.model, cfg.img_size, s["num_classes"], s["num_cameras"])
     variables = jax.tree_util.tree_map(jnp.copy, variables)
     tx = optim.make_optimizer(cfg.optim, variables["params"], int(cfg.train.epochs))
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))  # fmt: skip
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+    )
     batch = {k: jnp.asarray(inputs[k]) for k in ("views", "camids", "pids", "parsing", "parsing_weight")}
     rng = jax.random.PRNGKey(0)
     t0 = time.perf_counter()
@@ -250,15 +276,23 @@ def measure_train(cfg: Any, dtype: str, s: dict, inputs: dict, variables: dict, 
         raise RuntimeError(f"the {dtype} training step gave a non-finite loss {metrics['loss']}; timing discarded")
     profile_error = _profile(profile_dir, step, 3)
     fig = _compiled_figures(compiled)
-    return {"compile_s": compile_s, "step_s": sec, "samples_per_s": s["train_batch"] / sec,
-            "flops_per_step": fig["flops"], "tflops": fig["flops"] / sec / 1e12 if fig["flops"] else None,
-            "mfu": utilisation(fig["flops"], sec, peak), "xla_bytes": fig["xla_bytes"],
-            "peak_bytes_in_use": _peak_bytes(), "loss": float(metrics["loss"]),
-            "profile_error": profile_error}  # fmt: skip
+    return {
+        "compile_s": compile_s,
+        "step_s": sec,
+        "samples_per_s": s["train_batch"] / sec,
+        "flops_per_step": fig["flops"],
+        "tflops": fig["flops"] / sec / 1e12 if fig["flops"] else None,
+        "mfu": utilisation(fig["flops"], sec, peak),
+        "xla_bytes": fig["xla_bytes"],
+        "peak_bytes_in_use": _peak_bytes(),
+        "loss": float(metrics["loss"]),
+        "profile_error": profile_error,
+    }
 
 
-def measure_eval(cfg: Any, dtype: str, s: dict, inputs: dict, variables: dict, peak: float | None,
-                 profile_dir: str | None = None) -> dict[str, Any]:
+def measure_eval(
+    cfg: Any, dtype: str, s: dict, inputs: dict, variables: dict, peak: float | None, profile_dir: str | None = None
+) -> dict[str, Any]:
     """The test feature (``TMSPR.extract``) at ``dtype``: images/s, FLOPs, utilisation, memory."""
     from tmspr_jax.models import TMSPR, build_model
 
@@ -267,8 +301,9 @@ def measure_eval(cfg: Any, dtype: str, s: dict, inputs: dict, variables: dict, p
     model = build_model(cfg.model, cfg.img_size, s["num_classes"], s["num_cameras"])
     images, camids = jnp.asarray(inputs["images"]), jnp.asarray(inputs["eval_camids"])
     t0 = time.perf_counter()
-    compiled = jax.jit(lambda v, x, c: model.apply(v, x, c, method=TMSPR.extract)).lower(variables, images,
-                                                                                         camids).compile()
+    compiled = (
+        jax.jit(lambda v, x, c: model.apply(v, x, c, method=TMSPR.extract)).lower(variables, images, camids).compile()
+    )
     compile_s = time.perf_counter() - t0
     sec = _back_to_back(lambda: compiled(variables, images, camids), s["warmup"], s["steps"])
     feat = np.asarray(compiled(variables, images, camids), np.float32)
@@ -276,11 +311,18 @@ def measure_eval(cfg: Any, dtype: str, s: dict, inputs: dict, variables: dict, p
         raise RuntimeError(f"the {dtype} test feature is not finite; timing discarded")
     profile_error = _profile(profile_dir, lambda: compiled(variables, images, camids), 2)
     fig = _compiled_figures(compiled)
-    return {"compile_s": compile_s, "batch_s": sec, "images_per_s": s["eval_batch"] / sec,
-            "flops_per_batch": fig["flops"], "tflops": fig["flops"] / sec / 1e12 if fig["flops"] else None,
-            "mfu": utilisation(fig["flops"], sec, peak), "xla_bytes": fig["xla_bytes"],
-            "peak_bytes_in_use": _peak_bytes(), "feature_dim": int(feat.shape[1]),
-            "profile_error": profile_error}  # fmt: skip
+    return {
+        "compile_s": compile_s,
+        "batch_s": sec,
+        "images_per_s": s["eval_batch"] / sec,
+        "flops_per_batch": fig["flops"],
+        "tflops": fig["flops"] / sec / 1e12 if fig["flops"] else None,
+        "mfu": utilisation(fig["flops"], sec, peak),
+        "xla_bytes": fig["xla_bytes"],
+        "peak_bytes_in_use": _peak_bytes(),
+        "feature_dim": int(feat.shape[1]),
+        "profile_error": profile_error,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ the oracle
@@ -323,8 +365,9 @@ def _measure_torch(cfg: Any, s: dict, inputs: dict, variables: dict) -> dict[str
     images = nchw(inputs["images"])
     eval_cams = torch.from_numpy(inputs["eval_camids"].astype(np.int64)).to(dev)
     o = cfg.optim
-    opt = torch.optim.SGD(model.parameters(), lr=float(o.base_lr), momentum=float(o.momentum),
-                          weight_decay=float(o.weight_decay))
+    opt = torch.optim.SGD(
+        model.parameters(), lr=float(o.base_lr), momentum=float(o.momentum), weight_decay=float(o.weight_decay)
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     sync = (lambda _: torch.cuda.synchronize()) if cuda else (lambda _: None)
 
@@ -350,11 +393,12 @@ def _measure_torch(cfg: Any, s: dict, inputs: dict, variables: dict) -> dict[str
     eval_s = float(np.median(_time(eval_step, sync, s["warmup"], s["steps"])))
     out = {
         "device": torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})",
-        "torch_version": torch.__version__, "amp_dtype": "float16" if cuda else None,
+        "torch_version": torch.__version__,
+        "amp_dtype": "float16" if cuda else None,
         "train": {"step_s": train_s, "samples_per_s": s["train_batch"] / train_s},
         "eval": {"batch_s": eval_s, "images_per_s": s["eval_batch"] / eval_s},
         "peak_bytes_allocated": int(torch.cuda.max_memory_allocated()) if cuda else None,
-    }  # fmt: skip
+    }
     return out
 
 
@@ -371,11 +415,16 @@ def measure_data(cfg: Any, s: dict, workers: int) -> dict[str, Any]:
     # enough identities for the worker start-up batches and the timed ones (10 images per identity)
     split = InMemorySplit(max(s["data_images"], 12 * s["train_batch"] * (4 + 2 * workers + s["data_batches"]) // 10))
     gh, gw = patch_grid(tuple(cfg.img_size), cfg.model.patch_size, tuple(cfg.model.stride))
-    targets = ParsingTargets(targets=np.zeros((len(split), gh, gw, 6), np.float32),
-                             weights=np.ones(len(split), np.float32), num_missing=0)  # fmt: skip
+    targets = ParsingTargets(
+        targets=np.zeros((len(split), gh, gw, 6), np.float32), weights=np.ones(len(split), np.float32), num_missing=0
+    )
     rate = measure(split, targets, cfg, workers, s["data_batches"])
-    return {"workers": workers, "host_cores": os.cpu_count(), "samples_per_s": rate,
-            "per_worker": rate / workers if workers else None}  # fmt: skip
+    return {
+        "workers": workers,
+        "host_cores": os.cpu_count(),
+        "samples_per_s": rate,
+        "per_worker": rate / workers if workers else None,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -389,9 +438,14 @@ def markdown_table(res: dict[str, Any]) -> str:
     torch_res = res.get("torch") or {}
     torch_head = f"PyTorch AMP ({torch_res['amp_dtype']})" if torch_res.get("amp_dtype") else "PyTorch float32"
     head = [f"JAX {d}" for d in dtypes] + ([torch_head] if torch_res else [])
-    lines = [f"Device: {dev['device_kind']} ({dev['platform']}), jax {dev['jax_version']}"
-             + (f", torch {torch_res['torch_version']}" if torch_res else "") + f"; model {res['model']}.", "",
-             "| measurement | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]  # fmt: skip
+    lines = [
+        f"Device: {dev['device_kind']} ({dev['platform']}), jax {dev['jax_version']}"
+        + (f", torch {torch_res['torch_version']}" if torch_res else "")
+        + f"; model {res['model']}.",
+        "",
+        "| measurement | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(head),
+    ]
     tb, eb = res["settings"]["train_batch"], res["settings"]["eval_batch"]
 
     def row(name: str, values: list[str], torch_value: str | None = None) -> None:
@@ -399,32 +453,53 @@ def markdown_table(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     tr, ev = res["train"], res["eval"]
-    row(f"training step, batch {tb} x 4 views: samples/s", [_fmt(tr.get(d, {}).get("samples_per_s"), ".1f")
-        for d in dtypes], _fmt(torch_res.get("train", {}).get("samples_per_s"), ".1f"))  # fmt: skip
-    row("training step: ms", [_fmt(tr.get(d, {}).get("step_s"), ".1f", 1e3) for d in dtypes],
-        _fmt(torch_res.get("train", {}).get("step_s"), ".1f", 1e3))
+    row(
+        f"training step, batch {tb} x 4 views: samples/s",
+        [_fmt(tr.get(d, {}).get("samples_per_s"), ".1f") for d in dtypes],
+        _fmt(torch_res.get("train", {}).get("samples_per_s"), ".1f"),
+    )
+    row(
+        "training step: ms",
+        [_fmt(tr.get(d, {}).get("step_s"), ".1f", 1e3) for d in dtypes],
+        _fmt(torch_res.get("train", {}).get("step_s"), ".1f", 1e3),
+    )
     row("training step: model FLOP utilisation", [_fmt(tr.get(d, {}).get("mfu"), ".1%") for d in dtypes])
-    row("training step: device peak memory, GiB", [_fmt(tr.get(d, {}).get("peak_bytes_in_use"), ".2f", 2**-30)
-        for d in dtypes], _fmt(torch_res.get("peak_bytes_allocated"), ".2f", 2**-30))  # fmt: skip
-    row(f"test feature, batch {eb}: images/s", [_fmt(ev.get(d, {}).get("images_per_s"), ".1f") for d in dtypes],
-        _fmt(torch_res.get("eval", {}).get("images_per_s"), ".1f"))
+    row(
+        "training step: device peak memory, GiB",
+        [_fmt(tr.get(d, {}).get("peak_bytes_in_use"), ".2f", 2**-30) for d in dtypes],
+        _fmt(torch_res.get("peak_bytes_allocated"), ".2f", 2**-30),
+    )
+    row(
+        f"test feature, batch {eb}: images/s",
+        [_fmt(ev.get(d, {}).get("images_per_s"), ".1f") for d in dtypes],
+        _fmt(torch_res.get("eval", {}).get("images_per_s"), ".1f"),
+    )
     row("test feature: model FLOP utilisation", [_fmt(ev.get(d, {}).get("mfu"), ".1%") for d in dtypes])
     ratios = res.get("ratios", {})
     if ratios:
-        row("speed against PyTorch (train / test)", [f"{_fmt(ratios.get(f'train_{d}'), '.2f')}x / "
-            f"{_fmt(ratios.get(f'eval_{d}'), '.2f')}x" for d in dtypes])  # fmt: skip
+        row(
+            "speed against PyTorch (train / test)",
+            [f"{_fmt(ratios.get(f'train_{d}'), '.2f')}x / {_fmt(ratios.get(f'eval_{d}'), '.2f')}x" for d in dtypes],
+        )
     lines.append("")
     mm = res.get("matmul_bf16")
     if mm:
-        lines.append(f"bfloat16 matmul {mm['n']}x{mm['n']}: {mm['tflops']:.3g} TFLOP/s"
-                     + (f" ({mm['fraction_of_peak']:.0%} of the {dev['peak_name']} peak)" if mm["fraction_of_peak"]
-                        else " (no peak known for this device)"))  # fmt: skip
+        lines.append(
+            f"bfloat16 matmul {mm['n']}x{mm['n']}: {mm['tflops']:.3g} TFLOP/s"
+            + (
+                f" ({mm['fraction_of_peak']:.0%} of the {dev['peak_name']} peak)"
+                if mm["fraction_of_peak"]
+                else " (no peak known for this device)"
+            )
+        )
     for name, met in (res.get("goals") or {}).items():
         lines.append(f"Goal {name}: {'met' if met else 'not met' if met is not None else 'not measured'}.")
     data = res.get("data")
     if data:
-        lines.append(f"Input pipeline: {data['samples_per_s']:.0f} samples/s with {data['workers']} worker processes "
-                     f"on {data['host_cores']} host cores.")  # fmt: skip
+        lines.append(
+            f"Input pipeline: {data['samples_per_s']:.0f} samples/s with {data['workers']} worker processes "
+            f"on {data['host_cores']} host cores."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -472,43 +547,72 @@ def main() -> None:
     peak = peak_tflops(kind)
     t_start = time.perf_counter()
     res: dict[str, Any] = {
-        "device": {"platform": d0.platform, "device_kind": kind, "device_count": jax.device_count(),
-                   "jax_version": jax.__version__,
-                   "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
-                   "host": platform.processor() or platform.machine(),
-                   "host_cores": os.cpu_count(), "peak_name": peak[0] if peak else None,
-                   "peak_tflops": {"bfloat16": peak[1], "float32": peak[2]} if peak else None},
+        "device": {
+            "platform": d0.platform,
+            "device_kind": kind,
+            "device_count": jax.device_count(),
+            "jax_version": jax.__version__,
+            "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
+            "host": platform.processor() or platform.machine(),
+            "host_cores": os.cpu_count(),
+            "peak_name": peak[0] if peak else None,
+            "peak_tflops": {"bfloat16": peak[1], "float32": peak[2]} if peak else None,
+        },
         "model": f"ViT depth {m.depth}, width {m.embed_dim}, heads {m.num_heads}, {cfg.img_size[0]}x{cfg.img_size[1]}, "
-                 f"stride {tuple(m.stride)}, {s['num_classes']} classes",
+        f"stride {tuple(m.stride)}, {s['num_classes']} classes",
         "settings": dict(s, dtypes=list(FLAGS.dtypes)),
-        "matmul_bf16": None, "train": {}, "eval": {}, "torch": None, "ratios": {}, "data": None,
-        "profile_dir": FLAGS.profile, "wall_s": None, "errors": {},
-    }  # fmt: skip
+        "matmul_bf16": None,
+        "train": {},
+        "eval": {},
+        "torch": None,
+        "ratios": {},
+        "data": None,
+        "profile_dir": FLAGS.profile,
+        "wall_s": None,
+        "errors": {},
+    }
     print(f"device: {kind} ({d0.platform}) x{jax.device_count()}; peak table: {peak[0] if peak else 'unknown'}")
     inputs = _inputs(cfg, s)
     from tmspr_jax.models import build_model, init_variables
 
     # One set of float32 weights for every measurement (one initialisation to compile, not one per stage).
-    variables = init_variables(build_model(cfg.model, cfg.img_size, s["num_classes"], s["num_cameras"]),
-                               jax.random.key(0))
+    variables = init_variables(
+        build_model(cfg.model, cfg.img_size, s["num_classes"], s["num_cameras"]), jax.random.key(0)
+    )
     host_vars = jax.device_get(variables)
     stages: list[tuple[str, Callable[[], None]]] = []
     if not FLAGS.skip_torch:
         stages.append(("PyTorch oracle (AMP)", lambda: res.update(torch=measure_torch(cfg, s, inputs, host_vars))))
-    stages.append(("bfloat16 matmul", lambda: res.update(matmul_bf16=measure_matmul(
-        s["matmul_n"], s["steps"], peak[1] if peak else None))))  # fmt: skip
+    stages.append(
+        (
+            "bfloat16 matmul",
+            lambda: res.update(matmul_bf16=measure_matmul(s["matmul_n"], s["steps"], peak[1] if peak else None)),
+        )
+    )
     # Smaller programs first: the device's peak bytes in use only grow, so each stage's figure is its own.
     profiled = "bfloat16" if "bfloat16" in FLAGS.dtypes else FLAGS.dtypes[0]
     for dtype in FLAGS.dtypes:
         p = (peak[1] if dtype == "bfloat16" else peak[2]) if peak else None
         prof = FLAGS.profile if dtype == profiled else None
-        stages.append((f"test feature {dtype}", lambda d=dtype, p=p, prof=prof: res["eval"].update(
-            {d: measure_eval(cfg, d, s, inputs, variables, p, prof)})))  # fmt: skip
+        stages.append(
+            (
+                f"test feature {dtype}",
+                lambda d=dtype, p=p, prof=prof: res["eval"].update(
+                    {d: measure_eval(cfg, d, s, inputs, variables, p, prof)}
+                ),
+            )
+        )
     for dtype in FLAGS.dtypes:
         p = (peak[1] if dtype == "bfloat16" else peak[2]) if peak else None
         prof = FLAGS.profile if dtype == profiled else None
-        stages.append((f"training step {dtype}", lambda d=dtype, p=p, prof=prof: res["train"].update(
-            {d: measure_train(cfg, d, s, inputs, variables, p, prof)})))  # fmt: skip
+        stages.append(
+            (
+                f"training step {dtype}",
+                lambda d=dtype, p=p, prof=prof: res["train"].update(
+                    {d: measure_train(cfg, d, s, inputs, variables, p, prof)}
+                ),
+            )
+        )
     if FLAGS.data_workers != -2:
         workers = min(32, max(0, (os.cpu_count() or 1) - 1)) if FLAGS.data_workers == -1 else FLAGS.data_workers
         stages.append((f"input pipeline ({workers} workers)", lambda: res.update(data=measure_data(cfg, s, workers))))

@@ -26,8 +26,7 @@ import numpy as np
 
 from tmspr_jax.tools import cli
 
-TINY = dict(layers=(1, 1, 1, 1), stem=(8, 8, 16), planes=(4, 8, 16, 32), psp=16, decoder=(16, 8, 16), edge=8,
-            fusion=16)  # fmt: skip
+TINY = dict(layers=(1, 1, 1, 1), stem=(8, 8, 16), planes=(4, 8, 16, 32), psp=16, decoder=(16, 8, 16), edge=8, fusion=16)
 
 
 def _median_seconds(fn: Callable[[], None], iters: int, warmup: int) -> float:
@@ -51,8 +50,12 @@ def _oracle_from_folder(folder: str):
 
     arch, variables, _ = load_parser(folder)
     model = oracle.ResNet(**arch.to_dict())
-    leaf = {"weight": ("params", None), "bias": ("params", "bias"), "running_mean": ("batch_stats", "mean"),
-            "running_var": ("batch_stats", "var")}
+    leaf = {
+        "weight": ("params", None),
+        "bias": ("params", "bias"),
+        "running_mean": ("batch_stats", "mean"),
+        "running_var": ("batch_stats", "var"),
+    }
     state = {}
     for key, ref in model.state_dict().items():
         *mods, name = torch_key_to_path(key)
@@ -67,8 +70,17 @@ def _oracle_from_folder(folder: str):
     return model.eval()
 
 
-def benchmark(parser_dir: str | None, *, input_size: int, batch: int, dtype: str, iters: int, warmup: int,
-              tiny: bool, skip_torch: bool = False) -> dict[str, float]:
+def benchmark(
+    parser_dir: str | None,
+    *,
+    input_size: int,
+    batch: int,
+    dtype: str,
+    iters: int,
+    warmup: int,
+    tiny: bool,
+    skip_torch: bool = False,
+) -> dict[str, float]:
     """Runs both sides and returns ``{'jax_img_s', 'torch_img_s', 'ratio', 'rel_diff'}`` (torch ones NaN if
     skipped)."""
     import jax
@@ -124,16 +136,30 @@ def _main() -> None:
     from absl import flags
 
     f = flags.FLAGS
-    r = benchmark(f.parser, input_size=f.input_size, batch=f.batch, dtype=f.dtype, iters=f.iters, warmup=f.warmup,
-                  tiny=f.tiny, skip_torch=f.skip_torch)
+    r = benchmark(
+        f.parser,
+        input_size=f.input_size,
+        batch=f.batch,
+        dtype=f.dtype,
+        iters=f.iters,
+        warmup=f.warmup,
+        tiny=f.tiny,
+        skip_torch=f.skip_torch,
+    )
     net = "tiny" if f.tiny else ("ResNet-101 (random weights)" if f.parser is None else f.parser)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; JAX devices: "
-          f"{r['devices']} x {jax.devices()[0].device_kind}; torch: {r.get('torch_device', 'skipped')}")
-    print(f"network: {net}; input {f.input_size}x{f.input_size}; batch {r['batch']}; dtype {f.dtype}; "
-          f"median of {f.iters} after {f.warmup} warm-up")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; JAX devices: "
+        f"{r['devices']} x {jax.devices()[0].device_kind}; torch: {r.get('torch_device', 'skipped')}"
+    )
+    print(
+        f"network: {net}; input {f.input_size}x{f.input_size}; batch {r['batch']}; dtype {f.dtype}; "
+        f"median of {f.iters} after {f.warmup} warm-up"
+    )
     print(f"max |JAX - PyTorch| / max |PyTorch| = {r['rel_diff']:.2e}")
-    print(f"parser (device part)  JAX {r['jax_img_s']:.2f} img/s  PyTorch {r['torch_img_s']:.2f} img/s  "
-          f"JAX/PyTorch speed {r['ratio']:.2f}x")
+    print(
+        f"parser (device part)  JAX {r['jax_img_s']:.2f} img/s  PyTorch {r['torch_img_s']:.2f} img/s  "
+        f"JAX/PyTorch speed {r['ratio']:.2f}x"
+    )
 
 
 def define_flags() -> None:

@@ -40,7 +40,7 @@ def stripe_colour_histograms(images: np.ndarray, stripes: int = 8, bins: int = 4
         raise ValueError(f"centre={centre}: expected a fraction of the width in (0, 1]")
     keep = max(1, int(round(centre * w)))
     left = (w - keep) // 2
-    q = (images[:, :, left:left + keep].astype(np.int64) * bins) // 256  # per-channel bin 0..bins-1
+    q = (images[:, :, left : left + keep].astype(np.int64) * bins) // 256  # per-channel bin 0..bins-1
     code = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]  # [N, H, keep]
     edges = np.linspace(0, h, stripes + 1).round().astype(int)
     row_stripe = np.searchsorted(edges, np.arange(h), side="right") - 1  # stripe of each image row
@@ -85,7 +85,7 @@ def _main() -> None:
         setup.prepare_for_config(config)
     results = evaluate_config(config, f.stripes, f.bins, f.centre)
     print(
-        f"colour-histogram baseline ({f.stripes} stripes x {f.bins ** 3} colours, central {f.centre:.0%}) on "
+        f"colour-histogram baseline ({f.stripes} stripes x {f.bins**3} colours, central {f.centre:.0%}) on "
         f"{config.data.test}: {evaluate.summarize(results)}"
     )
     if f.out:

@@ -43,19 +43,23 @@ from ml_collections import config_flags
 
 from tmspr_jax.utils import USER_ERRORS, error_message, jsonable
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the model and the test dataset (data.test).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config of the model and the test dataset (data.test).", lock_config=True
+)
 _CKPT = flags.DEFINE_string("torch_checkpoint", None, "Trained T-MSPR / TransReID checkpoint (.pth or .safetensors).")
-_MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "Use only the first N query and the first N gallery images "
-                                   "(a quick check); 0 = all.")
+_MAX_IMAGES = flags.DEFINE_integer(
+    "max_images", 0, "Use only the first N query and the first N gallery images (a quick check); 0 = all."
+)
 _OUT = flags.DEFINE_string("out", "", "Also write the results as JSON to this file.")
 _DEVICE = flags.DEFINE_enum("device", "auto", ["auto", "cpu", "cuda"], "PyTorch device (auto: cuda when available).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the T-MSPR heads initialised for a TransReID checkpoint.")
 
 #: Metrics compared (fractions in [0, 1], as ``evaluate.compute_metrics`` returns them).
 METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
-PRECISION_NOTE = ("JAX: jax_default_matmul_precision='highest' (no TF32/bf16 passes in matmuls and convolutions); "
-                  "PyTorch: float32, TF32 disabled for matmuls and cuDNN convolutions")
+PRECISION_NOTE = (
+    "JAX: jax_default_matmul_precision='highest' (no TF32/bf16 passes in matmuls and convolutions); "
+    "PyTorch: float32, TF32 disabled for matmuls and cuDNN convolutions"
+)
 
 
 class CompareError(ValueError):
@@ -83,8 +87,9 @@ def _diff(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)}
 
 
-def slice_differences(jax_feats: np.ndarray, torch_feats: np.ndarray,
-                      slices: list[tuple[str, int, int]]) -> dict[str, dict[str, float]]:
+def slice_differences(
+    jax_feats: np.ndarray, torch_feats: np.ndarray, slices: list[tuple[str, int, int]]
+) -> dict[str, dict[str, float]]:
     """Per slice: ``max_abs`` = max|a-b| and ``max_rel`` = max|a-b| / max|b| over all images (a JAX, b PyTorch)."""
     if jax_feats.shape != torch_feats.shape:
         raise ValueError(f"feature shapes differ: JAX {jax_feats.shape} vs PyTorch {torch_feats.shape}")
@@ -116,8 +121,9 @@ def _torch_device(name: str):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise CompareError("--device=cuda but PyTorch sees no CUDA device (torch.cuda.is_available() is False); "
-                           "use --device=cpu")
+        raise CompareError(
+            "--device=cuda but PyTorch sees no CUDA device (torch.cuda.is_available() is False); use --device=cpu"
+        )
     return torch.device(name)
 
 
@@ -140,8 +146,7 @@ def load_models(path: str, config: ml_collections.ConfigDict, device: str = "aut
     try:
         state = read_checkpoint(path)
         # strips the unused modules, checks counts and the grid, builds the JAX model for the checkpoint's counts
-        ref, report, kind, model = tmspr_to_reference(state, config.model, img_size, jax.random.key(seed),
-                                                      source=path)
+        ref, report, kind, model = tmspr_to_reference(state, config.model, img_size, jax.random.key(seed), source=path)
         variables, _ = reference_to_variables(ref, model, source=path)
     except (CheckpointError, MappingError, FileNotFoundError) as e:
         raise CompareError(str(e)) from None
@@ -151,8 +156,9 @@ def load_models(path: str, config: ml_collections.ConfigDict, device: str = "aut
     want = oracle.state_dict()
     # BatchNorm's step counters are not used in eval; some exports drop them. Every other key must be present.
     filled = sorted(k for k in want if k.endswith(".num_batches_tracked") and k not in ref)
-    torch_state = {k: np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
-                   for k, v in ref.items()}
+    torch_state = {
+        k: np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else v for k, v in ref.items()
+    }
     torch_state.update({k: np.zeros((), np.int64) for k in filled})
     try:
         load_numpy_state(oracle, torch_state)
@@ -194,8 +200,9 @@ def open_test_splits(config: ml_collections.ConfigDict, max_images: int = 0) -> 
     if d.synthetic and d.manual_dir:
         setup.ensure_synthetic_dataset(d.manual_dir)
     try:
-        splits = [sources.open_split(d.test, s, d.data_dir, manual_dir=d.manual_dir or None)
-                  for s in ("query", "gallery")]
+        splits = [
+            sources.open_split(d.test, s, d.data_dir, manual_dir=d.manual_dir or None) for s in ("query", "gallery")
+        ]
     except (FileNotFoundError, ValueError) as e:
         raise CompareError(str(e)) from None
     for s in splits:
@@ -212,9 +219,11 @@ def _check_cameras(splits: tuple[Any, Any], model: Any, dataset: str) -> None:
         return  # no camera embedding
     top = max(int(np.max(s.camids)) for s in splits)
     if top >= rows:
-        raise CompareError(f"dataset {dataset!r} has camera ids up to {top}, but the checkpoint's camera embedding "
-                           f"base.sie_embed has {rows} rows; compare on the dataset the checkpoint was trained for, "
-                           "or a checkpoint trained without SIE with --config.model.sie_camera=False")
+        raise CompareError(
+            f"dataset {dataset!r} has camera ids up to {top}, but the checkpoint's camera embedding "
+            f"base.sie_embed has {rows} rows; compare on the dataset the checkpoint was trained for, "
+            "or a checkpoint trained without SIE with --config.model.sie_camera=False"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------ running
@@ -251,8 +260,11 @@ def fp32_precision() -> Iterator[None]:
     """
     import torch
 
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.get_float32_matmul_precision())
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
@@ -264,8 +276,16 @@ def fp32_precision() -> Iterator[None]:
         torch.set_float32_matmul_precision(saved[2])
 
 
-def _run_split(loaded: LoadedModels, split: Any, config: ml_collections.ConfigDict, mesh, extract_fn: Callable,
-               variables: Any, timers: dict[str, _Timer], progress: Callable[[int], None] | None):
+def _run_split(
+    loaded: LoadedModels,
+    split: Any,
+    config: ml_collections.ConfigDict,
+    mesh,
+    extract_fn: Callable,
+    variables: Any,
+    timers: dict[str, _Timer],
+    progress: Callable[[int], None] | None,
+):
     """Both models over the same batches of one split; returns (jax (feats, pids, camids), torch feats)."""
     import torch
 
@@ -304,8 +324,14 @@ def _run_split(loaded: LoadedModels, split: Any, config: ml_collections.ConfigDi
     return jax_out, np.concatenate(torch_feats)
 
 
-def _warm_up(loaded: LoadedModels, config: ml_collections.ConfigDict, splits: tuple[Any, Any], mesh,
-             extract_fn: Callable, variables: Any) -> float:
+def _warm_up(
+    loaded: LoadedModels,
+    config: ml_collections.ConfigDict,
+    splits: tuple[Any, Any],
+    mesh,
+    extract_fn: Callable,
+    variables: Any,
+) -> float:
     """Compiles the JAX function for every batch size the splits will give and runs the oracle once; returns the
     JAX compile time in seconds."""
     import torch
@@ -314,19 +340,27 @@ def _warm_up(loaded: LoadedModels, config: ml_collections.ConfigDict, splits: tu
     from tmspr_jax.data import pipeline
 
     h, w = (int(s) for s in config.img_size)
-    sizes = sorted({len(rows) for s in splits
-                    for rows in pipeline.eval_layout(len(s), int(config.data.test_batch_size),
-                                                     pad_to=mesh.devices.size)})
+    sizes = sorted(
+        {
+            len(rows)
+            for s in splits
+            for rows in pipeline.eval_layout(len(s), int(config.data.test_batch_size), pad_to=mesh.devices.size)
+        }
+    )
     t0 = time.perf_counter()
     for b in sizes:
-        arrays = sharding.shard_batch({"images": np.zeros((b, h, w, 3), np.float32), "camids": np.zeros(b, np.int32),
-                                       "valid": np.ones(b, bool)}, mesh)
+        arrays = sharding.shard_batch(
+            {"images": np.zeros((b, h, w, 3), np.float32), "camids": np.zeros(b, np.int32), "valid": np.ones(b, bool)},
+            mesh,
+        )
         jax.block_until_ready(extract_fn(variables, arrays["images"], arrays["camids"], arrays["valid"]))
     compile_s = time.perf_counter() - t0
     b = min(sizes[-1], 8)
     with torch.no_grad():
-        loaded.torch_model.extract(torch.zeros(b, 3, h, w, device=loaded.torch_device),
-                                   torch.zeros(b, dtype=torch.int64, device=loaded.torch_device))
+        loaded.torch_model.extract(
+            torch.zeros(b, 3, h, w, device=loaded.torch_device),
+            torch.zeros(b, dtype=torch.int64, device=loaded.torch_device),
+        )
     return compile_s
 
 
@@ -337,8 +371,15 @@ def _metrics(query: tuple, gallery: tuple, eval_cfg) -> dict[str, float]:
     return {k: float(res[k]) for k in METRICS}
 
 
-def run_compare(config: ml_collections.ConfigDict, checkpoint: str, *, max_images: int = 0, device: str = "auto",
-                seed: int = 0, show_progress: bool = True) -> dict[str, Any]:
+def run_compare(
+    config: ml_collections.ConfigDict,
+    checkpoint: str,
+    *,
+    max_images: int = 0,
+    device: str = "auto",
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Runs the comparison and returns the results (the JSON written by ``--out``).
 
     Keys: ``checkpoint``, ``kind``, ``dataset``, ``num_query``, ``num_gallery``, ``test_batch_size``, ``neck_feat``,
@@ -353,8 +394,10 @@ def run_compare(config: ml_collections.ConfigDict, checkpoint: str, *, max_image
     from tmspr_jax import inference, sharding
 
     if jax.process_count() != 1:
-        raise CompareError("the comparison runs in a single process (the oracle needs whole batches); "
-                           f"got jax.process_count()={jax.process_count()}")
+        raise CompareError(
+            "the comparison runs in a single process (the oracle needs whole batches); "
+            f"got jax.process_count()={jax.process_count()}"
+        )
     loaded = load_models(checkpoint, config, device, seed)
     splits = open_test_splits(config, max_images)
     _check_cameras(splits, loaded.jax_model, config.data.test)
@@ -378,8 +421,12 @@ def run_compare(config: ml_collections.ConfigDict, checkpoint: str, *, max_image
     m_torch = _metrics((tq, jq[1], jq[2]), (tg, jg[1], jg[2]), config.eval)
 
     def timing(t: _Timer, dev: str) -> dict[str, Any]:
-        return {"device": dev, "seconds": t.seconds, "images": t.images,
-                "images_per_s": t.images / t.seconds if t.seconds > 0 else math.inf}
+        return {
+            "device": dev,
+            "seconds": t.seconds,
+            "images": t.images,
+            "images_per_s": t.images / t.seconds if t.seconds > 0 else math.inf,
+        }
 
     return {
         "checkpoint": os.path.abspath(checkpoint),
@@ -397,13 +444,15 @@ def run_compare(config: ml_collections.ConfigDict, checkpoint: str, *, max_image
         "metrics": {"jax": m_jax, "torch": m_torch, "diff": {k: m_jax[k] - m_torch[k] for k in METRICS}},
         "timing": {
             "jax": timing(timers["jax"], f"{_jax_device_name()} (jax {jax.__version__})"),
-            "torch": timing(timers["torch"],
-                            f"{_torch_device_name(loaded.torch_device)} (torch {torch.__version__})"),
+            "torch": timing(timers["torch"], f"{_torch_device_name(loaded.torch_device)} (torch {torch.__version__})"),
             "jax_compile_s": compile_s,
             "jax_speedup": timers["torch"].seconds / timers["jax"].seconds if timers["jax"].seconds > 0 else math.inf,
         },
-        "converter": {"skipped": sorted(loaded.report.skipped), "initialised": sorted(loaded.report.initialised),
-                      "filled_counters": loaded.filled_counters},
+        "converter": {
+            "skipped": sorted(loaded.report.skipped),
+            "initialised": sorted(loaded.report.initialised),
+            "filled_counters": loaded.filled_counters,
+        },
     }
 
 
@@ -412,17 +461,19 @@ def run_compare(config: ml_collections.ConfigDict, checkpoint: str, *, max_image
 
 def format_report(r: Mapping[str, Any]) -> str:
     """The results as a readable text table."""
-    lines = [f"checkpoint: {r['checkpoint']} ({r['kind']})",
-             f"data: {r['dataset']}, {r['num_query']} query + {r['num_gallery']} gallery images, "
-             f"test_batch_size {r['test_batch_size']}, part_norm {r['part_norm']}, neck_feat {r['neck_feat']}, "
-             f"JAX dtype {r['jax_dtype']}",
-             f"precision: {r['precision']}",
-             f"converter: {len(r['converter']['skipped'])} unused reference tensors dropped, "
-             f"{len(r['converter']['initialised'])} tensors initialised (absent from the checkpoint), "
-             f"{len(r['converter']['filled_counters'])} BatchNorm counters filled",
-             "",
-             "feature differences (a = JAX, b = PyTorch; rel = max|a-b| / max|b|)",
-             f"  {'slice':<10} {'max abs':>12} {'max rel':>12}"]
+    lines = [
+        f"checkpoint: {r['checkpoint']} ({r['kind']})",
+        f"data: {r['dataset']}, {r['num_query']} query + {r['num_gallery']} gallery images, "
+        f"test_batch_size {r['test_batch_size']}, part_norm {r['part_norm']}, neck_feat {r['neck_feat']}, "
+        f"JAX dtype {r['jax_dtype']}",
+        f"precision: {r['precision']}",
+        f"converter: {len(r['converter']['skipped'])} unused reference tensors dropped, "
+        f"{len(r['converter']['initialised'])} tensors initialised (absent from the checkpoint), "
+        f"{len(r['converter']['filled_counters'])} BatchNorm counters filled",
+        "",
+        "feature differences (a = JAX, b = PyTorch; rel = max|a-b| / max|b|)",
+        f"  {'slice':<10} {'max abs':>12} {'max rel':>12}",
+    ]
     for name, d in [*r["slices"].items(), ("all", r["overall"])]:
         lines.append(f"  {name:<10} {d['max_abs']:12.3e} {d['max_rel']:12.3e}")
     m = r["metrics"]
@@ -434,8 +485,10 @@ def format_report(r: Mapping[str, Any]) -> str:
     for side, label in (("jax", "JAX"), ("torch", "PyTorch")):
         s = t[side]
         lines.append(f"  {label:<8} {s['images']:7d} {s['seconds']:9.2f} {s['images_per_s']:10.1f}  {s['device']}")
-    lines.append(f"  JAX speed-up: {t['jax_speedup']:.2f}x (PyTorch time / JAX time; model time only, after warm-up; "
-                 f"JAX compile {t['jax_compile_s']:.1f}s not counted; PyTorch runs the reference's full 4-view graph)")
+    lines.append(
+        f"  JAX speed-up: {t['jax_speedup']:.2f}x (PyTorch time / JAX time; model time only, after warm-up; "
+        f"JAX compile {t['jax_compile_s']:.1f}s not counted; PyTorch runs the reference's full 4-view graph)"
+    )
     return "\n".join(lines)
 
 
@@ -457,13 +510,21 @@ def main(argv: list[str]) -> None:
     try:
         import torch  # noqa: F401
     except ImportError:
-        print("compare: error: PyTorch is not installed; install the [torch] extra (pip install 'tmspr_jax[torch]')",
-              file=sys.stderr)
+        print(
+            "compare: error: PyTorch is not installed; install the [torch] extra (pip install 'tmspr_jax[torch]')",
+            file=sys.stderr,
+        )
         sys.exit(1)
     logging.set_verbosity(logging.WARNING)
     try:
-        results = run_compare(_CONFIG.value, _CKPT.value, max_images=_MAX_IMAGES.value, device=_DEVICE.value,
-                              seed=_SEED.value, show_progress=sys.stderr.isatty())
+        results = run_compare(
+            _CONFIG.value,
+            _CKPT.value,
+            max_images=_MAX_IMAGES.value,
+            device=_DEVICE.value,
+            seed=_SEED.value,
+            show_progress=sys.stderr.isatty(),
+        )
     except USER_ERRORS as e:  # CompareError, CorruptImageError, a bad config value: one line
         print(f"compare: error: {error_message(e)}", file=sys.stderr)
         sys.exit(1)

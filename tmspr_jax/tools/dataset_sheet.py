@@ -78,8 +78,9 @@ def sheet(split: Any, *, tile: tuple[int, int] = (128, 64), columns: int = 0, ma
         raise ValueError(f"{split.name}/{split.split}: the split is empty")
     ids, first = first_per_identity(split.pids)
     stats = split.stats()
-    title = (f"{split.name} {split.split}: {stats['ids']} identities, {stats['images']} images, "
-             f"{stats['cameras']} cameras")  # fmt: skip
+    title = (
+        f"{split.name} {split.split}: {stats['ids']} identities, {stats['images']} images, {stats['cameras']} cameras"
+    )
     if max_ids and len(ids) > max_ids:
         ids, first = ids[:max_ids], first[:max_ids]
         title += f" (first {max_ids} identities shown)"
@@ -128,11 +129,21 @@ def _main() -> None:
 
         options = d.synthetic_options.to_dict() if "synthetic_options" in d else {}
         setup.ensure_synthetic_dataset(manual_dir, options)
-    path, stats = sheet_to_file(dataset, f.split, f.data_dir or str(d.data_dir), f.out, manual_dir=manual_dir,
-                                tile=_tile(f.tile), columns=f.columns, max_ids=f.max_ids)  # fmt: skip
+    path, stats = sheet_to_file(
+        dataset,
+        f.split,
+        f.data_dir or str(d.data_dir),
+        f.out,
+        manual_dir=manual_dir,
+        tile=_tile(f.tile),
+        columns=f.columns,
+        max_ids=f.max_ids,
+    )
     shown = min(stats["ids"], f.max_ids) if f.max_ids else stats["ids"]
-    print(f"{dataset} {f.split}: {stats['ids']} identities, {stats['images']} images, {stats['cameras']} cameras; "
-          f"{shown} tiles written to {path} ({os.path.getsize(path) / 1024:.0f} KiB)")  # fmt: skip
+    print(
+        f"{dataset} {f.split}: {stats['ids']} identities, {stats['images']} images, {stats['cameras']} cameras; "
+        f"{shown} tiles written to {path} ({os.path.getsize(path) / 1024:.0f} KiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,12 @@ FORMATS = ("stablehlo", "onnx")
 
 
 def export_features_fn(
-    model: Any, variables: Any, img_size: Sequence[int], *, flip: bool = False, batch: int = 0,
+    model: Any,
+    variables: Any,
+    img_size: Sequence[int],
+    *,
+    flip: bool = False,
+    batch: int = 0,
     platforms: Sequence[str] | None = None,
 ) -> jax.export.Exported:
     """``jax.export`` of ``(images [b,H,W,3], camids [b]) -> features [b, D]`` with ``variables`` as constants.
@@ -86,8 +91,9 @@ def _import_onnx() -> tuple[Any, Any]:
         import jax2onnx
         import onnx
     except ImportError as e:
-        raise ValueError(f"--format=onnx needs jax2onnx and onnx ({e}); install them with pip install -e '.[onnx]'"
-                         ) from e
+        raise ValueError(
+            f"--format=onnx needs jax2onnx and onnx ({e}); install them with pip install -e '.[onnx]'"
+        ) from e
     return jax2onnx, onnx
 
 
@@ -106,8 +112,9 @@ def export_onnx(model: Any, variables: Any, img_size: Sequence[int], *, flip: bo
     b = "batch" if batch == 0 else int(batch)
     h, w = int(img_size[0]), int(img_size[1])
     args = [jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32)]
-    return jax2onnx.to_onnx(features, args, model_name="tmspr_features", input_names=["images", "camids"],
-                            output_names=["features"])  # fmt: skip
+    return jax2onnx.to_onnx(
+        features, args, model_name="tmspr_features", input_names=["images", "camids"], output_names=["features"]
+    )
 
 
 def camera_table_size(model: Any) -> int:
@@ -116,8 +123,9 @@ def camera_table_size(model: Any) -> int:
     return cams if cams > 1 else 0
 
 
-def _model_and_variables(config: ml_collections.ConfigDict, checkpoint: str, step: int | None = None
-                         ) -> tuple[Any, Any]:
+def _model_and_variables(
+    config: ml_collections.ConfigDict, checkpoint: str, step: int | None = None
+) -> tuple[Any, Any]:
     from tmspr_jax import train, weights
     from tmspr_jax.models import build_model
 
@@ -141,8 +149,14 @@ def _model_and_variables(config: ml_collections.ConfigDict, checkpoint: str, ste
 
 
 def export_to_file(
-    config: ml_collections.ConfigDict, checkpoint: str, out: str, *, batch: int = 0,
-    platforms: Sequence[str] | None = None, step: int | None = None, format: str = "stablehlo",
+    config: ml_collections.ConfigDict,
+    checkpoint: str,
+    out: str,
+    *,
+    batch: int = 0,
+    platforms: Sequence[str] | None = None,
+    step: int | None = None,
+    format: str = "stablehlo",
 ) -> str:
     """Exports ``checkpoint``'s feature function to ``out`` and its description to ``out + '.json'``; ``step``
     picks a training workdir's checkpoint (default: the best by mAP, else the latest); ``format`` is
@@ -203,14 +217,22 @@ def _main() -> None:
     f = flags.FLAGS
     config = cli.config_or_demo(f.config)
     platforms = [p for p in f.platforms.split(",") if p] if f.platforms else None
-    path = export_to_file(config, f.checkpoint, f.out, batch=f.batch, platforms=platforms,
-                          step=f.step if f.step >= 0 else None, format=f.format)
+    path = export_to_file(
+        config,
+        f.checkpoint,
+        f.out,
+        batch=f.batch,
+        platforms=platforms,
+        step=f.step if f.step >= 0 else None,
+        format=f.format,
+    )
     with open(path + ".json") as fh:  # the description, not the (possibly large) program
         info = json.load(fh)
     shape = (info["batch"], *info["img_size"], 3)
-    print(f"exported {config.data.test} features ({info['feature_dim']}-d) for images {shape} on "
-          f"{', '.join(info['platforms'])} to {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")  # fmt: skip
-
+    print(
+        f"exported {config.data.test} features ({info['feature_dim']}-d) for images {shape} on "
+        f"{', '.join(info['platforms'])} to {path} ({os.path.getsize(path) / 2**20:.1f} MiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,11 @@ def save_features(
     config_json: str = "",
 ) -> str:
     """Writes ``(features, pids, camids)`` of query and gallery with their file names; returns the path written."""
-    arrays: dict[str, Any] = {"dataset": np.str_(dataset), "checkpoint": np.str_(checkpoint),
-                              "config": np.str_(config_json)}  # fmt: skip
+    arrays: dict[str, Any] = {
+        "dataset": np.str_(dataset),
+        "checkpoint": np.str_(checkpoint),
+        "config": np.str_(config_json),
+    }
     for split, (feats, pids, camids), names in (("query", query, query_names), ("gallery", gallery, gallery_names)):
         arrays[f"{split}_features"] = np.asarray(feats, np.float32)
         arrays[f"{split}_pids"] = np.asarray(pids, np.int64)
@@ -118,8 +121,9 @@ class Extracted(NamedTuple):
     feature_dim: int
 
 
-def extract_to_file(config: ml_collections.ConfigDict, checkpoint: str, out: str = "", step: int | None = None
-                    ) -> Extracted:
+def extract_to_file(
+    config: ml_collections.ConfigDict, checkpoint: str, out: str = "", step: int | None = None
+) -> Extracted:
     """Extracts the test features of ``checkpoint`` on the config's test split and saves them (see module doc);
     ``step`` picks a training workdir's checkpoint (default: the best by mAP, else the latest)."""
     import jax
@@ -132,9 +136,15 @@ def extract_to_file(config: ml_collections.ConfigDict, checkpoint: str, out: str
     out = out or os.path.join(os.path.abspath(os.path.expanduser(checkpoint)), "features.npz")
     if jax.process_index() == 0:
         save_features(
-            out, query, gallery, exp.query_split.file_names, exp.gallery_split.file_names,
-            dataset=str(config.data.test), checkpoint=os.path.abspath(checkpoint), config_json=config.to_json(),
-        )  # fmt: skip
+            out,
+            query,
+            gallery,
+            exp.query_split.file_names,
+            exp.gallery_split.file_names,
+            dataset=str(config.data.test),
+            checkpoint=os.path.abspath(checkpoint),
+            config_json=config.to_json(),
+        )
     return Extracted(out, len(query[0]), len(gallery[0]), int(query[0].shape[1]))
 
 
@@ -204,8 +214,10 @@ def read_image(path: str) -> np.ndarray:
             if mode.startswith("I;16") or mode == "I":
                 grey = np.asarray(im, dtype=np.int64)
                 if grey.size and (grey.min() < 0 or grey.max() > 65535):
-                    raise ValueError(f"{path}: 32-bit integer image with values outside 0..65535; save it as 8 or "
-                                     "16 bits per channel")  # fmt: skip
+                    raise ValueError(
+                        f"{path}: 32-bit integer image with values outside 0..65535; save it as 8 or "
+                        "16 bits per channel"
+                    )
                 scale = 257 if mode.startswith("I;16") or grey.max(initial=0) > 255 else 1
                 grey = (grey // scale).astype(np.uint8)
                 return np.repeat(grey[..., None], 3, axis=-1)
@@ -227,8 +239,10 @@ def _restore_workdir(path: str, step: int | None = None) -> dict:
 
     ckpt_dir = checkpoints.checkpoints_dir(path)
     if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"--checkpoint {path!r} is neither a converted weights folder (with meta.json) nor a "
-                                "training workdir (with a checkpoints/ folder)")  # fmt: skip
+        raise FileNotFoundError(
+            f"--checkpoint {path!r} is neither a converted weights folder (with meta.json) nor a "
+            "training workdir (with a checkpoints/ folder)"
+        )
     manager = checkpoints.make_manager(path, 1, read_only=True)
     found = checkpoints.restore_newest_intact(manager, checkpoints.candidate_steps(manager, step))
     if found is None:
@@ -274,8 +288,10 @@ def load_model(config: ml_collections.ConfigDict, checkpoint: str, step: int | N
             name = jax.tree_util.keystr(key)
             have = "missing" if a is None else f"shape {tuple(np.shape(a))}"
             need = "no such variable" if b is None else f"shape {tuple(b.shape)}"
-            raise ValueError(f"{path}: {name} is {have} but the config's model has {need}; pass the --config the "
-                             "checkpoint was trained or converted with")  # fmt: skip
+            raise ValueError(
+                f"{path}: {name} is {have} but the config's model has {need}; pass the --config the "
+                "checkpoint was trained or converted with"
+            )
     return model, got
 
 
@@ -360,8 +376,11 @@ def extract_images(
             }
 
     extract_fn = inference.make_extract_fn(model, flip=bool(config.eval.flip))
-    with tqdm(total=len(paths), desc=desc, unit="img", mininterval=1.0, leave=False) as bar, \
-            ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, jax.set_mesh(mesh):  # fmt: skip
+    with (
+        tqdm(total=len(paths), desc=desc, unit="img", mininterval=1.0, leave=False) as bar,
+        ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool,
+        jax.set_mesh(mesh),
+    ):
         variables = sharding.replicate(variables, mesh)
         feats, _, _ = inference.extract_features(extract_fn, variables, batches(pool), mesh, progress=bar.update)
     return Images(feats, pids, camids, paths)
@@ -371,11 +390,15 @@ def save_image_features(path: str, images: Images, root: str, *, checkpoint: str
     """Writes :func:`extract_images`'s result (file names relative to ``root``); returns the path written."""
     names = [os.path.relpath(p, root) for p in images.paths]
     arrays = {
-        "dataset": np.str_("images"), "root": np.str_(os.path.abspath(root)), "checkpoint": np.str_(checkpoint),
-        "config": np.str_(config_json), "features": np.asarray(images.features, np.float32),
-        "pids": np.asarray(images.pids, np.int64), "camids": np.asarray(images.camids, np.int64),
+        "dataset": np.str_("images"),
+        "root": np.str_(os.path.abspath(root)),
+        "checkpoint": np.str_(checkpoint),
+        "config": np.str_(config_json),
+        "features": np.asarray(images.features, np.float32),
+        "pids": np.asarray(images.pids, np.int64),
+        "camids": np.asarray(images.camids, np.int64),
         "file_names": np.asarray(names, dtype=np.str_),
-    }  # fmt: skip
+    }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         np.savez(f, **arrays)
@@ -390,8 +413,10 @@ def load_image_features(path: str) -> dict[str, Any]:
         out = {k: f[k] for k in f.files}
     missing = [k for k in ("features", "pids", "camids", "file_names", "root") if k not in out]
     if missing or str(out.get("dataset", "")) != "images":
-        raise ValueError(f"{path}: not an image-features file of tmspr_jax.tools.extract --images (lacks {missing} "
-                         f"or dataset != 'images'; has {sorted(out)})")  # fmt: skip
+        raise ValueError(
+            f"{path}: not an image-features file of tmspr_jax.tools.extract --images (lacks {missing} "
+            f"or dataset != 'images'; has {sorted(out)})"
+        )
     n = out["features"].shape[0]
     for key in ("pids", "camids", "file_names"):
         if out[key].shape != (n,):
@@ -403,7 +428,12 @@ def load_image_features(path: str) -> dict[str, Any]:
 
 
 def extract_images_to_file(
-    config: ml_collections.ConfigDict, checkpoint: str, images: str, out: str, *, step: int | None = None,
+    config: ml_collections.ConfigDict,
+    checkpoint: str,
+    images: str,
+    out: str,
+    *,
+    step: int | None = None,
     **kwargs: Any,
 ) -> tuple[str, Images]:
     """``--images`` mode of the command: lists, extracts and saves; returns the path and the features."""
@@ -421,12 +451,21 @@ def _main() -> None:
     config = cli.config_or_demo(f.config)
     if f.images:
         out = f.out or "features.npz"
-        path, got = extract_images_to_file(config, f.checkpoint, f.images, out, camid=f.camid,
-                                           parse_names=f.parse_names, batch_size=f.batch_size,
-                                           step=f.step if f.step >= 0 else None)  # fmt: skip
+        path, got = extract_images_to_file(
+            config,
+            f.checkpoint,
+            f.images,
+            out,
+            camid=f.camid,
+            parse_names=f.parse_names,
+            batch_size=f.batch_size,
+            step=f.step if f.step >= 0 else None,
+        )
         parsed = int((got.pids >= 0).sum()) if f.parse_names else 0
-        print(f"{len(got.paths)} image features ({got.features.shape[1]}-d; cameras from {parsed} release names, "
-              f"--camid={f.camid} for the rest) written to {path}")  # fmt: skip
+        print(
+            f"{len(got.paths)} image features ({got.features.shape[1]}-d; cameras from {parsed} release names, "
+            f"--camid={f.camid} for the rest) written to {path}"
+        )
         return
     from tmspr_jax.data import setup
 
@@ -438,7 +477,6 @@ def _main() -> None:
     )
 
 
-
 if __name__ == "__main__":
     from absl import flags
     from ml_collections import config_flags
@@ -447,8 +485,12 @@ if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", None, "Training workdir or converted weights folder.")
     flags.DEFINE_integer("step", -1, "Step of a training workdir to use; -1 = the best by mAP, else the latest.")
     flags.DEFINE_string("out", "", "Output .npz (default: <checkpoint>/features.npz; features.npz with --images).")
-    flags.DEFINE_string("images", "", "A folder, image file or list file of images: extract these instead of the "
-                        "config's test split (no prepared dataset needed).")
+    flags.DEFINE_string(
+        "images",
+        "",
+        "A folder, image file or list file of images: extract these instead of the "
+        "config's test split (no prepared dataset needed).",
+    )
     flags.DEFINE_integer("camid", 0, "With --images: the 0-based camera of images whose names do not parse.")
     flags.DEFINE_bool("parse_names", True, "With --images: cameras from Market/Duke release names (0001_c1s1_...).")
     flags.DEFINE_integer("batch_size", 0, "With --images: images per batch (0 = config.data.test_batch_size).")

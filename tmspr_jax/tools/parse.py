@@ -39,8 +39,11 @@ def list_images(folder: str) -> list[str]:
     """Image files directly in ``folder``, sorted; two images with the same stem are an error (same outputs)."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"--images {folder!r} is not a directory")
-    names = sorted(n for n in os.listdir(folder)
-                   if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+    names = sorted(
+        n
+        for n in os.listdir(folder)
+        if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n))
+    )
     stems: dict[str, str] = {}
     for n in names:
         stem = os.path.splitext(n)[0]
@@ -59,9 +62,18 @@ def _save_atomic(path: str, write) -> None:
     os.replace(tmp, path)
 
 
-def parse_folder(parser_dir: str, images_dir: str, out_dir: str, *, logits: bool = False, dtype: str = "float32",
-                 batch_size: int = 8, max_images: int | None = None, progress: bool = True,
-                 parser: Any = None) -> ParseSummary:
+def parse_folder(
+    parser_dir: str,
+    images_dir: str,
+    out_dir: str,
+    *,
+    logits: bool = False,
+    dtype: str = "float32",
+    batch_size: int = 8,
+    max_images: int | None = None,
+    progress: bool = True,
+    parser: Any = None,
+) -> ParseSummary:
     """Parses every image of ``images_dir`` into ``out_dir`` (see the module docstring). ``max_images`` stops after
     about that many images (whole batches): the run is then unfinished and a later call completes it. ``parser``: an
     already built :class:`tmspr_jax.parser.runner.Parser` to use instead of loading ``parser_dir``."""
@@ -82,8 +94,11 @@ def parse_folder(parser_dir: str, images_dir: str, out_dir: str, *, logits: bool
 
     items = [Item(n, functools.partial(preprocess.read_image, os.path.join(images_dir, n))) for n in names]
     b = parser.batch_size
-    todo = [k for k in range(parser.num_batches(len(items)))
-            if not all(os.path.isfile(o) for i in range(k * b, min((k + 1) * b, len(items))) for o in outputs(i))]
+    todo = [
+        k
+        for k in range(parser.num_batches(len(items)))
+        if not all(os.path.isfile(o) for i in range(k * b, min((k + 1) * b, len(items))) for o in outputs(i))
+    ]
     if max_images is not None:
         todo = todo[: max(1, -(-max_images // b))]
     index = {n: i for i, n in enumerate(names)}
@@ -97,7 +112,7 @@ def parse_folder(parser_dir: str, images_dir: str, out_dir: str, *, logits: bool
         _save_atomic(png, lambda p: im.save(p, format="PNG"))
 
     parser.run(items, post, lambda *_: None, todo=todo, progress=progress)
-    parsed = sum(len(items[k * b:(k + 1) * b]) for k in todo)
+    parsed = sum(len(items[k * b : (k + 1) * b]) for k in todo)
     finished = all(os.path.isfile(o) for i in range(len(items)) for o in outputs(i))
     return ParseSummary(len(items), parsed, os.path.abspath(out_dir), finished)
 
@@ -106,11 +121,14 @@ def _main() -> None:
     from absl import flags
 
     f = flags.FLAGS
-    s = parse_folder(f.parser, f.images, f.out, logits=f.logits, dtype=f.dtype, batch_size=f.batch_size,
-                     max_images=f.max_images)
+    s = parse_folder(
+        f.parser, f.images, f.out, logits=f.logits, dtype=f.dtype, batch_size=f.batch_size, max_images=f.max_images
+    )
     state = "done" if s.finished else "unfinished (rerun to continue)"
-    print(f"{s.parsed} of {s.images} images parsed by this run ({s.images - s.parsed} already done); "
-          f"outputs in {s.out_dir}: {state}")
+    print(
+        f"{s.parsed} of {s.images} images parsed by this run ({s.images - s.parsed} already done); "
+        f"outputs in {s.out_dir}: {state}"
+    )
 
 
 def define_flags(argv: Sequence[str] | None = None) -> None:

@@ -56,8 +56,11 @@ def checkpoint_identity(checkpoint: str) -> list[Any]:
     path = os.path.abspath(os.path.expanduser(checkpoint))
     from tmspr_jax import weights
 
-    top = path if weights.is_weights_folder(path) or os.path.basename(path) == "checkpoints" else (
-        os.path.join(path, "checkpoints"))  # fmt: skip
+    top = (
+        path
+        if weights.is_weights_folder(path) or os.path.basename(path) == "checkpoints"
+        else (os.path.join(path, "checkpoints"))
+    )
     files = []
     for folder, dirs, names in os.walk(top):
         dirs.sort()
@@ -149,19 +152,31 @@ def gallery_features(
 ) -> Gallery:
     """The gallery's features, from the cache when its keys match, else extracted and cached (see module doc)."""
     root, paths = extract.list_images(gallery)
-    settings = {"camid": int(camid), "parse_names": bool(parse_names),
-                "batch_size": int(batch_size or config.data.test_batch_size)}  # fmt: skip
+    settings = {
+        "camid": int(camid),
+        "parse_names": bool(parse_names),
+        "batch_size": int(batch_size or config.data.test_batch_size),
+    }
     mkey, fkey = model_key(config, checkpoint, **settings), files_key(paths)
     cache = cache or default_cache_path(gallery, mkey)
     data = _read_cache(cache, mkey, fkey)
     if data is not None:
         return Gallery(data["features"], data["pids"], data["camids"], paths, root, True)
     model, variables = model_and_variables or extract.load_model(config, checkpoint)
-    got = extract.extract_images(model, variables, paths, config, camid=camid, parse_names=parse_names,
-                                 batch_size=batch_size, desc="gallery")  # fmt: skip
-    _write_cache(cache, {"features": got.features, "pids": got.pids, "camids": got.camids,
-                         "file_names": np.asarray([os.path.relpath(p, root) for p in paths], np.str_),
-                         "model_key": np.str_(mkey), "files_key": np.str_(fkey)})  # fmt: skip
+    got = extract.extract_images(
+        model, variables, paths, config, camid=camid, parse_names=parse_names, batch_size=batch_size, desc="gallery"
+    )
+    _write_cache(
+        cache,
+        {
+            "features": got.features,
+            "pids": got.pids,
+            "camids": got.camids,
+            "file_names": np.asarray([os.path.relpath(p, root) for p in paths], np.str_),
+            "model_key": np.str_(mkey),
+            "files_key": np.str_(fkey),
+        },
+    )
     return Gallery(got.features, got.pids, got.camids, paths, root, False)
 
 
@@ -223,8 +238,12 @@ def rank_queries(
 
 
 def write_results(
-    out_dir: str, gallery: Gallery, queries: extract.Images, ranked: list[list[tuple[int, float]]],
-    *, size: tuple[int, int] = (128, 64),
+    out_dir: str,
+    gallery: Gallery,
+    queries: extract.Images,
+    ranked: list[list[tuple[int, float]]],
+    *,
+    size: tuple[int, int] = (128, 64),
 ) -> list[str]:
     """The PNG strip of every query and ``results.json`` (see module doc); returns the PNG paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -238,39 +257,68 @@ def write_results(
             colours.append(NEUTRAL if not known else visualize.MATCH if gpid == qpid else visualize.MISMATCH)
         labels = ["query"] + [f"{r + 1}: {d:.3g}" for r, (_, d) in enumerate(results)]
         strip = visualize.render_ranked_list(
-            extract.read_image(qpath), [extract.read_image(gallery.paths[j]) for j, _ in results],
-            [c == visualize.MATCH for c in colours], size=size, labels=labels, colours=colours,
-        )  # fmt: skip
+            extract.read_image(qpath),
+            [extract.read_image(gallery.paths[j]) for j, _ in results],
+            [c == visualize.MATCH for c in colours],
+            size=size,
+            labels=labels,
+            colours=colours,
+        )
         stem = os.path.splitext(os.path.basename(qpath))[0]
         png = os.path.join(out_dir, f"{n:03d}_{stem}.png")
         strip.save(png)
         pngs.append(png)
-        summary.append({"query": qpath, "results": [
-            {"file": os.path.relpath(gallery.paths[j], gallery.root), "distance": d} for j, d in results]})  # fmt: skip
+        summary.append(
+            {
+                "query": qpath,
+                "results": [
+                    {"file": os.path.relpath(gallery.paths[j], gallery.root), "distance": d} for j, d in results
+                ],
+            }
+        )
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return pngs
 
 
 def search_to_dir(
-    config: ml_collections.ConfigDict, checkpoint: str, gallery: str, query: str, out_dir: str, *, topk: int = 10,
-    cache: str = "", camid: int = 0, parse_names: bool = True, batch_size: int = 0,
+    config: ml_collections.ConfigDict,
+    checkpoint: str,
+    gallery: str,
+    query: str,
+    out_dir: str,
+    *,
+    topk: int = 10,
+    cache: str = "",
+    camid: int = 0,
+    parse_names: bool = True,
+    batch_size: int = 0,
 ) -> tuple[Gallery, GalleryIndex, Any, list[str]]:
     """The command without its printing: returns the gallery, its index, ``(model, variables)`` and the PNGs."""
     mv = extract.load_model(config, checkpoint)
-    g = gallery_features(config, checkpoint, gallery, model_and_variables=mv, cache=cache, camid=camid,
-                         parse_names=parse_names, batch_size=batch_size)  # fmt: skip
+    g = gallery_features(
+        config,
+        checkpoint,
+        gallery,
+        model_and_variables=mv,
+        cache=cache,
+        camid=camid,
+        parse_names=parse_names,
+        batch_size=batch_size,
+    )
     index = GalleryIndex(g.features, feat_norm=bool(config.eval.feat_norm))
     _, qpaths = extract.list_images(query)
-    q = extract.extract_images(*mv, qpaths, config, camid=camid, parse_names=parse_names, batch_size=batch_size,
-                               desc="query")  # fmt: skip
+    q = extract.extract_images(
+        *mv, qpaths, config, camid=camid, parse_names=parse_names, batch_size=batch_size, desc="query"
+    )
     ranked = rank_queries(index, g, q, topk)
     pngs = write_results(out_dir, g, q, ranked, size=tuple(int(s) for s in config.img_size))
     return g, index, mv, pngs
 
 
-def benchmark(num: int, dim: int = 7680, *, topk: int = 10, batches: Sequence[int] = (1, 16), repeats: int = 20,
-              seed: int = 0) -> dict[str, float]:
+def benchmark(
+    num: int, dim: int = 7680, *, topk: int = 10, batches: Sequence[int] = (1, 16), repeats: int = 20, seed: int = 0
+) -> dict[str, float]:
     """Times :meth:`GalleryIndex.search` on a random ``num x dim`` gallery; returns milliseconds per call (median)
     for each query batch size, and, as the baseline in the same run, NumPy's product and ``argpartition``."""
     g = jax.block_until_ready(jax.random.normal(jax.random.PRNGKey(seed), (num, dim), jnp.float32))
@@ -308,21 +356,37 @@ def _main() -> None:
     if f.benchmark:
         res = benchmark(f.benchmark, f.benchmark_dim, topk=f.topk)
         dev = jax.devices()[0]
-        print(f"gallery {f.benchmark} x {f.benchmark_dim} float32 on {dev.platform} ({dev.device_kind}): " + ", ".join(
-            f"{k} {v:.1f}" for k, v in res.items()))  # fmt: skip
-        print(f"one query: {res['query_ms_batch1']:.1f} ms, {res['numpy_query_ms_batch1'] / res['query_ms_batch1']:.2f}"
-              "x NumPy's product + argpartition on the same host")  # fmt: skip
+        print(
+            f"gallery {f.benchmark} x {f.benchmark_dim} float32 on {dev.platform} ({dev.device_kind}): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in res.items())
+        )
+        print(
+            f"one query: {res['query_ms_batch1']:.1f} ms, {res['numpy_query_ms_batch1'] / res['query_ms_batch1']:.2f}"
+            "x NumPy's product + argpartition on the same host"
+        )
         return
     for name in ("checkpoint", "gallery", "query", "out"):
         if not getattr(f, name):
             raise ValueError(f"--{name} is required (unless --benchmark)")
     config = cli.config_or_demo(f.config)
     t0 = time.perf_counter()
-    g, index, mv, pngs = search_to_dir(config, f.checkpoint, f.gallery, f.query, f.out, topk=f.topk, cache=f.cache,
-                                       camid=f.camid, parse_names=f.parse_names, batch_size=f.batch_size)  # fmt: skip
+    g, index, mv, pngs = search_to_dir(
+        config,
+        f.checkpoint,
+        f.gallery,
+        f.query,
+        f.out,
+        topk=f.topk,
+        cache=f.cache,
+        camid=f.camid,
+        parse_names=f.parse_names,
+        batch_size=f.batch_size,
+    )
     how = "reused from the cache" if g.reused else "extracted and cached"
-    print(f"{len(pngs)} queries ranked against {len(g.paths)} gallery images (features {how}) in "
-          f"{time.perf_counter() - t0:.1f} s; strips and results.json in {f.out}")  # fmt: skip
+    print(
+        f"{len(pngs)} queries ranked against {len(g.paths)} gallery images (features {how}) in "
+        f"{time.perf_counter() - t0:.1f} s; strips and results.json in {f.out}"
+    )
     if not f.interactive:
         return
     print("query image path (empty line or end of input to stop):", flush=True)
@@ -331,8 +395,9 @@ def _main() -> None:
         if not path:
             break
         try:
-            q = extract.extract_images(*mv, [path], config, camid=f.camid, parse_names=f.parse_names,
-                                       batch_size=1, desc="query")  # fmt: skip
+            q = extract.extract_images(
+                *mv, [path], config, camid=f.camid, parse_names=f.parse_names, batch_size=1, desc="query"
+            )
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", flush=True)
             continue

@@ -156,14 +156,25 @@ def visualize(
     for n, i in enumerate(shown):
         kept = top[i][top[i] >= 0]
         labels = [f"q {qp[i]}"] + [f"{r + 1}: {gp[j]}" for r, j in enumerate(kept)]
-        row = render_ranked_list(query_images(int(i)), [gallery_images(int(j)) for j in kept],
-                                 matches[i][: kept.size], size=size, labels=labels)  # fmt: skip
+        row = render_ranked_list(
+            query_images(int(i)),
+            [gallery_images(int(j)) for j in kept],
+            matches[i][: kept.size],
+            size=size,
+            labels=labels,
+        )
         stem = os.path.splitext(os.path.basename(str(q_names[i])))[0]
         path = os.path.join(out_dir, f"{n:03d}_{stem}.png")
         row.save(path)
         paths.append(path)
-        summary.append({"query": str(q_names[i]), "pid": int(qp[i]), "first_match_rank": int(first[i]),
-                        "top": [str(g_names[j]) for j in kept]})  # fmt: skip
+        summary.append(
+            {
+                "query": str(q_names[i]),
+                "pid": int(qp[i]),
+                "first_match_rank": int(first[i]),
+                "top": [str(g_names[j]) for j in kept],
+            }
+        )
     with open(os.path.join(out_dir, "ranks.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return paths
@@ -184,8 +195,10 @@ def align_features(features: dict[str, Any], other: dict[str, Any], what: str = 
         missing = [n for n in mine if n not in theirs]
         if missing or len(theirs) != len(mine):
             first = missing[0] if missing else "-"
-            raise ValueError(f"{what}: its {split} files differ from --features' ({len(theirs)} against {len(mine)}; "
-                             f"first missing: {first}); extract both on the same split")  # fmt: skip
+            raise ValueError(
+                f"{what}: its {split} files differ from --features' ({len(theirs)} against {len(mine)}; "
+                f"first missing: {first}); extract both on the same split"
+            )
         order = np.asarray([theirs[n] for n in mine], np.int64)
         for key in ("features", "pids", "camids", "file_names"):
             out[f"{split}_{key}"] = np.asarray(other[f"{split}_{key}"])[order]
@@ -195,8 +208,15 @@ def align_features(features: dict[str, Any], other: dict[str, Any], what: str = 
 def per_query_ap(features: dict[str, Any], eval_cfg: Any) -> np.ndarray:
     """The average precision of every query under the evaluation protocol (NaN where the query has no match)."""
     dist = evaluate.distance_matrix(features["query_features"], features["gallery_features"], eval_cfg)
-    res = evaluate.eval_reid(dist, features["query_pids"], features["gallery_pids"], features["query_camids"],
-                             features["gallery_camids"], max_rank=1, per_query=True)  # fmt: skip
+    res = evaluate.eval_reid(
+        dist,
+        features["query_pids"],
+        features["gallery_pids"],
+        features["query_camids"],
+        features["gallery_camids"],
+        max_rank=1,
+        per_query=True,
+    )
     ap = np.full(dist.shape[0], np.nan)
     ap[res["per_query"]["index"]] = res["per_query"]["ap"]
     return ap
@@ -251,8 +271,9 @@ def compare(
     lists, aps = [], []
     for f in (features, other):
         dist = evaluate.distance_matrix(f["query_features"], f["gallery_features"], eval_cfg)
-        lists.append(ranked_lists(dist, f["query_pids"], f["gallery_pids"], f["query_camids"], f["gallery_camids"],
-                                  topk))  # fmt: skip
+        lists.append(
+            ranked_lists(dist, f["query_pids"], f["gallery_pids"], f["query_camids"], f["gallery_camids"], topk)
+        )
         aps.append(per_query_ap(f, eval_cfg))
     if order == "differ":
         shown = difference_order(aps[0], aps[1], lists[0][0], lists[1][0])
@@ -269,12 +290,22 @@ def compare(
         for name, (top, matches, first), ap in zip(names, lists, aps):
             kept = top[i][top[i] >= 0]
             labels = [f"q {qp[i]}"] + [f"{r + 1}: {gp[j]}" for r, j in enumerate(kept)]
-            rows.append(render_ranked_list(query_images(int(i)), [gallery_images(int(j)) for j in kept],
-                                           matches[i][: kept.size], size=size, labels=labels))  # fmt: skip
+            rows.append(
+                render_ranked_list(
+                    query_images(int(i)),
+                    [gallery_images(int(j)) for j in kept],
+                    matches[i][: kept.size],
+                    size=size,
+                    labels=labels,
+                )
+            )
             ap_text = "no match in the gallery" if np.isnan(ap[i]) else f"AP {ap[i]:.2f}, first match at {first[i]}"
             titles.append(f"{name}: {ap_text}")
-            entry[name] = {"ap": None if np.isnan(ap[i]) else float(ap[i]), "first_match_rank": int(first[i]),
-                           "top": [str(g_names[j]) for j in kept]}  # fmt: skip
+            entry[name] = {
+                "ap": None if np.isnan(ap[i]) else float(ap[i]),
+                "first_match_rank": int(first[i]),
+                "top": [str(g_names[j]) for j in kept],
+            }
         stem = os.path.splitext(os.path.basename(str(q_names[i])))[0]
         path = os.path.join(out_dir, f"compare_{n:03d}_{stem}.png")
         render_comparison(rows, titles).save(path)
@@ -320,8 +351,10 @@ def render_part_maps(
     ``attention`` ``[B, gh, gw, 6]``, ``visible`` ``[B, 5]`` (parts 1..5); ``labels`` name the rows."""
     attention, visible = np.asarray(attention), np.asarray(visible)
     if attention.shape[0] != len(images) or visible.shape != (len(images), len(PART_NAMES) - 1):
-        raise ValueError(f"render_part_maps: {len(images)} images, attention {attention.shape}, visibility "
-                         f"{visible.shape} (expected [B, gh, gw, 6] and [B, 5])")  # fmt: skip
+        raise ValueError(
+            f"render_part_maps: {len(images)} images, attention {attention.shape}, visibility "
+            f"{visible.shape} (expected [B, gh, gw, 6] and [B, 5])"
+        )
     h, w = int(size[0]), int(size[1])
     cell_w, cell_h, text_h = w + 2 * border, h + 2 * border, 12
     width = cell_w * 7 + gap * 2
@@ -355,7 +388,13 @@ def part_maps(model: Any, variables: Any, images: np.ndarray, camids: np.ndarray
 
 
 def part_maps_to_file(
-    config: ml_collections.ConfigDict, checkpoint: str, images: str, out: str, *, num_images: int = 8, camid: int = 0,
+    config: ml_collections.ConfigDict,
+    checkpoint: str,
+    images: str,
+    out: str,
+    *,
+    num_images: int = 8,
+    camid: int = 0,
     parse_names: bool = True,
 ) -> tuple[str, np.ndarray]:
     """Draws the part maps of the first ``num_images`` (0 = all) of ``images`` (a folder, image or list file) into
@@ -413,23 +452,35 @@ def _main() -> None:
             raise ValueError("--part_maps needs --checkpoint and --images (a folder, image or list file)")
         out = f.out if f.out.lower().endswith((".png", ".jpg", ".jpeg")) else os.path.join(f.out, "part_maps.png")
         path, vis = part_maps_to_file(config, f.checkpoint, f.images, out, num_images=f.num_queries, camid=f.camid)
-        print(f"part maps of {vis.shape[0]} images written to {path} ({int(vis.sum())} of {vis.size} body parts "
-              "visible)")  # fmt: skip
+        print(
+            f"part maps of {vis.shape[0]} images written to {path} ({int(vis.sum())} of {vis.size} body parts visible)"
+        )
         return
     if not f.features:
         raise ValueError("--features is required (features.npz from python -m tmspr_jax.tools.extract)")
     feats = extract.load_features(f.features)
     if feats["dataset"] != str(config.data.test):
-        raise app.UsageError(f"{f.features} holds features of {feats['dataset']!r} but the config tests on "
-                             f"{config.data.test!r}; pass the config they were extracted with")  # fmt: skip
+        raise app.UsageError(
+            f"{f.features} holds features of {feats['dataset']!r} but the config tests on "
+            f"{config.data.test!r}; pass the config they were extracted with"
+        )
     query_images = _split_reader(config, "query", feats["query_file_names"])
     gallery_images = _split_reader(config, "gallery", feats["gallery_file_names"])
     if f.compare:
         names = (f.name or _default_name(f.features), f.compare_name or _default_name(f.compare))
-        paths = compare(feats, extract.load_features(f.compare), query_images, gallery_images, config.eval, f.out,
-                        names=names, topk=f.topk, num_queries=f.num_queries,
-                        order="differ" if f.order == "auto" else f.order,
-                        size=tuple(int(s) for s in config.img_size))  # fmt: skip
+        paths = compare(
+            feats,
+            extract.load_features(f.compare),
+            query_images,
+            gallery_images,
+            config.eval,
+            f.out,
+            names=names,
+            topk=f.topk,
+            num_queries=f.num_queries,
+            order="differ" if f.order == "auto" else f.order,
+            size=tuple(int(s) for s in config.img_size),
+        )
         print(f"{len(paths)} comparisons ({names[0]} above {names[1]}) written to {f.out} (compare.json: per-query AP)")
         return
     paths = visualize(
@@ -446,7 +497,6 @@ def _main() -> None:
     print(f"{len(paths)} ranked lists written to {f.out} (ranks.json lists each query's first correct rank)")
 
 
-
 if __name__ == "__main__":
     from absl import flags
     from ml_collections import config_flags
@@ -456,8 +506,12 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Folder for the PNGs and ranks.json (--part_maps: a folder or a .png/.jpg file)")
     flags.DEFINE_integer("topk", 10, "gallery images per query")
     flags.DEFINE_integer("num_queries", 40, "queries (--part_maps: images) to draw (0 = all)")
-    flags.DEFINE_enum("order", "auto", ["auto", "hardest", "index", "differ"],
-                      "which queries first (auto: hardest; with --compare: differ, the largest AP difference)")
+    flags.DEFINE_enum(
+        "order",
+        "auto",
+        ["auto", "hardest", "index", "differ"],
+        "which queries first (auto: hardest; with --compare: differ, the largest AP difference)",
+    )
     flags.DEFINE_string("compare", "", "A second model's features.npz of the same split: both rank-k lists per query")
     flags.DEFINE_string("name", "", "Title of --features' model (default: its folder or file name)")
     flags.DEFINE_string("compare_name", "", "Title of --compare's model (default: its folder or file name)")

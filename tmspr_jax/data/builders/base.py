@@ -60,15 +60,14 @@ def find_dataset_root(manual_dir: Path, folder_names: Sequence[str], required: S
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():
         raise DatasetLayoutError(
-            f"manual_dir {manual_dir} does not exist or is not a folder. Expected layout:\n{layout}")
+            f"manual_dir {manual_dir} does not exist or is not a folder. Expected layout:\n{layout}"
+        )
     candidates = [manual_dir] + [manual_dir / name for name in folder_names]
     for cand in candidates:
         if all((cand / child).exists() for child in required):
             return cand
     tried = ", ".join(str(c) for c in candidates)
-    raise DatasetLayoutError(
-        f"No folder with {list(required)} found; looked in: {tried}. Expected layout:\n{layout}"
-    )
+    raise DatasetLayoutError(f"No folder with {list(required)} found; looked in: {tried}. Expected layout:\n{layout}")
 
 
 def list_images(folder: Path, extensions: Sequence[str], layout: str) -> list[Path]:
@@ -248,4 +247,3 @@ class ReIDBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for index, it in enumerate(items):
             record = {"image": encoded_image(it.path), "pid": it.pid, "camid": it.camid, "file_name": it.file_name}
             yield f"{index:010d}", record  # with shuffling disabled tfds orders records by key
-

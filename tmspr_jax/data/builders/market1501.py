@@ -29,7 +29,8 @@ def read_market_layout(
     splits, junk = {}, {}
     for split, sub in SUBFOLDERS.items():
         splits[split], junk[split] = base.read_market_folder(
-            root / sub, max_cam=max_cam, max_pid=max_pid, layout=layout)
+            root / sub, max_cam=max_cam, max_pid=max_pid, layout=layout
+        )
     return splits, junk
 
 

@@ -7,8 +7,11 @@ from pathlib import Path
 from tmspr_jax.data.builders import base
 
 FOLDER_NAMES = ("MSMT17", "MSMT17_V1", "MSMT17_V2")
-LIST_FILES = {"train": ("list_train.txt", "list_val.txt"), "query": ("list_query.txt",),
-              "gallery": ("list_gallery.txt",)}
+LIST_FILES = {
+    "train": ("list_train.txt", "list_val.txt"),
+    "query": ("list_query.txt",),
+    "gallery": ("list_gallery.txt",),
+}
 # V1 ships train/ and test/; V2 ships mask_train_v2/ and mask_test_v2/.
 IMAGE_DIRS = {"train": ("train", "mask_train_v2"), "test": ("test", "mask_test_v2")}
 MAX_CAM = 15
