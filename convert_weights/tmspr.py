@@ -153,7 +153,7 @@ def init_heads(model: Any, rng: jax.Array, names: tuple[str, ...] | None = None)
     # Only modules the configured model has (the TransReID baseline has no T-MSPR heads: model.perception etc.).
     params = jax.eval_shape(lambda r: init_variables(model, r), jax.random.key(0))["params"]
     has = {"linear_layer" if k == "part_head" else k for k in params} | {"base.sie_embed"}
-    want = lambda n: n in has and (names is None or n in names)  # noqa: E731
+    want = lambda n: n in has and (names is None or n in names)
     rows = sie_rows(model)
     if rows and want("base.sie_embed"):
         out["base.sie_embed"] = _normal(rng, "base.sie_embed", (rows, 1, d), SIE_STD)

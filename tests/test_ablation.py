@@ -105,8 +105,8 @@ def test_each_switch_removes_exactly_its_loss_terms(switches, keys, n_logits, n_
 def test_baseline_loss_is_transreids():
     out, (loss, terms) = _loss_terms(BASELINE)
     _, pids, _, _ = _batch()
-    ce = lambda s: float(losses.cross_entropy(s, pids))  # noqa: E731
-    tri = lambda f: float(losses.triplet_loss(f, pids))  # noqa: E731
+    ce = lambda s: float(losses.cross_entropy(s, pids))
+    tri = lambda f: float(losses.triplet_loss(f, pids))
     (g,), (lg,) = out.global_feats, out.global_logits
     want_id = 0.5 * ce(lg) + 0.5 * np.mean([ce(s) for s in out.jpm_logits])
     want_tri = 0.5 * tri(g) + 0.5 * np.mean([tri(f) for f in out.jpm_feats])

@@ -333,7 +333,7 @@ def test_total_loss_gradients_finite_and_bf16_in_f32():
     loss_bf, terms_bf = losses.total_loss((bf_logits, bf_feats), PIDS, jnp.asarray(targets, jnp.bfloat16), None, cfg)
     assert loss_bf.dtype == jnp.float32 and terms_bf["triplet"].dtype == jnp.float32
     # Same as the f32 computation on the bf16-rounded values: the arithmetic itself ran in f32.
-    up = lambda t: tuple(np.asarray(jnp.asarray(x, jnp.float32)) for x in t)  # noqa: E731
+    up = lambda t: tuple(np.asarray(jnp.asarray(x, jnp.float32)) for x in t)
     loss_up, _ = losses.total_loss(
         (up(bf_logits), up(bf_feats)),
         PIDS,

@@ -31,7 +31,7 @@ def test_every_config_loads_with_a_docstring_giving_command_data_and_expectation
 
 
 def test_paper_configs_carry_the_reference_settings():
-    get = lambda n: importlib.import_module(f"configs.{n}").get_config()  # noqa: E731
+    get = lambda n: importlib.import_module(f"configs.{n}").get_config()
     occ = get("occ_duke")
     assert (occ.model.stride, occ.train.epochs, occ.optim.base_lr, occ.train.eval_period) == ((11, 11), 170, 0.008, 5)
     assert occ.data.test_batch_size == 256 and tuple(occ.data.mean) == (0.5, 0.5, 0.5)

@@ -71,7 +71,7 @@ def test_hardest_order_and_written_files(tmp_path):
         "query_file_names": np.array(["a.jpg", "b.jpg", "c.jpg"]),
         "gallery_file_names": np.array([f"g{i}.jpg" for i in range(6)]),
     }
-    image = lambda i: np.full((16, 8, 3), 30 * i, np.uint8)  # noqa: E731
+    image = lambda i: np.full((16, 8, 3), 30 * i, np.uint8)
     paths = vis.visualize(
         feats, image, image, get_base_config().eval, str(tmp_path), topk=4, num_queries=2, size=(16, 8)
     )

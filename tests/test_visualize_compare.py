@@ -71,7 +71,7 @@ def test_comparison_picture_has_both_lists_with_their_frames(tmp_path):
     good = _features(rng, g[[0, 2, 4]] + 0.01, g)  # each query nearest to its own identity
     bad = _features(rng, g[[0, 3, 5]] + 0.01, g)  # queries 1 and 2 nearest to another identity's image
     bad["query_features"][1] = g[4] + 0.01
-    image = lambda i: np.full((16, 8, 3), 40 * i, np.uint8)  # noqa: E731
+    image = lambda i: np.full((16, 8, 3), 40 * i, np.uint8)
     paths = vis.compare(
         good,
         bad,

@@ -139,7 +139,7 @@ def test_sincos_start_keeps_the_parameter_tree_and_trains():
     args = (np.zeros((1, 48, 40, 3), np.float32), np.zeros(1, int))
     normal = _vit().init(jax.random.key(0), *args)["params"]
     sincos = _vit(pos_embed_init="sincos").init(jax.random.key(0), *args)["params"]
-    shapes = lambda t: jax.tree_util.tree_map(np.shape, t)  # noqa: E731
+    shapes = lambda t: jax.tree_util.tree_map(np.shape, t)
     assert shapes(sincos) == shapes(normal)  # checkpoints and converted weights fit either start
     grid = _vit().grid
     np.testing.assert_array_equal(np.asarray(sincos["pos_embed"])[0], sincos_embedding(grid, 32))

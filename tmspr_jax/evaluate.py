@@ -412,7 +412,7 @@ def compute_metrics(
     res = eval_reid(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:], max_rank=max_rank, per_query=samples > 0)
     cmc = res["cmc"]
     # Past the gallery size every valid query has been matched, so the last value carries on.
-    at = lambda r: float(cmc[min(r, len(cmc)) - 1])  # noqa: E731
+    at = lambda r: float(cmc[min(r, len(cmc)) - 1])
     out = {
         "mAP": float(res["mAP"]),
         "rank1": at(1),

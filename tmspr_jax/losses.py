@@ -247,7 +247,7 @@ def total_loss(
       reference's order) and ``triplet_per_feat`` (every ``[B, D]`` feature, in the reference's order).
     """
     out = _as_outputs(outputs)
-    cfg = lambda key: config_value(loss_cfg, key, "loss")  # noqa: E731
+    cfg = lambda key: config_value(loss_cfg, key, "loss")
     smoothing = float(cfg("label_smoothing"))
     margin = float(cfg("triplet_margin"))
     norm_feat = bool(cfg("triplet_norm_feat"))
@@ -257,10 +257,10 @@ def total_loss(
         raise ValueError(f"config.loss.id_loss={id_loss!r}: expected one of {list(ID_LOSSES)}")
     if id_loss != "softmax":
         scale, id_margin = float(cfg("id_scale")), float(cfg("id_margin"))
-        to_logits = lambda s: margin_logits(s, pids, id_loss, scale, id_margin)  # noqa: E731
+        to_logits = lambda s: margin_logits(s, pids, id_loss, scale, id_margin)
         kl_logits = (scale * _f32(out.global_logits[0]), scale * _f32(out.jpm_logits[0]))
     else:
-        to_logits = lambda s: s  # noqa: E731
+        to_logits = lambda s: s
         kl_logits = (out.global_logits[0], out.jpm_logits[0])
 
     def ce(group: Sequence[jax.Array]) -> jax.Array:

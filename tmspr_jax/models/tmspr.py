@@ -138,7 +138,7 @@ class TMSPR(nn.Module):
             self.embed_dim,
             self.num_heads,
             self.mlp_ratio,
-            last_rate,  # noqa: E731
+            last_rate,
             self.dtype,
             self.remat,
         )
@@ -147,17 +147,17 @@ class TMSPR(nn.Module):
         bn = lambda name: nn.BatchNorm(
             use_bias=False,
             epsilon=1e-5,
-            momentum=0.9,  # noqa: E731
+            momentum=0.9,
             scale_init=nn.initializers.ones,
             name=name,
         )
         if self.classifier_kind == "cosine":
-            cls = lambda name: CosineClassifier(self.num_classes, name=name)  # noqa: E731
+            cls = lambda name: CosineClassifier(self.num_classes, name=name)
         else:
             cls = lambda name: nn.Dense(
                 self.num_classes,
                 use_bias=False,
-                dtype=self.dtype,  # noqa: E731
+                dtype=self.dtype,
                 param_dtype=jnp.float32,
                 kernel_init=nn.initializers.normal(1e-3),
                 name=name,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tmspr_jax.utils import patch_grid  # noqa: F401  (re-exported: models.patch_grid)
+from tmspr_jax.utils import patch_grid
 
 Dtype = Any
 
@@ -96,7 +96,7 @@ class Attention(nn.Module):
         dense = lambda feats: nn.Dense(
             feats,
             dtype=self.dtype,
-            param_dtype=jnp.float32,  # noqa: E731
+            param_dtype=jnp.float32,
             kernel_init=_normal02,
             bias_init=nn.initializers.zeros,
         )
@@ -279,9 +279,7 @@ class VisionTransformer(nn.Module):
         if self.pos_embed_init not in POS_EMBED_INITS:
             raise ValueError(f"pos_embed_init={self.pos_embed_init!r}: expected one of {POS_EMBED_INITS}")
         if self.pos_embed_init == "sincos":
-            pos_init = lambda key, shape, dtype=jnp.float32: jnp.asarray(  # noqa: E731
-                sincos_embedding((gh, gw), d)[None], dtype
-            )
+            pos_init = lambda key, shape, dtype=jnp.float32: jnp.asarray(sincos_embedding((gh, gw), d)[None], dtype)
         else:
             pos_init = _normal02
         self.pos_embed = self.param("pos_embed", pos_init, (1, 1 + gh * gw, d))

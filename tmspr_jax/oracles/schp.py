@@ -105,7 +105,7 @@ class PSPModule(nn.Module):
         return self.bottleneck(torch.cat(priors, 1))
 
 
-class Edge_Module(nn.Module):  # noqa: N801 (SCHP's name)
+class Edge_Module(nn.Module):
     def __init__(self, in_fea: Sequence[int] = (256, 512, 1024), mid_fea: int = 256, out_fea: int = 2):
         super().__init__()
         for k, c in enumerate(in_fea, start=1):
@@ -122,7 +122,7 @@ class Edge_Module(nn.Module):  # noqa: N801 (SCHP's name)
         return edge, torch.cat([f1, up(f2), up(f3)], dim=1)
 
 
-class Decoder_Module(nn.Module):  # noqa: N801 (SCHP's name)
+class Decoder_Module(nn.Module):
     def __init__(self, num_classes: int, in_top: int = 512, in_low: int = 256, widths: Sequence[int] = (256, 48, 256)):
         super().__init__()
         w1, w2, w3 = widths

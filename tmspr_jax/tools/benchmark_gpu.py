@@ -125,14 +125,14 @@ def _compiled_figures(compiled: Any) -> dict[str, Any]:
         ca = compiled.cost_analysis()
         ca = ca[0] if isinstance(ca, (list, tuple)) else ca
         out["flops"] = float(ca["flops"]) if ca and ca.get("flops", 0) > 0 else None
-    except Exception:  # noqa: BLE001 - backends without a cost model: the figure stays null
+    except Exception:
         pass
     try:
         m = compiled.memory_analysis()
         out["xla_bytes"] = int(
             m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
         )
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return out
 
@@ -234,7 +234,7 @@ def _profile(profile_dir: str | None, fn: Callable[[], Any], calls: int) -> str 
         with jax.profiler.trace(profile_dir):
             for _ in range(calls):
                 jax.block_until_ready(fn())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return f"{type(e).__name__}: {e}"
     return None
 
@@ -357,7 +357,7 @@ def _measure_torch(cfg: Any, s: dict, inputs: dict, variables: dict) -> dict[str
     model = build_torch_model(cfg.model, cfg.img_size, s["num_classes"], s["num_cameras"])
     load_numpy_state(model, variables_to_reference(jax.tree_util.tree_map(np.array, variables)))
     model.to(dev)
-    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(dev)  # noqa: E731
+    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(dev)
     views = [nchw(inputs["views"][:, v]) for v in range(4)]
     cams = torch.from_numpy(inputs["camids"].astype(np.int64)).to(dev)
     pids = torch.from_numpy(inputs["pids"].astype(np.int64)).to(dev)
@@ -621,7 +621,7 @@ def main() -> None:
         try:
             run()
             print(f"{name}: done in {time.perf_counter() - t0:.1f} s", flush=True)
-        except Exception as e:  # noqa: BLE001 - one failed measurement must not lose the others
+        except Exception as e:
             res["errors"][name] = f"{type(e).__name__}: {e}"
             print(f"{name}: FAILED after {time.perf_counter() - t0:.1f} s: {res['errors'][name]}", flush=True)
         if res["torch"]:
