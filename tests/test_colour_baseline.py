@@ -37,7 +37,7 @@ def test_bad_settings_are_named(kwargs, match):
 
 def test_scores_a_generated_split_above_chance(tmp_path):
     from configs import demo
-    from tmspr_jax.data import setup
+    from tmspr_jax.datagen import ensure as setup
 
     c = demo.get_config()
     c.data.data_dir = str(tmp_path / "tfds")

@@ -11,7 +11,7 @@ import os
 
 from configs import demo
 from tmspr_jax import evaluate, train
-from tmspr_jax.data import setup
+from tmspr_jax.datagen import ensure
 
 
 def short_demo_config(cache: str):
@@ -30,7 +30,7 @@ def short_demo_config(cache: str):
 
 def test_training_raises_map_by_at_least_0_2_over_the_untrained_model(tmp_path):
     cfg = short_demo_config(str(tmp_path))
-    setup.prepare_for_config(cfg)
+    ensure.prepare_for_config(cfg)
     workdir = str(tmp_path / "run")
     untrained = train.evaluate_untrained(cfg, workdir)
     trained = train.train_and_evaluate(cfg, workdir)

@@ -12,7 +12,7 @@ import pytest
 
 from configs import demo
 from tmspr_jax import evaluate, train, weights
-from tmspr_jax.data import setup
+from tmspr_jax.datagen import ensure as setup
 from tmspr_jax.models.tmspr import init_variables
 from tmspr_jax.tools import extract
 

@@ -57,7 +57,7 @@ def _append(path, text: str) -> None:
         # the library imports the converter
         ("tmspr_jax/train.py", "\nimport convert_weights.convert\n", "tmspr_jax.train -> convert_weights.convert"),
         # the library imports the top-level configs package
-        ("tmspr_jax/data/setup.py", "\nimport configs.demo\n", "tmspr_jax.data.setup -> configs.demo"),
+        ("tmspr_jax/datagen/ensure.py", "\nimport configs.demo\n", "tmspr_jax.datagen.ensure -> configs.demo"),
         # torch outside the oracle, the converter's readers and the tools, even lazily
         ("tmspr_jax/models/vit.py", "\ndef _f():\n    import torch\n", "tmspr_jax.models.vit -> torch"),
     ],

@@ -115,7 +115,8 @@ def test_unreadable_image_is_named(tiny, parser, tmp_path):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from tmspr_jax.data import sources, synthetic
+    from tmspr_jax.data import sources
+    from tmspr_jax.datagen import synthetic
 
     root = tmp_path_factory.mktemp("prepared")
     raw, data_dir = str(root / "raw"), str(root / "tfds")
@@ -162,7 +163,7 @@ def test_training_setup_makes_targets_with_the_parser(tiny, prepared):
     """config.parsing.parser: the targets are made on first use and then loaded for training."""
     from tmspr_jax.config import get_base_config
     from tmspr_jax.data import parsing as P
-    from tmspr_jax.data import setup
+    from tmspr_jax.datagen import ensure
 
     _, parser_dir, _, _ = tiny
     raw, data_dir, split = prepared
@@ -170,7 +171,7 @@ def test_training_setup_makes_targets_with_the_parser(tiny, prepared):
     c.data.train, c.data.data_dir, c.data.manual_dir = "synthetic_occluded", data_dir, raw
     c.img_size, c.model.patch_size, c.model.stride = GEOM["img_size"], GEOM["patch"], GEOM["stride"]
     c.parsing.parser, c.parsing.parser_batch_size = parser_dir, BATCH
-    setup.ensure_parsing_targets(c, (10, 5))
+    ensure.ensure_parsing_targets(c, (10, 5))
     path = P.default_path(data_dir, "synthetic_occluded", (10, 5))
     assert os.path.isfile(path) and not os.path.exists(path + ".partial")
     got = P.load_targets(c.parsing, split, (10, 5), data_dir, "synthetic_occluded", geometry=P.config_geometry(c))

@@ -285,7 +285,8 @@ def test_load_no_file(tmp_path):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A tiny synthetic dataset with LIP maps, prepared as the TFDS builder 'synthetic_occluded'."""
-    from tmspr_jax.data import sources, synthetic
+    from tmspr_jax.data import sources
+    from tmspr_jax.datagen import synthetic
 
     root = tmp_path_factory.mktemp("cli")
     raw, data_dir = str(root / "raw"), str(root / "tfds")
@@ -390,7 +391,7 @@ def test_targets_for_another_image_size_with_the_same_grid_are_refused(tmp_path)
 
 def test_prepare_remakes_cached_targets_made_for_another_image_size(tmp_path):
     from configs import demo
-    from tmspr_jax.data import setup
+    from tmspr_jax.datagen import ensure
 
     c = demo.get_config()
     c.data.data_dir = str(tmp_path / "tfds")
@@ -407,13 +408,13 @@ def test_prepare_remakes_cached_targets_made_for_another_image_size(tmp_path):
     )
     c.data.occluder_dir = ""
     c.img_size, c.model.patch_size, c.model.stride = (128, 64), 16, (16, 16)
-    setup.prepare_for_config(c)
+    ensure.prepare_for_config(c)
     path = P.default_path(c.data.data_dir, c.data.train, (8, 4))
     first = np.load(path)["targets"]
     assert P.stored_geometry(path) == ((128, 64), 16, (16, 16))
 
     c.img_size, c.model.patch_size, c.model.stride = (96, 48), 12, (12, 12)  # the same 8x4 grid
-    setup.prepare_for_config(c)
+    ensure.prepare_for_config(c)
     assert P.stored_geometry(path) == ((96, 48), 12, (12, 12))
     second = np.load(path)["targets"]
     assert second.shape == first.shape and not np.allclose(second, first)  # other windows, other targets

@@ -1,4 +1,4 @@
-"""Tests for tmspr_jax.data.synthetic: layout, names, label maps, occlusion, determinism."""
+"""Tests for tmspr_jax.datagen.synthetic: layout, names, label maps, occlusion, determinism."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tmspr_jax.data import synthetic as S
+from tmspr_jax.datagen import synthetic as S
 
 SMALL = dict(num_train_ids=6, images_per_id=4, num_test_ids=4, queries_per_id=2, gallery_per_id=3)
 NAME = re.compile(r"^(\d{4})_c(\d)s1_(\d{6})_00\.jpg$")
@@ -305,7 +305,7 @@ def test_cli(tmp_path):
         "3",
         "--independent_test_set",
     ]
-    cmd = [sys.executable, "-m", "tmspr_jax.data.synthetic", *args]
+    cmd = [sys.executable, "-m", "tmspr_jax.datagen.synthetic", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr
     assert "train 3 ids / 6 images" in r.stdout and "query 4" in r.stdout and "gallery 4" in r.stdout
@@ -318,7 +318,7 @@ def test_cli(tmp_path):
 def test_camera_strength_scales_the_camera_shifts():
     import numpy as np
 
-    from tmspr_jax.data.synthetic import sample_cameras
+    from tmspr_jax.datagen.synthetic import sample_cameras
 
     full = sample_cameras(np.random.default_rng(5))
     none = sample_cameras(np.random.default_rng(5), strength=0.0)

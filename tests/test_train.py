@@ -14,7 +14,9 @@ import pytest
 
 from configs import demo
 from tmspr_jax import inference, train
-from tmspr_jax.data import pipeline, setup, synthetic
+from tmspr_jax.data import pipeline
+from tmspr_jax.datagen import ensure as setup
+from tmspr_jax.datagen import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -522,7 +522,8 @@ def test_cli_renders_grid_from_image_folder(tmp_path):
 
 def test_cli_and_occluder_bank_on_a_prepared_split(tmp_path):
     # A real (tiny) TFDS dataset read through tmspr_jax.data.sources.open_split.
-    from tmspr_jax.data import sources, synthetic
+    from tmspr_jax.data import sources
+    from tmspr_jax.datagen import synthetic
 
     synthetic.generate(
         str(tmp_path / "raw"),

@@ -12,7 +12,7 @@ import jax
 
 from configs import demo
 from tmspr_jax import train, weights
-from tmspr_jax.data import setup
+from tmspr_jax.datagen import ensure as setup
 from tmspr_jax.models.tmspr import init_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -92,6 +92,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # 0 = reference: T-MSPR removed TransReID's RandomHorizontalFlip(0.5) (docs/reference.md §1).
     d.flip_prob = 0.0
     d.synthetic = False  # generate the synthetic occluded dataset into manual_dir on first use (the demo)
+    # Its options: fields of tmspr_jax.datagen.synthetic.SyntheticOptions (the generator's defaults where not set).
+    d.synthetic_options = ml_collections.ConfigDict()
 
     # ---------------------------------------------------------------- parsing targets (docs/reference.md §12)
     p = c.parsing = ml_collections.ConfigDict()

@@ -92,7 +92,7 @@ def _run(argv: list[str]) -> None:
 
     from convert_weights.convert import load_pretrained  # config.model.pretrained may be a PyTorch checkpoint
     from tmspr_jax import evaluate, train
-    from tmspr_jax.data import setup
+    from tmspr_jax.datagen import ensure as setup
 
     setup.prepare_for_config(config)
     if _MODE.value == "eval":

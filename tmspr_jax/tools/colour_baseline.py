@@ -80,7 +80,7 @@ def _main() -> None:
     f = flags.FLAGS
     config = cli.config_or_demo(f.config)
     if f.prepare:
-        from tmspr_jax.data import setup
+        from tmspr_jax.datagen import ensure as setup
 
         setup.prepare_for_config(config)
     results = evaluate_config(config, f.stripes, f.bins, f.centre)

@@ -125,7 +125,7 @@ def _main() -> None:
     ours = dataset in (str(d.train), str(d.test))
     manual_dir = f.manual_dir or (str(d.manual_dir) if ours and d.manual_dir else "")
     if ours and d.get("synthetic", False) and manual_dir:
-        from tmspr_jax.data import setup
+        from tmspr_jax.datagen import ensure as setup
 
         options = d.synthetic_options.to_dict() if "synthetic_options" in d else {}
         setup.ensure_synthetic_dataset(manual_dir, options)

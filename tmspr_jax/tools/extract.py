@@ -467,7 +467,7 @@ def _main() -> None:
             f"--camid={f.camid} for the rest) written to {path}"
         )
         return
-    from tmspr_jax.data import setup
+    from tmspr_jax.datagen import ensure as setup
 
     setup.prepare_for_config(config)
     done = extract_to_file(config, f.checkpoint, f.out, step=f.step if f.step >= 0 else None)

@@ -24,7 +24,7 @@ side (LIP ``Left-*``) is on the image's right. Bags and occluders are not in LIP
 
 CLI::
 
-    python -m tmspr_jax.data.synthetic --out DIR [--num_ids 100 --images_per_id 8 --num_test_ids 50 --seed 0 ...]
+    python -m tmspr_jax.datagen.synthetic --out DIR [--num_ids 100 --images_per_id 8 --num_test_ids 50 --seed 0 ...]
 """
 
 from __future__ import annotations

@@ -1,32 +1,34 @@
-"""Makes sure what a config needs on disk exists before training: datasets, parsing targets, the demo's data.
+"""Makes sure what a config needs on disk exists before a run: datasets, parsing targets, the demo's data.
 
 Paper settings expect the datasets to be prepared (``python -m tmspr_jax.data.prepare``) and their parsing targets
 computed (``python -m tmspr_jax.data.parsing``); with ``data.manual_dir`` / ``parsing.maps_dir`` (or
 ``parsing.parser``) set, missing pieces are built here on first use instead. The demo (``data.synthetic=True``)
-also generates its synthetic dataset.
+also generates its synthetic dataset (:mod:`tmspr_jax.datagen.synthetic`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from absl import logging
 
 from tmspr_jax.data import parsing, sources
+from tmspr_jax.datagen import synthetic
+from tmspr_jax.utils import pair, patch_grid
 
 
-def ensure_synthetic_dataset(out_dir: str, options: dict | None = None) -> bool:
+def ensure_synthetic_dataset(out_dir: str, options: Mapping[str, Any] | None = None) -> bool:
     """Generates the synthetic occluded dataset into ``out_dir`` unless one made with the same options is there.
 
-    ``options`` are :func:`tmspr_jax.data.synthetic.generate` keyword arguments. Returns True if it (re)generated.
+    ``options`` are :class:`~tmspr_jax.datagen.synthetic.SyntheticOptions` fields (``config.data.synthetic_options``).
+    Returns True if it (re)generated.
     """
-    import json
-    import shutil
-
-    from tmspr_jax.data import synthetic
-
     options = dict(options or {})
     marker = os.path.join(out_dir, "COMPLETE")
     if os.path.exists(marker):
@@ -58,7 +60,7 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
     ``parsing.parser``, when they are not stored yet."""
     cfg = config.parsing
     path = cfg.path or parsing.default_path(config.data.data_dir, config.data.train, grid)
-    parser_dir = "" if cfg.maps_dir else cfg.get("parser", "")
+    parser_dir = "" if cfg.maps_dir else cfg.parser
     if not cfg.maps_dir and not parser_dir:
         return
     img_size, patch, stride = geometry = parsing.config_geometry(config)
@@ -83,8 +85,8 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
             stride,
             out=path,
             method=cfg.method,
-            dtype=cfg.get("parser_dtype", "float32"),
-            batch_size=cfg.get("parser_batch_size", 8),
+            dtype=cfg.parser_dtype,
+            batch_size=cfg.parser_batch_size,
             progress=True,
         )
         assert got is not None  # no max_images: the run finishes or raises
@@ -136,8 +138,6 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
 
 def _remove_stale_builds(config: ml_collections.ConfigDict) -> None:
     """A regenerated synthetic dataset invalidates its TFDS build and parsing targets."""
-    import shutil
-
     for path in (
         os.path.join(config.data.data_dir, config.data.train),
         os.path.join(config.data.data_dir, "parsing", config.data.train),
@@ -148,8 +148,6 @@ def _remove_stale_builds(config: ml_collections.ConfigDict) -> None:
 
 def prepare_for_config(config: ml_collections.ConfigDict) -> None:
     """Generates / builds what the config names and is missing (see the module docstring)."""
-    from tmspr_jax.utils import pair, patch_grid
-
     # The geometry first: a mistake in it is reported before any dataset is generated or built.
     grid = patch_grid(
         pair(config.img_size, "config.img_size"),
@@ -157,14 +155,13 @@ def prepare_for_config(config: ml_collections.ConfigDict) -> None:
         pair(config.model.stride, "config.model.stride"),
     )  # one number: square
     d = config.data
-    if d.get("synthetic", False):
+    if d.synthetic:
         if not d.manual_dir:
             raise ValueError("data.synthetic=True needs data.manual_dir (where the synthetic dataset is generated).")
-        options = d.synthetic_options.to_dict() if "synthetic_options" in d else {}
-        if ensure_synthetic_dataset(d.manual_dir, options):
+        if ensure_synthetic_dataset(d.manual_dir, d.synthetic_options.to_dict()):
             _remove_stale_builds(config)
     manual = d.manual_dir or None
     for name, split in ((d.train, "train"), (d.test, "query"), (d.test, "gallery")):
         sources.open_split(name, split, d.data_dir, manual_dir=manual)  # builds on first use, or explains what to run
-    if config.model.get("perception", True):  # without the part head nothing reads parsing targets
+    if config.model.perception:  # without the part head nothing reads parsing targets
         ensure_parsing_targets(config, grid)
