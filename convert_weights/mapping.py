@@ -133,7 +133,7 @@ def reference_to_variables(
     """Map a flat reference-named dict of arrays to ``{'params', 'batch_stats'}`` for ``model`` (strict).
 
     ``state`` must already be stripped of the reference's unused modules
-    (``tmspr_jax.oracles.tmspr.strip_unused``). Every target leaf must be filled, every source key used, and every
+    (``convert_weights.tmspr.strip_unused``). Every target leaf must be filled, every source key used, and every
     shape match; errors name the keys (and ``source``). ``model`` may also be a ``{'params', 'batch_stats'}`` tree of
     arrays or shape structs giving the target shapes. Returns the variables as float32 NumPy arrays and a report.
     """
@@ -195,7 +195,7 @@ def reference_to_variables(
         problems.append(
             f"unexpected keys ({len(unexpected)}): "
             + first_few(unexpected, ", ")
-            + " (strip the reference's unused modules with tmspr_jax.oracles.tmspr.strip_unused first)"
+            + " (strip the reference's unused modules with convert_weights.tmspr.strip_unused first)"
         )
     if bad_shape:
         problems.append(f"wrong shapes ({len(bad_shape)}): " + first_few(bad_shape, "; "))

@@ -1,15 +1,18 @@
 """Trained PyTorch T-MSPR / TransReID (JPM) checkpoints -> the reference's state dict, plus the T-MSPR head init.
 
 A T-MSPR checkpoint as the reference saves it holds every module, used or not; the unused ones (docs/reference.md §7.3)
-are dropped with :func:`tmspr_jax.oracles.tmspr.strip_unused` and reported. A TransReID JPM checkpoint has the backbone,
-b1, b2, ``classifier``/``classifier_1..4`` and ``bottleneck``/``bottleneck_1..4`` but none of T-MSPR's extra heads;
-those are initialised as the reference initialises them and reported.
+are dropped with :func:`strip_unused` (regular expressions on the key names: a ``.safetensors`` checkpoint converts
+without torch) and reported. A TransReID JPM checkpoint has the backbone, b1, b2, ``classifier``/``classifier_1..4``
+and ``bottleneck``/``bottleneck_1..4`` but none of T-MSPR's extra heads; those are initialised as the reference
+initialises them and reported.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -68,6 +71,41 @@ BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_track
 SIE_STD = 0.02
 PART_HEAD_STD = 1e-4
 CLASSIFIER_STD = 1e-3
+
+
+def unused_key_patterns(depth: int = 12) -> tuple[str, ...]:
+    """Regexes of reference state-dict keys whose modules the reference never runs (docs/reference.md §7.3)."""
+    return (
+        rf"^base\.blocks\.{depth - 1}\.",  # the last backbone block: b1/b2 are copies of it
+        r"^base\.norm\.",
+        r"^base\.fc\.",
+        r"^classifier2\.",
+        r"^classifier_c\.",
+        r"^classifier3_[1-4]\.",
+        r"^classifier_bp\.",
+        r"^classifier_bp[1-5]\.",
+        r"^bottleneck2\.",
+        r"^bottleneck3_[1-4]\.",
+        r"^bottleneck_bp\.",
+        r"^bottleneck_0\.",
+        r"^NL[._0-9]",  # the four unused nonLocal modules
+    )
+
+
+#: Unused-module key patterns of the shipped ViT-B (depth 12) reference model.
+REFERENCE_UNUSED_KEYS_PATTERNS: tuple[str, ...] = unused_key_patterns(12)
+
+
+def strip_unused(state_dict: Mapping[str, Any], depth: int = 12) -> tuple[dict[str, Any], list[str]]:
+    """Drop the reference's unused modules from ``state_dict``; returns ``(kept, dropped_keys)``."""
+    patterns = [re.compile(p) for p in unused_key_patterns(depth)]
+    kept, dropped = {}, []
+    for k, v in state_dict.items():
+        if any(p.search(k) for p in patterns):
+            dropped.append(k)
+        else:
+            kept[k] = v
+    return kept, dropped
 
 
 @dataclasses.dataclass
@@ -273,7 +311,6 @@ def tmspr_to_reference(
     checkpoint with only some of them is an error naming the missing modules. The grid is checked against the config.
     """
     from tmspr_jax.models import build_model
-    from tmspr_jax.oracles.tmspr import strip_unused  # torch is needed for .pth input anyway
 
     report = ConversionReport(source=source)
     depth = int(model_cfg.depth)

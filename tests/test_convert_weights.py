@@ -341,6 +341,25 @@ def test_tmspr_cli_round_trip(tmp_path):
         np.testing.assert_array_equal(back[k], state[k], err_msg=k)
 
 
+def test_tmspr_safetensors_converts_with_torch_blocked(tmp_path):
+    """A T-MSPR checkpoint as .safetensors converts with torch unimportable, unused modules dropped as from .pth."""
+    from safetensors.numpy import save_file
+
+    state = _oracle_state()
+    src = str(tmp_path / "tmspr.safetensors")
+    save_file(_with_unused(state), src)
+    out = tmp_path / "w"
+    r = _run_cli("tmspr", src, f"--out={out}", f"--config={CONFIG_PATH}", block_torch=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "skipped classifier2.weight:" in r.stdout and "skipped NL.0.W.weight:" in r.stdout, r.stdout
+    variables, meta = load_variables(str(out))
+    assert meta["kind"] == "tmspr" and meta["num_classes"] == NUM_CLASSES and meta["num_cameras"] == NUM_CAMERAS
+    back = variables_to_reference(jax.tree_util.tree_map(np.asarray, variables))
+    assert set(back) == set(state)
+    for k in state:
+        np.testing.assert_array_equal(back[k], state[k], err_msg=k)
+
+
 def test_transreid_checkpoint_gets_tmspr_heads(tmp_path):
     state = _oracle_state()
     heads = tmspr_only_heads()

@@ -8,16 +8,11 @@ import pytest
 import torch
 
 from convert_weights.mapping import MappingError, reference_to_variables, variables_to_reference
+from convert_weights.tmspr import REFERENCE_UNUSED_KEYS_PATTERNS, strip_unused
 from model_utils import TINY_IMG, randomize_reference_state, rel_err, tiny_config
 from tmspr_jax.models import TMSPR, build_model
 from tmspr_jax.models.outputs import reference_order
-from tmspr_jax.oracles.tmspr import (
-    REFERENCE_UNUSED_KEYS_PATTERNS,
-    build_torch_model,
-    load_numpy_state,
-    state_dict_numpy,
-    strip_unused,
-)
+from tmspr_jax.oracles.tmspr import build_torch_model, load_numpy_state, state_dict_numpy
 
 C, CAMS = 7, 3
 

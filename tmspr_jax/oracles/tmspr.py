@@ -1,14 +1,13 @@
 """PyTorch oracle: our own plain implementation of the reference T-MSPR forward (docs/reference.md §2-§8), with the
 reference's state-dict key names, used by the parity tests and the comparison tool.
 
-It holds only the modules the reference actually uses; :func:`strip_unused` drops the others from a real reference
-checkpoint (:data:`REFERENCE_UNUSED_KEYS_PATTERNS`) so that it loads strictly. ``torch`` is an optional dependency:
-this module imports it, nothing else in the package does.
+It holds only the modules the reference actually uses; ``convert_weights.tmspr.strip_unused`` drops the others from a
+real reference checkpoint so that it loads strictly. ``torch`` is an optional dependency: the oracles import it, the
+library below them does not.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,41 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from tmspr_jax.models.vit import drop_path_rates, patch_grid
-
-
-def unused_key_patterns(depth: int = 12) -> tuple[str, ...]:
-    """Regexes of reference state-dict keys whose modules the reference never runs (docs/reference.md §7.3)."""
-    return (
-        rf"^base\.blocks\.{depth - 1}\.",  # the last backbone block: b1/b2 are copies of it
-        r"^base\.norm\.",
-        r"^base\.fc\.",
-        r"^classifier2\.",
-        r"^classifier_c\.",
-        r"^classifier3_[1-4]\.",
-        r"^classifier_bp\.",
-        r"^classifier_bp[1-5]\.",
-        r"^bottleneck2\.",
-        r"^bottleneck3_[1-4]\.",
-        r"^bottleneck_bp\.",
-        r"^bottleneck_0\.",
-        r"^NL[._0-9]",  # the four unused nonLocal modules
-    )
-
-
-#: Unused-module key patterns of the shipped ViT-B (depth 12) reference model.
-REFERENCE_UNUSED_KEYS_PATTERNS: tuple[str, ...] = unused_key_patterns(12)
-
-
-def strip_unused(state_dict: Mapping[str, Any], depth: int = 12) -> tuple[dict[str, Any], list[str]]:
-    """Drop the reference's unused modules from ``state_dict``; returns ``(kept, dropped_keys)``."""
-    patterns = [re.compile(p) for p in unused_key_patterns(depth)]
-    kept, dropped = {}, []
-    for k, v in state_dict.items():
-        if any(p.search(k) for p in patterns):
-            dropped.append(k)
-        else:
-            kept[k] = v
-    return kept, dropped
 
 
 class DropPath(nn.Module):
@@ -416,11 +380,11 @@ def build_torch_model(
 ) -> TorchTMSPR | TorchTransReID:
     """The oracle for a ``config.model`` node, with the same geometry rules as ``tmspr_jax.models.build_model``:
     T-MSPR, or TransReID when the three additions are off (``multi_view``, ``perception``, ``recovery``)."""
-    stride = model_cfg["stride"]
+    stride = model_cfg.stride
     stride = (int(stride), int(stride)) if isinstance(stride, int) else tuple(int(s) for s in stride)
     if len(stride) == 1:
         stride = stride * 2
-    on = [bool(model_cfg.get(k, True)) for k in ("multi_view", "perception", "recovery")]
+    on = [bool(model_cfg.multi_view), bool(model_cfg.perception), bool(model_cfg.recovery)]
     if any(on) and not all(on):
         raise ValueError(
             "the PyTorch oracles are T-MSPR (every addition on) and TransReID (every addition off); "
@@ -430,21 +394,21 @@ def build_torch_model(
     return cls(
         num_classes=int(num_classes),
         img_size=tuple(int(s) for s in img_size),
-        num_cameras=int(num_cameras) if model_cfg["sie_camera"] else 0,
-        num_views=1 if model_cfg["sie_view"] else 0,
-        patch_size=int(model_cfg["patch_size"]),
+        num_cameras=int(num_cameras) if model_cfg.sie_camera else 0,
+        num_views=1 if model_cfg.sie_view else 0,
+        patch_size=int(model_cfg.patch_size),
         stride=stride,
-        embed_dim=int(model_cfg["embed_dim"]),
-        depth=int(model_cfg["depth"]),
-        num_heads=int(model_cfg["num_heads"]),
-        mlp_ratio=float(model_cfg["mlp_ratio"]),
-        drop_path=float(model_cfg["drop_path"]),
-        sie_coe=float(model_cfg["sie_coe"]),
-        re_arrange=bool(model_cfg["re_arrange"]),
-        shift_num=int(model_cfg["shift_num"]),
-        shuffle_groups=int(model_cfg["shuffle_groups"]),
-        divide_length=int(model_cfg["divide_length"]),
-        neck_feat=str(model_cfg["neck_feat"]),
+        embed_dim=int(model_cfg.embed_dim),
+        depth=int(model_cfg.depth),
+        num_heads=int(model_cfg.num_heads),
+        mlp_ratio=float(model_cfg.mlp_ratio),
+        drop_path=float(model_cfg.drop_path),
+        sie_coe=float(model_cfg.sie_coe),
+        re_arrange=bool(model_cfg.re_arrange),
+        shift_num=int(model_cfg.shift_num),
+        shuffle_groups=int(model_cfg.shuffle_groups),
+        divide_length=int(model_cfg.divide_length),
+        neck_feat=str(model_cfg.neck_feat),
     )
 
 

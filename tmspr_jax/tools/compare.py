@@ -5,8 +5,8 @@ r"""The PyTorch baseline and the JAX port side by side: same weights, same image
 
 ``SRC`` is a trained T-MSPR or TransReID (JPM) checkpoint as the reference saves it (``.pth``, optionally wrapped in
 ``state_dict``/``model`` and with a ``module.`` prefix) or the same tensors as ``.safetensors``. It is read once; the
-reference's unused modules are dropped (``torch_ref.strip_unused``), the result is loaded strictly into the PyTorch
-oracle (``tmspr_jax.oracles.tmspr.TorchTMSPR``) and converted strictly for the JAX model
+reference's unused modules are dropped (``convert_weights.tmspr.strip_unused``), the result is loaded strictly into
+the PyTorch oracle (``tmspr_jax.oracles.tmspr.TorchTMSPR``) and converted strictly for the JAX model
 (``convert_weights.mapping.reference_to_variables``). A TransReID checkpoint gets T-MSPR's extra heads initialised as
 the reference initialises them (the same tensors on both sides).
 
