@@ -5,7 +5,7 @@ Command (the same as ``python -m tmspr_jax.main`` with no ``--config``)::
     python -m tmspr_jax.main --config=configs/demo.py --workdir=workdirs/demo
 
 Data: none to download. On first use a synthetic dataset in the Market-1501 layout with LIP label maps is generated
-(``python -m tmspr_jax.data.synthetic``), built into TFDS array_record files and turned into parsing targets, all under
+(``python -m tmspr_jax.tools.synthetic``), built into TFDS array_record files and turned into parsing targets, all under
 ``$TMSPR_CACHE`` (default ``~/.cache/tmspr_jax``). Queries are occluded (20-50% of the body), the gallery mostly whole.
 
 Model: the same T-MSPR code with a small ViT (width 96, depth 4, 128x64 images) trained from scratch, its position

@@ -162,7 +162,7 @@ def make_occluded_duke(root: Path, *, folder: str = "Occluded_Duke", seed: int =
 def make_synthetic_layout(
     root: Path, *, train_ids: tuple[int, ...] = (1, 2, 3), test_ids: tuple[int, ...] = (4, 5), per_id: int = 2
 ) -> DatasetTruth:
-    """What ``python -m tmspr_jax.data.synthetic --out root`` writes (Market layout directly in ``root``,
+    """What ``python -m tmspr_jax.tools.synthetic --out root`` writes (Market layout directly in ``root``,
     names ``0001_c1s1_000001_00.jpg``), minus the parsing maps (an empty ``parsing_lip/`` folder)."""
     truth = _market_style(
         root,

@@ -10,7 +10,7 @@ import json
 import os
 
 from configs import demo
-from tmspr_jax import evaluate, train
+from tmspr_jax import evaluate, experiment, train
 from tmspr_jax.datagen import ensure
 
 
@@ -32,7 +32,7 @@ def test_training_raises_map_by_at_least_0_2_over_the_untrained_model(tmp_path):
     cfg = short_demo_config(str(tmp_path))
     ensure.prepare_for_config(cfg)
     workdir = str(tmp_path / "run")
-    untrained = train.evaluate_untrained(cfg, workdir)
+    untrained = experiment.evaluate_untrained(cfg, workdir)
     trained = train.train_and_evaluate(cfg, workdir)
     print(f"untrained: {evaluate.summarize(untrained)}\ntrained:   {evaluate.summarize(trained)}")
     with open(os.path.join(workdir, "results.json")) as f:

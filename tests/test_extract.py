@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from tmspr_jax import evaluate, train, weights
+from tmspr_jax import evaluate, experiment, weights
 from tmspr_jax.datagen import ensure as setup
 from tmspr_jax.models.tmspr import init_variables
 from tmspr_jax.tools import extract
@@ -50,7 +50,7 @@ def prepared(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("extract"))
     cfg = tiny_config(root)
     setup.prepare_for_config(cfg)
-    exp = train.setup_experiment(cfg)
+    exp = experiment.setup_experiment(cfg)
     ckpt = os.path.join(root, "weights")
     weights.save_variables(ckpt, init_variables(exp.model, jax.random.PRNGKey(0)), weights.model_meta(exp.model))
     return cfg, ckpt
@@ -89,7 +89,7 @@ def test_extracted_features_are_the_evaluations(prepared, tmp_path):
     f = extract.load_features(done.path)
     nq, dim = f["query_features"].shape
     assert (done.num_query, done.num_gallery, done.feature_dim) == (nq, f["gallery_features"].shape[0], dim)
-    exp = train.setup_experiment(cfg)
+    exp = experiment.setup_experiment(cfg)
     assert f["query_features"].shape[0] == len(exp.query_split)
     assert f["gallery_features"].shape[0] == len(exp.gallery_split)
     assert f["query_file_names"].tolist() == [str(n) for n in exp.query_split.file_names]
@@ -97,7 +97,7 @@ def test_extracted_features_are_the_evaluations(prepared, tmp_path):
     np.testing.assert_array_equal(f["query_camids"], exp.query_split.camids)
     # The metrics of the saved features equal --mode=eval's on the same checkpoint.
     cfg.init_checkpoint = ckpt
-    expected = train.evaluate_only(cfg, str(tmp_path / "eval"))
+    expected = experiment.evaluate_only(cfg, str(tmp_path / "eval"))
     feats = np.concatenate([f["query_features"], f["gallery_features"]])
     pids = np.concatenate([f["query_pids"], f["gallery_pids"]])
     camids = np.concatenate([f["query_camids"], f["gallery_camids"]])

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import tool_data
-from tmspr_jax import inference, train
+from tmspr_jax import experiment, inference
 from tmspr_jax.tools import extract
 
 
@@ -78,8 +78,8 @@ def test_images_of_any_mode_become_8bit_rgb_or_are_refused(tmp_path):
 def test_image_features_equal_the_evaluations(tiny, tmp_path):
     cfg, ckpt = tiny
     model, variables = extract.load_model(cfg, ckpt)
-    exp = train.setup_experiment(cfg)
-    query, _ = train.extract_test_features(exp, variables)  # one batch per split: test_batch_size >= its size
+    exp = experiment.setup_experiment(cfg)
+    query, _ = experiment.extract_test_features(exp, variables)  # one batch per split: test_batch_size >= its size
     root, paths = extract.list_images(os.path.join(cfg.data.manual_dir, "query"))
     got = extract.extract_images(model, variables, paths, cfg)
     by_name = {os.path.basename(p): i for i, p in enumerate(got.paths)}

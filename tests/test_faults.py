@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from test_train import data_root, latest_variables, read_jsonl, tiny_config  # noqa: F401  (data_root: a fixture)
-from tmspr_jax import train, weights
+from tmspr_jax import checkpoints, experiment, train, weights
 from tmspr_jax.data import sources
 from tmspr_jax.models import build_model, init_variables
 from tmspr_jax.tools import export as ex
@@ -92,8 +92,6 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_n
 
 @pytest.mark.parametrize("kind", ["truncate", "no_state"])
 def test_truncated_or_missing_state_falls_back_to_the_newest_intact(trained, tmp_path, caplog, kind):
-    from tmspr_jax import checkpoints
-
     workdir = _copy(trained, tmp_path)
     _damage(os.path.join(workdir, "checkpoints", "4"), kind)
     manager = checkpoints.make_manager(workdir, 2)
@@ -107,8 +105,6 @@ def test_truncated_or_missing_state_falls_back_to_the_newest_intact(trained, tmp
 
 
 def test_every_checkpoint_damaged_is_one_error(trained, tmp_path):
-    from tmspr_jax import checkpoints
-
     workdir = _copy(trained, tmp_path)
     for step in (2, 4):
         _damage(os.path.join(workdir, "checkpoints", str(step)), "flip")
@@ -123,7 +119,7 @@ def test_checkpoint_of_another_model_size_is_refused_before_anything_runs(traine
     cfg.model.depth = 3
     cfg.init_checkpoint = trained[0]
     with pytest.raises(ValueError, match=r"depth=2 in the checkpoint but depth=3 for the config \(from model.depth\)"):
-        train.evaluate_only(cfg, str(tmp_path / "eval"))
+        experiment.evaluate_only(cfg, str(tmp_path / "eval"))
     # Resuming a workdir with another width: refused before its logs or checkpoints change.
     workdir = _copy(trained, tmp_path)
     before = open(os.path.join(workdir, "metrics.jsonl")).read()
@@ -136,13 +132,13 @@ def test_checkpoint_of_another_model_size_is_refused_before_anything_runs(traine
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
     # A converted weights folder: compared from meta.json, before its arrays are read.
     small = _config(data_root)
-    exp = train.setup_experiment(small)
+    exp = experiment.setup_experiment(small)
     folder = str(tmp_path / "weights")
     weights.save_variables(folder, init_variables(exp.model, jax.random.PRNGKey(0)), weights.model_meta(exp.model))
     small.model.num_heads = 1
     small.model.depth = 1
     with pytest.raises(ValueError, match=r"meta.json: depth=2 in the checkpoint but depth=1"):
-        train.load_checkpoint_variables(folder, train.setup_experiment(small))
+        experiment.load_checkpoint_variables(folder, experiment.setup_experiment(small))
 
 
 def test_eval_without_an_evaluated_checkpoint_uses_the_latest_and_a_step_can_be_chosen(
@@ -154,22 +150,20 @@ def test_eval_without_an_evaluated_checkpoint_uses_the_latest_and_a_step_can_be_
     stopped = str(tmp_path / "stopped")
     train.train_and_evaluate(cfg, stopped, stop_after_steps=3)  # checkpoint at step 2, never evaluated
     cfg.init_checkpoint = stopped
-    results = train.evaluate_only(cfg, str(tmp_path / "eval"))
+    results = experiment.evaluate_only(cfg, str(tmp_path / "eval"))
     assert 0.0 <= results["mAP"] <= 1.0
     # init_step picks a step; a missing one names the steps there are.
     cfg = _config(data_root)
-    exp = train.setup_experiment(cfg)
-    two = train.load_checkpoint_variables(trained[0], exp, step=2)
-    four = train.load_checkpoint_variables(trained[0], exp, step=4)
-    from tmspr_jax import checkpoints
-
+    exp = experiment.setup_experiment(cfg)
+    two = experiment.load_checkpoint_variables(trained[0], exp, step=2)
+    four = experiment.load_checkpoint_variables(trained[0], exp, step=4)
     manager = checkpoints.make_manager(trained[0], 2, read_only=True)
     saved_two = checkpoints.restore_verified(manager, 2)[0]["params"]
     for a, b in zip(jax.tree.leaves(two["params"]), jax.tree.leaves(saved_two)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(four)))
     with pytest.raises(ValueError, match=r"no checkpoint of step 3; its steps are \[2, 4\]"):
-        train.load_checkpoint_variables(trained[0], exp, step=3)
+        experiment.load_checkpoint_variables(trained[0], exp, step=3)
 
 
 def test_finished_run_started_again_returns_its_trained_results(trained, tmp_path, data_root):  # noqa: F811
@@ -218,7 +212,7 @@ def test_full_disk_during_an_async_save_stops_the_run_with_one_line(tmp_path, da
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
     resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))  # the checkpoint's arrays do not fit
     try:
-        with pytest.raises(train.CheckpointSaveError, match=r"A checkpoint save in .* failed .*training stopped"):
+        with pytest.raises(checkpoints.CheckpointSaveError, match=r"A checkpoint save in .* failed .*training stopped"):
             train.train_and_evaluate(cfg, workdir)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

@@ -1,4 +1,4 @@
-"""Tests for tmspr_jax.datagen.synthetic: layout, names, label maps, occlusion, determinism."""
+"""Tests for tmspr_jax.datagen (the synthetic set): layout, names, label maps, occlusion, determinism."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tmspr_jax.datagen import appearance as A
+from tmspr_jax.datagen import occluders as O
 from tmspr_jax.datagen import synthetic as S
 
 SMALL = dict(num_train_ids=6, images_per_id=4, num_test_ids=4, queries_per_id=2, gallery_per_id=3)
@@ -84,12 +86,12 @@ def test_head_is_labelled_where_the_head_is(small):
             continue
         lab = np.asarray(Image.open(os.path.join(out, S.LABEL_DIR, r["file_name"][:-4] + ".png")))
         y, x = (int(round(v)) for v in r["head_center"])
-        assert lab[y, x] in (S.FACE, S.HAIR, S.HAT), r["file_name"]
+        assert lab[y, x] in (A.FACE, A.HAIR, A.HAT), r["file_name"]
         y, x = (int(round(v)) for v in r["torso_center"])
-        assert lab[y, x] in (S.UPPER, 0), r["file_name"]  # 0: a bag strap may cross the chest
+        assert lab[y, x] in (A.UPPER, 0), r["file_name"]  # 0: a bag strap may cross the chest
 
 
-def _pure_identity(**kw) -> S.Identity:
+def _pure_identity(**kw) -> A.Identity:
     base = dict(
         pid=1,
         skin=(250, 20, 20),
@@ -111,7 +113,7 @@ def _pure_identity(**kw) -> S.Identity:
         height=1.0,
     )
     base.update(kw)
-    return S.Identity(**base)
+    return A.Identity(**base)
 
 
 @pytest.mark.parametrize(
@@ -124,39 +126,39 @@ def _pure_identity(**kw) -> S.Identity:
 )
 def test_label_map_matches_what_is_drawn(ident):
     # Each part has a pure colour; every pixel labelled as that part must show it.
-    neutral = S.Camera(gain=(1.0, 1.0, 1.0), offset=0.0, contrast=1.0, blur=0.0)
+    neutral = A.Camera(gain=(1.0, 1.0, 1.0), offset=0.0, contrast=1.0, blur=0.0)
     for k in range(5):
         img, lab, _ = S.render_image(ident, neutral, np.random.default_rng(k))
         img = img.astype(int)
         r, g, b = img[..., 0], img[..., 1], img[..., 2]
         hi, lo = 110, 70  # after shading and noise: pure 250 stays above, 20 stays below
         expect = {
-            S.FACE: (r > hi) & (g < lo) & (b < lo),
-            S.HAIR: (b > hi) & (r < lo) & (g < lo),
-            S.UPPER: (g > hi) & (r < lo) & (b < lo),
-            S.L_SHOE: (g > hi) & (b > hi) & (r < lo),
-            S.HAT: (r > hi) & (b > hi) & (g < lo),
+            A.FACE: (r > hi) & (g < lo) & (b < lo),
+            A.HAIR: (b > hi) & (r < lo) & (g < lo),
+            A.UPPER: (g > hi) & (r < lo) & (b < lo),
+            A.L_SHOE: (g > hi) & (b > hi) & (r < lo),
+            A.HAT: (r > hi) & (b > hi) & (g < lo),
         }
-        expect[S.L_ARM] = expect[S.R_ARM] = expect[S.L_LEG] = expect[S.R_LEG] = expect[S.FACE]
-        expect[S.R_SHOE] = expect[S.L_SHOE]
-        expect[S.PANTS] = expect[S.SKIRT] = (r > hi) & (g > hi) & (b < lo)
+        expect[A.L_ARM] = expect[A.R_ARM] = expect[A.L_LEG] = expect[A.R_LEG] = expect[A.FACE]
+        expect[A.R_SHOE] = expect[A.L_SHOE]
+        expect[A.PANTS] = expect[A.SKIRT] = (r > hi) & (g > hi) & (b < lo)
         present = set(np.unique(lab).tolist()) - {0}
-        assert {S.FACE, S.HAIR, S.UPPER, S.L_SHOE, S.R_SHOE, S.L_ARM, S.R_ARM} <= present
-        assert (S.HAT in present) == (ident.hat_colour is not None)
-        assert ({S.SKIRT, S.PANTS} & present) == ({S.SKIRT} if ident.lower_type == "skirt" else {S.PANTS})
+        assert {A.FACE, A.HAIR, A.UPPER, A.L_SHOE, A.R_SHOE, A.L_ARM, A.R_ARM} <= present
+        assert (A.HAT in present) == (ident.hat_colour is not None)
+        assert ({A.SKIRT, A.PANTS} & present) == ({A.SKIRT} if ident.lower_type == "skirt" else {A.PANTS})
         for cls in present:
             assert expect[cls][lab == cls].all(), (cls, k)
         # and what is not labelled as a part is not painted in a part's colour where the figure is
-        assert not (expect[S.UPPER] & (lab != S.UPPER) & (lab > 0)).any()
+        assert not (expect[A.UPPER] & (lab != A.UPPER) & (lab > 0)).any()
 
 
 def test_occlusion_fraction_in_range_and_measured_correctly(small):
     _, summary = small
     queries = [r for r in summary["images"] if r["split"] == "query"]
-    assert all(r["occluder"] in S.OCCLUDERS and 0.2 <= r["coverage"] <= 0.5 for r in queries)
+    assert all(r["occluder"] in O.OCCLUDERS and 0.2 <= r["coverage"] <= 0.5 for r in queries)
     # Independent measurement: the same image drawn without the occluder (same rng draws up to the occluder).
     ident = _pure_identity(bag="backpack")
-    cam = S.Camera(gain=(1.0, 1.0, 1.0), offset=0.0, contrast=1.0, blur=0.0)
+    cam = A.Camera(gain=(1.0, 1.0, 1.0), offset=0.0, contrast=1.0, blur=0.0)
     kinds = set()
     for k in range(30):
         _, whole, _ = S.render_image(ident, cam, np.random.default_rng(k))
@@ -196,7 +198,7 @@ def test_train_occluded_fraction_changes_only_training_images(small, tmp_path):
 
 
 def test_identities_distinct():
-    ids = S.sample_identities(60, np.random.default_rng(0))
+    ids = A.sample_identities(60, np.random.default_rng(0))
     keys = [
         (
             i.hair_colour,
@@ -266,13 +268,13 @@ def test_default_build_time(tmp_path):
 
 def test_camera_shift_and_pose_jitter():
     ident = _pure_identity()
-    dark = S.Camera(gain=(0.8, 0.8, 0.8), offset=-20.0, contrast=1.0, blur=0.0)
-    bright = S.Camera(gain=(1.2, 1.2, 1.2), offset=20.0, contrast=1.0, blur=0.0)
+    dark = A.Camera(gain=(0.8, 0.8, 0.8), offset=-20.0, contrast=1.0, blur=0.0)
+    bright = A.Camera(gain=(1.2, 1.2, 1.2), offset=20.0, contrast=1.0, blur=0.0)
     a, lab_a, _ = S.render_image(ident, dark, np.random.default_rng(0))
     b, lab_b, _ = S.render_image(ident, bright, np.random.default_rng(0))
     np.testing.assert_array_equal(lab_a, lab_b)  # same scene ...
     assert b.astype(float).mean() > a.astype(float).mean() + 40  # ... seen brighter
-    cams = S.sample_cameras(np.random.default_rng(0))
+    cams = A.sample_cameras(np.random.default_rng(0))
     assert len(cams) == 6 and len({c.gain for c in cams}) == 6
     geoms = [S.render_image(ident, dark, np.random.default_rng(k))[2] for k in range(6)]
     for key in ("fig_h", "cx", "top"):
@@ -305,7 +307,7 @@ def test_cli(tmp_path):
         "3",
         "--independent_test_set",
     ]
-    cmd = [sys.executable, "-m", "tmspr_jax.datagen.synthetic", *args]
+    cmd = [sys.executable, "-m", "tmspr_jax.tools.synthetic", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stderr
     assert "train 3 ids / 6 images" in r.stdout and "query 4" in r.stdout and "gallery 4" in r.stdout
@@ -318,7 +320,7 @@ def test_cli(tmp_path):
 def test_camera_strength_scales_the_camera_shifts():
     import numpy as np
 
-    from tmspr_jax.datagen.synthetic import sample_cameras
+    from tmspr_jax.datagen.appearance import sample_cameras
 
     full = sample_cameras(np.random.default_rng(5))
     none = sample_cameras(np.random.default_rng(5), strength=0.0)
@@ -331,7 +333,7 @@ def test_camera_strength_scales_the_camera_shifts():
 
 def test_background_saturation_mutes_the_background_only():
     ident = _pure_identity()
-    cam = S.Camera(gain=(1.0, 1.0, 1.0), offset=0.0, contrast=1.0, blur=0.0)
+    cam = A.Camera(gain=(1.0, 1.0, 1.0), offset=0.0, contrast=1.0, blur=0.0)
     full, lab_full, _ = S.render_image(ident, cam, np.random.default_rng(7))
     grey, lab_grey, _ = S.render_image(ident, cam, np.random.default_rng(7), background_saturation=0.0)
     np.testing.assert_array_equal(lab_full, lab_grey)  # same scene and figure
@@ -349,6 +351,12 @@ def test_options_are_validated_and_recorded(small, tmp_path):
     for bad in (dict(background_saturation=1.5), dict(camera_strength=-1.0), dict(min_attribute_diff=11)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             S.generate(str(tmp_path / "bad"), **bad)
+    with pytest.raises(ValueError, match=r"unknown synthetic dataset option\(s\) \['num_ids'\]"):
+        S.generate(str(tmp_path / "bad"), num_ids=3)  # the command's flag, not the option's name
+    assert not os.path.exists(tmp_path / "bad")  # checked before anything is written
+    # meta.json's params are the options, in SyntheticOptions' order: they rebuild them exactly
+    assert list(params) == [f.name for f in dataclasses.fields(S.SyntheticOptions)]
+    assert S.SyntheticOptions.of(params).params() == params
 
 
 def test_occluder_images_for_the_covering_view(small, tmp_path):
@@ -359,7 +367,7 @@ def test_occluder_images_for_the_covering_view(small, tmp_path):
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["params"]["num_occluder_images"] == summary["num_occluder_images"] == 12
     kinds = meta["occluder_images"]
-    assert len(kinds) == 12 and set(kinds) <= set(S.OCCLUDERS) and len(set(kinds)) >= 3
+    assert len(kinds) == 12 and set(kinds) <= set(O.OCCLUDERS) and len(set(kinds)) >= 3
     for name in os.listdir(folder):
         im = np.asarray(Image.open(os.path.join(folder, name)))
         assert im.dtype == np.uint8 and im.shape[2] == 3
@@ -373,8 +381,8 @@ def test_occluder_images_for_the_covering_view(small, tmp_path):
                 assert a.read() == b.read(), (split, name)
     assert not os.path.exists(os.path.join(small_out, S.OCCLUDER_DIR))  # none by default
     # Deterministic per generator state; overwrite replaces the folder too.
-    a, kind_a = S.render_occluder(np.random.default_rng(5))
-    b, kind_b = S.render_occluder(np.random.default_rng(5))
+    a, kind_a = O.render_occluder(np.random.default_rng(5))
+    b, kind_b = O.render_occluder(np.random.default_rng(5))
     np.testing.assert_array_equal(a, b)
     assert kind_a == kind_b
     S.generate(out, seed=3, overwrite=True, num_occluder_images=2, **SMALL)
@@ -405,11 +413,11 @@ def test_query_ambiguity_redraws_each_query_exactly(small):
     out, _ = small
     meta = json.load(open(os.path.join(out, "meta.json")))
     p = meta["params"]
-    drawn = S.sample_identities(
+    drawn = A.sample_identities(
         p["num_train_ids"] + p["num_test_ids"], np.random.default_rng([p["seed"], 1]), min_diff=p["min_attribute_diff"]
     )
     idents = {i.pid: i for i in drawn}
-    cameras = S.sample_cameras(np.random.default_rng([p["seed"], 2]), strength=p["camera_strength"])
+    cameras = A.sample_cameras(np.random.default_rng([p["seed"], 2]), strength=p["camera_strength"])
     size = (p["height"], p["width"])
     for i, r in enumerate(meta["images"]):
         if r["split"] == "query":
@@ -425,7 +433,7 @@ def test_query_ambiguity_redraws_each_query_exactly(small):
             buf = io.BytesIO()
             Image.fromarray(img).save(buf, format="JPEG", quality=p["jpeg_quality"])
             assert buf.getvalue() == open(os.path.join(out, S.QUERY_DIR, r["file_name"]), "rb").read()
-            person = np.isin(rid, [c for regions in S.ATTRIBUTE_REGIONS for c in regions])
+            person = np.isin(rid, [c for regions in A.ATTRIBUTE_REGIONS for c in regions])
             assert (person & (occ > 0)).sum() / (rid > 0).sum() > 0.1  # the occluder is over the body
 
 
@@ -485,11 +493,11 @@ def test_independent_test_set_does_not_change_with_the_training_set(small, tmp_p
 
 
 def test_sample_identities_avoids_given_identities():
-    taken = S.sample_identities(20, np.random.default_rng(1), min_diff=5)
-    new = S.sample_identities(30, np.random.default_rng(2), first_pid=21, min_diff=5, avoid=taken)
+    taken = A.sample_identities(20, np.random.default_rng(1), min_diff=5)
+    new = A.sample_identities(30, np.random.default_rng(2), first_pid=21, min_diff=5, avoid=taken)
     a, b = np.array([i.attributes for i in taken]), np.array([i.attributes for i in new])
     assert (a[:, None] != b[None]).sum(-1).min() >= 5
     assert [i.pid for i in new] == list(range(21, 51))
     # without `avoid` the same stream does give identities too close to the taken ones
-    free = np.array([i.attributes for i in S.sample_identities(30, np.random.default_rng(2), min_diff=5)])
+    free = np.array([i.attributes for i in A.sample_identities(30, np.random.default_rng(2), min_diff=5)])
     assert (a[:, None] != free[None]).sum(-1).min() < 5

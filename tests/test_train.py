@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import demo
-from tmspr_jax import inference, train
+from tmspr_jax import experiment, inference, train
 from tmspr_jax.data import pipeline
 from tmspr_jax.datagen import ensure as setup
 from tmspr_jax.datagen import synthetic
@@ -126,7 +126,7 @@ def test_eval_mode_reproduces_the_trained_checkpoint(data_root, tmp_path):
     workdir = str(tmp_path / "run")
     trained = train.train_and_evaluate(cfg, workdir)
     cfg.init_checkpoint = workdir
-    evaluated = train.evaluate_only(cfg, str(tmp_path / "eval"))
+    evaluated = experiment.evaluate_only(cfg, str(tmp_path / "eval"))
     assert evaluated["mAP"] == pytest.approx(trained["mAP"], abs=1e-9)
     assert evaluated["cmc"] == pytest.approx(trained["cmc"], abs=1e-9)
 
@@ -145,9 +145,9 @@ def test_eval_flip_setting_reaches_the_feature_extractor(data_root, tmp_path, mo
     monkeypatch.setattr(inference, "make_extract_fn", recording)
     cfg.init_checkpoint = workdir
     cfg.eval.flip = False  # the demo config turns flip on; set both values explicitly
-    plain = train.evaluate_only(cfg, str(tmp_path / "plain"))
+    plain = experiment.evaluate_only(cfg, str(tmp_path / "plain"))
     cfg.eval.flip = True
-    flipped = train.evaluate_only(cfg, str(tmp_path / "flip"))
+    flipped = experiment.evaluate_only(cfg, str(tmp_path / "flip"))
     assert seen == [False, True]
     assert 0 <= flipped["mAP"] <= 1 and len(flipped["cmc"]) == len(plain["cmc"])
 

@@ -144,11 +144,11 @@ def test_load_pretrained_bad_paths(tmp_path):
 
 
 def test_training_reads_pretrained_weights_through_the_loader_it_is_given(npz_path):
-    """The library cannot read PyTorch layouts: train takes the converter's loader (python -m tmspr_jax.main passes
+    """The library cannot read PyTorch layouts: a run takes the converter's loader (python -m tmspr_jax.main passes
     convert_weights.convert.load_pretrained) and says what to do without one."""
     import types
 
-    from tmspr_jax import train
+    from tmspr_jax import experiment
     from tmspr_jax.models import build_model
 
     cfg = tiny_config()
@@ -156,11 +156,11 @@ def test_training_reads_pretrained_weights_through_the_loader_it_is_given(npz_pa
     exp = types.SimpleNamespace(
         config=cfg, model=build_model(cfg.model, cfg.img_size, 6, 4), num_classes=6, num_cameras=4
     )
-    got = train.initial_variables(exp, jax.random.key(0), load_pretrained)
+    got = experiment.initial_variables(exp, jax.random.key(0), load_pretrained)
     want = load_pretrained(npz_path, cfg.model, cfg.img_size, 6, 4, jax.random.key(0))
     a, b = _flat(got), _flat(want)
     assert a.keys() == b.keys()
     for k in b:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     with pytest.raises(ValueError, match=r"config\.model\.pretrained=.*vit\.npz.*needs a weights loader"):
-        train.initial_variables(exp, jax.random.key(0))
+        experiment.initial_variables(exp, jax.random.key(0))

@@ -11,7 +11,7 @@ import os
 import jax
 
 from configs import demo
-from tmspr_jax import train, weights
+from tmspr_jax import experiment, weights
 from tmspr_jax.datagen import ensure as setup
 from tmspr_jax.models.tmspr import init_variables
 
@@ -68,7 +68,7 @@ def prepare_tiny(root: str, seed: int = 0, test_batch_size: int = 32):
     """``(config, weights folder)``: the generated, built dataset and a random model for it."""
     cfg = tiny_config(root, test_batch_size)
     setup.prepare_for_config(cfg)
-    exp = train.setup_experiment(cfg)
+    exp = experiment.setup_experiment(cfg)
     ckpt = os.path.join(root, f"weights{seed}")
     weights.save_variables(ckpt, init_variables(exp.model, jax.random.PRNGKey(seed)), weights.model_meta(exp.model))
     return cfg, ckpt

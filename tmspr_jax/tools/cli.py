@@ -1,9 +1,14 @@
-"""What the command-line tools share: the demo config when ``--config`` is omitted, and one-line errors."""
+"""What the command-line tools and ``python -m tmspr_jax.main`` share: the demo config when ``--config`` is omitted,
+one ``error:`` line for a config mistake (:func:`parse_flags`) and for a user mistake at run time (:func:`run`)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from absl import app, flags
 
 from tmspr_jax.utils import one_line_errors
 
@@ -17,11 +22,70 @@ def config_or_demo(config: Any) -> Any:
     return demo_config()
 
 
-def run(main: Callable[[], None], required: Sequence[str] = ()) -> None:
-    """``absl.app.run`` for a tool's ``main()``: the ``required`` flags must be given (absl checks them), positional
-    arguments are refused, and a user mistake prints ``error: <message>`` and exits with status 1."""
-    from absl import app, flags
+def _config_file_arg(argv: Sequence[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a[len("--config=") :]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
 
+
+def _unknown_key_message(config_file: str, override: str) -> str:
+    """``--config.a.b=v`` whose key the config lacks: the first missing part and the keys beside it."""
+    import importlib.util
+
+    path = override.split("=", 1)[0][len("--config.") :].split(".")
+    try:
+        spec = importlib.util.spec_from_file_location("_tmspr_user_config", config_file.split(":", 1)[0])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        node = module.get_config()
+    except Exception:  # the config itself fails: say only which key
+        return f"{override.split('=', 1)[0]}: unknown config key"
+    where = "config"
+    for part in path:
+        keys = list(node.keys()) if hasattr(node, "keys") else []
+        if part not in keys:
+            return f"{override.split('=', 1)[0]}: {where} has no key {part!r} (its keys: {', '.join(sorted(keys))})"
+        node, where = node[part], f"{where}.{part}"
+    return f"{override.split('=', 1)[0]}: cannot be set"
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing with one ``error:`` line (exit status 1) for a config mistake instead of a traceback:
+    overrides without ``--config``, a missing config file, an unknown key or a bad value."""
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    config_file = _config_file_arg(argv[1:])
+
+    def fail(message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+    if overrides and config_file is None:
+        fail(f"{overrides[0]}: overrides need --config=FILE (for the demo: --config=configs/demo.py).")
+    if config_file is not None and not os.path.isfile(config_file.split(":", 1)[0]):
+        fail(f"--config={config_file}: no such config file (the configs are configs/*.py).")
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e))
+    except (AttributeError, KeyError) as e:
+        messages = [_unknown_key_message(config_file, o) for o in overrides]
+        fail(
+            next((m for m in messages if " has no key " in m), messages[0])
+            if overrides
+            else f"--config={config_file}: {e}"
+        )
+    except Exception as e:  # a config file that fails to load
+        fail(f"--config={config_file}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+    return []
+
+
+def run(main: Callable[[], None], required: Sequence[str] = ()) -> None:
+    """``absl.app.run`` for a tool's ``main()``: the flags are parsed by :func:`parse_flags`, the ``required`` flags
+    must be given, positional arguments are refused, and a user mistake prints ``error: <message>`` and exits with
+    status 1."""
     if required:
         flags.mark_flags_as_required(list(required))
 
@@ -31,4 +95,4 @@ def run(main: Callable[[], None], required: Sequence[str] = ()) -> None:
         with one_line_errors():
             main()
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse_flags)

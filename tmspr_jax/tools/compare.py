@@ -41,6 +41,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tmspr_jax.tools import cli
 from tmspr_jax.utils import USER_ERRORS, error_message, jsonable
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -535,4 +536,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

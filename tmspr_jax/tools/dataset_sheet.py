@@ -124,11 +124,10 @@ def _main() -> None:
     dataset = f.dataset or str(d.test)
     ours = dataset in (str(d.train), str(d.test))
     manual_dir = f.manual_dir or (str(d.manual_dir) if ours and d.manual_dir else "")
-    if ours and d.get("synthetic", False) and manual_dir:
+    if ours and d.synthetic and manual_dir:
         from tmspr_jax.datagen import ensure as setup
 
-        options = d.synthetic_options.to_dict() if "synthetic_options" in d else {}
-        setup.ensure_synthetic_dataset(manual_dir, options)
+        setup.ensure_synthetic_dataset(manual_dir, d.synthetic_options.to_dict())
     path, stats = sheet_to_file(
         dataset,
         f.split,

@@ -126,7 +126,7 @@ def camera_table_size(model: Any) -> int:
 def _model_and_variables(
     config: ml_collections.ConfigDict, checkpoint: str, step: int | None = None
 ) -> tuple[Any, Any]:
-    from tmspr_jax import train, weights
+    from tmspr_jax import experiment, weights
     from tmspr_jax.models import build_model
 
     path = os.path.abspath(os.path.expanduser(checkpoint))
@@ -144,8 +144,8 @@ def _model_and_variables(
         weights.check_model_size(meta, model, os.path.join(path, weights.META_FILE))  # before reading the arrays
         variables, _ = weights.load_variables(path)
         return model, variables
-    exp = train.setup_experiment(config)
-    return exp.model, train.load_checkpoint_variables(path, exp, step=step)
+    exp = experiment.setup_experiment(config)
+    return exp.model, experiment.load_checkpoint_variables(path, exp, step=step)
 
 
 def export_to_file(

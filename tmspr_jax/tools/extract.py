@@ -128,11 +128,11 @@ def extract_to_file(
     ``step`` picks a training workdir's checkpoint (default: the best by mAP, else the latest)."""
     import jax
 
-    from tmspr_jax import train
+    from tmspr_jax import experiment
 
-    exp = train.setup_experiment(config)
-    variables = train.load_checkpoint_variables(checkpoint, exp, step=step)
-    query, gallery = train.extract_test_features(exp, variables, desc="extract")
+    exp = experiment.setup_experiment(config)
+    variables = experiment.load_checkpoint_variables(checkpoint, exp, step=step)
+    query, gallery = experiment.extract_test_features(exp, variables, desc="extract")
     out = out or os.path.join(os.path.abspath(os.path.expanduser(checkpoint)), "features.npz")
     if jax.process_index() == 0:
         save_features(

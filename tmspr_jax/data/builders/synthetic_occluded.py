@@ -1,4 +1,4 @@
-"""The synthetic demo set written by ``python -m tmspr_jax.data.synthetic --out DIR`` (Market-1501 layout)."""
+"""The synthetic demo set written by ``python -m tmspr_jax.tools.synthetic --out DIR`` (Market-1501 layout)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from tmspr_jax.data.builders import base
 from tmspr_jax.data.builders.market1501 import read_market_layout
 
-LAYOUT = """<manual_dir>/   (the --out folder of python -m tmspr_jax.data.synthetic)
+LAYOUT = """<manual_dir>/   (the --out folder of python -m tmspr_jax.tools.synthetic)
     bounding_box_train/0001_c1s1_000001_00.jpg ...  -> train
     query/...                                       -> query
     bounding_box_test/...                           -> gallery
