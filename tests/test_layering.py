@@ -54,6 +54,12 @@ def _append(path, text: str) -> None:
             "\ndef _f():\n    from tmspr_jax.models import vit\n",
             "tmspr_jax.data.views -> tmspr_jax.models.vit",
         ),
+        # a tool imports the trainer for work that does not train (tmspr_jax.experiment opens runs)
+        (
+            "tmspr_jax/tools/extract.py",
+            "\ndef _f():\n    from tmspr_jax import train\n",
+            "tmspr_jax.tools.extract -> tmspr_jax.train",
+        ),
         # the library imports the converter
         ("tmspr_jax/train.py", "\nimport convert_weights.convert\n", "tmspr_jax.train -> convert_weights.convert"),
         # the library imports the top-level configs package

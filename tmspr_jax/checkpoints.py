@@ -1,4 +1,5 @@
-"""Training checkpoints on disk: which step to use, and restoring only what is intact and fits the config.
+"""Training checkpoints on disk: saving them asynchronously (:class:`Saver`, whose failures are one line), which step
+to use, and restoring only what is intact and fits the config.
 
 A training workdir's ``checkpoints/<step>/`` holds two orbax items: ``state`` (the train state) and ``data`` (JSON: the
 data position to resume from, the model's size as ``weights.model_meta`` gives it, and a checksum of every array of
@@ -50,6 +51,10 @@ class DamagedCheckpointError(CheckpointError):
 
 class ModelSizeError(CheckpointError):
     """A checkpoint of another model size (depth, width, classes, cameras, grid) than the config's."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """An asynchronous checkpoint save failed (a full disk, a lost mount): training stops."""
 
 
 # ---------------------------------------------------------------------------------------------------- managers
@@ -148,6 +153,57 @@ def save_args(state: Any, data: Mapping[str, Any], model: Any | None = None) -> 
     if model is not None:
         data[MODEL_KEY] = weights.model_meta(model)
     return ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
+
+
+class Saver:
+    """The asynchronous saves of one training run, their failures turned into one-line :class:`CheckpointSaveError`.
+
+    ``last``: the newest step saved (or resumed from), which is not saved again.
+    """
+
+    def __init__(self, manager: ocp.CheckpointManager, model: Any, last: int | None = None):
+        self.manager, self.model, self.last = manager, model, last
+
+    def save(self, step: int, state: Any, data: Mapping[str, Any], metrics: dict | None = None) -> None:
+        """Starts saving ``state`` and ``data`` (JSON, e.g. the data position) as ``step``; ``metrics``: its mAP."""
+        if step == self.last:
+            return  # this step is already saved (a mid-epoch save, or the checkpoint resumed from)
+        self.check()
+        try:  # orbax writes part of a checkpoint before save() returns: a full disk may fail here already
+            self.manager.save(step, args=save_args(state, data, self.model), metrics=metrics)
+        except Exception as e:
+            raise self._failed(e, step) from e
+        self.last = step
+
+    def check(self) -> None:
+        """Raises the error of an earlier save that failed in the background."""
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:
+            raise self._failed(e) from e
+
+    def wait(self) -> None:
+        """Waits until every save started is on disk."""
+        try:
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as e:
+            raise self._failed(e) from e
+
+    def _failed(self, e: BaseException, step: int | None = None) -> CheckpointSaveError:
+        # An earlier asynchronous save's error may surface only here (orbax raises it on the next save or wait), so
+        # the message names the step being saved, not necessarily the one that failed.
+        try:
+            self.manager.reload()
+            intact = self.manager.latest_step()
+        except Exception:  # the folder itself may be gone
+            intact = None
+        text = " ".join(str(e).split())[:300]
+        return CheckpointSaveError(
+            f"A checkpoint save in {self.manager.directory} failed ({type(e).__name__}: {text}; seen while saving step "
+            f"{self.last if step is None else step}): training stopped; the newest complete checkpoint is step "
+            f"{intact}. Free space and run the same command to resume."
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- restoring
