@@ -1,5 +1,6 @@
 """The parser end to end: tools/parse.py against SCHP's simple_extractor pipeline run by the oracle, restarts,
-unreadable images, and parsing targets made straight from a prepared dataset's images (data.parsing --parser)."""
+unreadable images, and parsing targets made straight from a prepared dataset's images (data.parsing.parse_targets,
+its command tools/parsing_targets.py --parser, and training's first-use setup)."""
 
 from __future__ import annotations
 
@@ -177,6 +178,41 @@ def test_training_setup_makes_targets_with_the_parser(tiny, prepared):
     got = P.load_targets(c.parsing, split, (10, 5), data_dir, "synthetic_occluded", geometry=P.config_geometry(c))
     assert got.num_missing == 0 and got.targets.shape == (6, 10, 5, 6)
     np.testing.assert_allclose(got.targets.sum(-1), 1.0, atol=1e-5)
+
+
+def test_parsing_targets_command_with_the_parser(tiny, prepared, tmp_path):
+    """``tools.parsing_targets --parser``: stops at --max_images, resumes, and stores what parse_targets makes."""
+    from tmspr_jax.data import parsing as P
+
+    _, parser_dir, _, _ = tiny
+    _, data_dir, split = prepared
+    out = str(tmp_path / "cmd.npz")
+    args = [
+        f"--parser={parser_dir}",
+        f"--data_dir={data_dir}",
+        "--dataset=synthetic_occluded",
+        "--img_size=128,64",
+        "--patch=16",
+        "--stride=12",
+        f"--batch_size={BATCH}",
+        f"--out={out}",
+    ]
+    run = lambda *extra: subprocess.run(
+        [sys.executable, "-m", "tmspr_jax.tools.parsing_targets", *args, *extra], capture_output=True, text=True
+    )
+    r = run("--max_images=2")
+    assert r.returncode == 0 and "stopped after --max_images=2" in r.stdout, r.stderr
+    assert not os.path.exists(out) and os.path.isdir(out + ".partial")
+    r = run()
+    assert r.returncode == 0, r.stderr
+    assert "images=6 grid=10x5 img_size=128x64 patch=16 stride=12,12 method=patch_mean" in r.stdout
+    assert not os.path.exists(out + ".partial")
+    with np.load(out) as f:
+        stored = f["targets"]
+    names, want = P.parse_targets(split, parser_dir, (128, 64), 16, (12, 12), out=str(tmp_path / "direct.npz"))
+    np.testing.assert_allclose(stored, want, atol=1e-6)
+    r = run("--maps_dir=/nonexistent")
+    assert r.returncode != 0 and "exactly one of --maps_dir" in r.stderr
 
 
 def test_bfloat16_parser_runs_close_to_float32(tiny, parser):

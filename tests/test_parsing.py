@@ -1,4 +1,5 @@
-"""Tests for tmspr_jax.data.parsing: LIP merge, grid pooling, storage and loading."""
+"""Tests for tmspr_jax.data.parsing (LIP merge, grid pooling, storage and loading) and its command,
+tmspr_jax.tools.parsing_targets."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tmspr_jax.config import get_base_config
 from tmspr_jax.data import parsing as P
 
 # Written out from docs/reference.md §12.2, independently of the module's table.
@@ -39,7 +41,10 @@ EXPECTED_GROUP = {
 
 
 def _cfg(path: str = "", missing: str = "error") -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"path": path, "missing": missing})
+    """The base config's ``parsing`` node with ``path`` and ``missing`` set."""
+    c = get_base_config().parsing
+    c.path, c.missing = path, missing
+    return c
 
 
 def _split(names):
@@ -267,7 +272,8 @@ def test_load_wrong_grid(tmp_path):
 
 def test_load_wrong_method(tmp_path):
     data_dir, _, targets = _store(tmp_path, ["a.jpg"])  # stored with method 'patch_mean'
-    cfg = ml_collections.ConfigDict({"path": "", "missing": "error", "method": "reference"})
+    cfg = _cfg()
+    cfg.method = "reference"
     with pytest.raises(ValueError, match=r"method 'patch_mean' but parsing.method is 'reference'"):
         P.load_targets(cfg, _split(["a.jpg"]), (3, 3), data_dir, "synth")
     cfg.method = "patch_mean"
@@ -300,7 +306,7 @@ def _cli(*args):
     import sys
 
     return subprocess.run(
-        [sys.executable, "-m", "tmspr_jax.data.parsing", *args],
+        [sys.executable, "-m", "tmspr_jax.tools.parsing_targets", *args],
         capture_output=True,
         text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -1,11 +1,17 @@
-"""Human-parsing targets for the semantic perception head (docs/reference.md §12, §5, §9.4).
+"""Parsing targets for the semantic perception head (docs/reference.md §12, §5, §9.4): a human parser's LIP maps
+turned into HSPM's per-patch part maps, stored beside the dataset and loaded for the training pipeline.
+
+Not to be confused with :mod:`tmspr_jax.parser`, the human parser itself (SCHP's network in Flax, which
+:func:`parse_targets` runs on the training images), nor with ``python -m tmspr_jax.tools.parse``, the command that
+runs that parser over a folder of images and writes SCHP's map files. ``python -m tmspr_jax.tools.parsing_targets`` is
+the command that makes the targets with this module.
 
 A human parser (SCHP trained on LIP, 20 classes) labels every training image offline. This module
 
 1. merges the 20 LIP classes into the six T-MSPR groups (:data:`LIP_TO_GROUP`, :func:`merge_lip`),
 2. pools the merged map onto the model's patch grid (:func:`grid_targets`),
 3. stores one float32 ``[gh, gw, 6]`` target per training image, keyed by file name, beside the prepared dataset
-   (``<data_dir>/parsing/<builder>/<gh>x<gw>.npz``; CLI below), and
+   (``<data_dir>/parsing/<builder>/<gh>x<gw>.npz``; ``python -m tmspr_jax.tools.parsing_targets``), and
 4. loads them aligned to a split's record order for the training pipeline (:func:`load_targets`).
 
 Pooling (``method='patch_mean'``, the default): the merged map is resized to the model input size exactly as view 1
@@ -15,16 +21,6 @@ the group composition of the very pixels that patch embeds. ``method='reference'
 a bilinear (``align_corners=False``) resize of the merged map straight to ``(gh, gw)``, which puts grid row ``r`` at
 relative height ``(r + 0.5) / gh`` while the patch is centred at ``(sy*r + patch/2) / H`` (4.5 % of the height apart
 at the bottom row for 256x128, stride 11). See ``docs/parsing.md``.
-
-CLI::
-
-    python -m tmspr_jax.data.parsing --maps_dir MAPS --data_dir DATA --dataset NAME \
-        [--config=configs/occ_duke.py | --img_size 256,128 --patch 16 --stride 11,11] [--out PATH] [--allow_missing]
-
-or, with the converted SCHP parser instead of a folder of maps (no intermediate files; restartable)::
-
-    python -m tmspr_jax.data.parsing --parser weights/schp_lip --data_dir DATA --dataset NAME [--config=...]
-        [--dtype bfloat16] [--batch_size 8]
 """
 
 from __future__ import annotations
@@ -32,8 +28,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import sys
-import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -41,7 +35,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from tmspr_jax.utils import config_value, pair, patch_grid
+from tmspr_jax.utils import pair, patch_grid
 
 LIP_CLASSES: tuple[str, ...] = (
     "Background",
@@ -339,6 +333,12 @@ def compute_targets(
     return [j[0] for j in jobs], targets, missing
 
 
+def encoded_image_size(encoded: bytes) -> tuple[int, int]:
+    """``(h, w)`` of an encoded image, from its header."""
+    with Image.open(io.BytesIO(encoded)) as im:  # reads the header only
+        return im.height, im.width
+
+
 def parse_targets(
     split: Any,
     parser_dir: str,
@@ -378,7 +378,7 @@ def parse_targets(
     def load(i: int, name: str) -> np.ndarray:
         data = split[i]["image"]
         img = preprocess.decode_image(data, name)
-        size = _image_size(data)
+        size = encoded_image_size(data)
         if img.shape[:2] != size:  # e.g. an EXIF rotation that OpenCV applies and the training views do not
             raise ValueError(
                 f"{name}: decoded as {img.shape[0]}x{img.shape[1]} (h x w) but the image is {size[0]}x{size[1]}"
@@ -437,10 +437,6 @@ def save_targets(
     os.replace(tmp, path)
 
 
-def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
-    return config_value(cfg, key, "parsing", default)
-
-
 Geometry = tuple[tuple[int, int], int, tuple[int, int]]  # (img_size, patch, stride)
 
 
@@ -479,7 +475,7 @@ def load_targets(
 
     Args:
       parsing_cfg: ``config.parsing``: ``path`` ('' = ``<data_dir>/parsing/<dataset>/<gh>x<gw>.npz``), ``missing``
-        ('error' or 'zero_weight') and, if present, ``method`` (must be the one the stored targets were made with).
+        ('error' or 'zero_weight') and ``method`` (must be the one the stored targets were made with).
       split: anything with a ``file_names`` sequence (``tmspr_jax.data.sources.ReIDSplit``).
       grid: the model's ``(gh, gw)``; a file made for another grid is an error.
       data_dir: the TFDS data dir the dataset was prepared in.
@@ -489,14 +485,14 @@ def load_targets(
         is an error, never reused.
     """
     grid = (int(grid[0]), int(grid[1]))
-    missing_mode = _cfg_get(parsing_cfg, "missing", "error")
+    missing_mode = parsing_cfg.missing
     if missing_mode not in ("error", "zero_weight"):
         raise ValueError(f"parsing.missing must be 'error' or 'zero_weight', got {missing_mode!r}")
-    path = _cfg_get(parsing_cfg, "path", "") or default_path(data_dir, dataset, grid)
+    path = parsing_cfg.path or default_path(data_dir, dataset, grid)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"no parsing targets at {path!r} (parsing.path={_cfg_get(parsing_cfg, 'path', '')!r}). Make them with "
-            f"`python -m tmspr_jax.data.parsing --maps_dir MAPS --data_dir {data_dir} --dataset {dataset} ...` "
+            f"no parsing targets at {path!r} (parsing.path={parsing_cfg.path!r}). Make them with `python -m "
+            f"tmspr_jax.tools.parsing_targets --maps_dir MAPS --data_dir {data_dir} --dataset {dataset} ...` "
             "(docs/parsing.md)."
         )
     with np.load(path, allow_pickle=False) as f:
@@ -523,11 +519,11 @@ def load_targets(
                 f"uses img_size {want[0]}, patch {want[1]}, stride {want[2]}; regenerate them for this geometry "
                 "(remove the file: with parsing.maps_dir set they are recomputed on first use)."
             )
-    want_method = _cfg_get(parsing_cfg, "method", None)
-    if want_method is not None and stored_method is not None and want_method != stored_method:
+    want_method = parsing_cfg.method
+    if stored_method is not None and want_method != stored_method:
         raise ValueError(
             f"{path}: targets were pooled with method {stored_method!r} but parsing.method is {want_method!r}; "
-            "regenerate them (python -m tmspr_jax.data.parsing --method ...) or change parsing.method."
+            "regenerate them (python -m tmspr_jax.tools.parsing_targets --method ...) or change parsing.method."
         )
     index: dict[str, int] = {}
     for i, n in enumerate(names):
@@ -560,189 +556,9 @@ def load_targets(
     return ParsingTargets(targets=targets, weights=weights, num_missing=len(missing))
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def _image_size(encoded: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(encoded)) as im:  # reads the header only
-        return im.height, im.width
-
-
-def _main(argv: Sequence[str]) -> None:
-    from absl import flags
-
-    if len(argv) > 1:
-        raise _usage_error(f"unexpected arguments: {argv[1:]}")
-    f = flags.FLAGS
-    cfg = f.config
-    img_size = (
-        _int_pair(f.img_size, "--img_size")
-        if f.img_size
-        else pair(cfg.img_size, "config.img_size")
-        if cfg
-        else (256, 128)
-    )
-    patch = f.patch if f.patch else (int(cfg.model.patch_size) if cfg else 16)
-    stride = (
-        _int_pair(f.stride, "--stride")
-        if f.stride
-        else pair(cfg.model.stride, "config.model.stride")
-        if cfg
-        else (11, 11)
-    )
-    dataset = f.dataset or (cfg.data.train if cfg else "")
-    data_dir = f.data_dir or (cfg.data.data_dir if cfg else "")
-    if not dataset or not data_dir:
-        raise _usage_error("--dataset and --data_dir are required (or a --config that sets data.train/data_dir)")
-    method = f.method or (cfg.parsing.get("method", "patch_mean") if cfg else "patch_mean")
-    grid = grid_shape(img_size, patch, stride)
-    out = f.out or (cfg.parsing.path if cfg and cfg.parsing.path else default_path(data_dir, dataset, grid))
-
-    from tmspr_jax.data import sources  # the prepared dataset's record order and file names
-
-    t0 = time.perf_counter()
-    manual_dir = (cfg.data.manual_dir or None) if cfg else None
-    if bool(f.maps_dir) == bool(f.parser):
-        raise _usage_error("give exactly one of --maps_dir (SCHP's output files) and --parser (a converted parser)")
-    if f.parser:
-        try:
-            split = sources.open_split(dataset, "train", data_dir, manual_dir=manual_dir)
-            got = parse_targets(
-                split,
-                f.parser,
-                img_size,
-                patch,
-                stride,
-                out=out,
-                method=method,
-                dtype=f.dtype,
-                batch_size=f.batch_size,
-                max_images=f.max_images,
-                progress=True,
-            )
-        except (ValueError, OSError) as e:
-            sys.exit(f"error: {e}")
-        if got is None:
-            print(
-                f"parsing targets: stopped after --max_images={f.max_images}; finished batches are in "
-                f"{out}.partial; rerun to continue"
-            )
-            return
-        names, targets = got
-        save_targets(
-            out,
-            names,
-            targets,
-            img_size=img_size,
-            patch=patch,
-            stride=stride,
-            method=method,
-            source=os.path.abspath(f.parser),
-        )
-        remove_partial(out)
-        print(
-            f"parsing targets: dataset={dataset} images={len(names)} grid={grid[0]}x{grid[1]} "
-            f"img_size={img_size[0]}x{img_size[1]} patch={patch} stride={stride[0]},{stride[1]} method={method} "
-            f"parser={f.parser} -> {out} ({time.perf_counter() - t0:.1f}s)"
-        )
-        return
-    try:
-        split = sources.open_split(dataset, "train", data_dir, manual_dir=manual_dir)
-        file_names = [str(n) for n in split.file_names]
-        sizes = [_image_size(split[i]["image"]) for i in range(len(split))]
-        names, targets, missing = compute_targets(
-            file_names,
-            f.maps_dir,
-            img_size,
-            patch,
-            stride,
-            method=method,
-            image_sizes=sizes,
-            allow_missing=f.allow_missing,
-            prefer="." + f.prefer,
-            progress=True,
-        )
-    except (ValueError, OSError) as e:  # user mistakes: the message says what is wrong, no traceback
-        sys.exit(f"error: {e}")
-    save_targets(
-        out,
-        names,
-        targets,
-        img_size=img_size,
-        patch=patch,
-        stride=stride,
-        method=method,
-        source=os.path.abspath(f.maps_dir),
-    )
-    print(
-        f"parsing targets: dataset={dataset} images={len(set(file_names))} stored={len(names)} "
-        f"missing={len(missing)} grid={grid[0]}x{grid[1]} img_size={img_size[0]}x{img_size[1]} patch={patch} "
-        f"stride={stride[0]},{stride[1]} method={method} -> {out} ({time.perf_counter() - t0:.1f}s)"
-    )
-    if missing:
-        print(f"  missing maps (written without them): {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
-
-
 def remove_partial(out: str) -> None:
     """Drops the finished batches of :func:`parse_targets` once the targets file is written."""
     import shutil
 
     if os.path.isdir(out + ".partial"):
         shutil.rmtree(out + ".partial")
-
-
-def _int_pair(text: str, flag: str) -> tuple[int, int]:
-    try:
-        return pair(text, flag)  # 'A,B', or one number for both
-    except ValueError:
-        raise _usage_error(f"{flag} expects two integers 'A,B' or one, got {text!r}") from None
-
-
-def _usage_error(msg: str) -> Exception:
-    from absl import app
-
-    return app.UsageError(msg)
-
-
-def _define_flags() -> None:
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file(
-        "config", None, "config file giving img_size, model.patch_size/stride, data.*", lock_config=True
-    )
-    flags.DEFINE_string("maps_dir", None, "folder of SCHP outputs <stem>.png and/or <stem>.npy")
-    flags.DEFINE_string(
-        "parser",
-        None,
-        "converted SCHP LIP parser folder (python -m convert_weights schp): parse the "
-        "training images directly instead of reading --maps_dir",
-    )
-    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "with --parser: convolution dtype")
-    flags.DEFINE_integer("batch_size", 8, "with --parser: images per batch per device")
-    flags.DEFINE_integer("max_images", None, "with --parser: stop after about this many images; rerun to continue")
-    flags.DEFINE_string("data_dir", None, "TFDS data dir of the prepared dataset (default: the config's)")
-    flags.DEFINE_string("dataset", None, "TFDS builder name of the training split (default: config data.train)")
-    flags.DEFINE_string("img_size", None, "model input 'H,W' (default: config, else 256,128)")
-    flags.DEFINE_integer("patch", None, "patch size (default: config, else 16)")
-    flags.DEFINE_string("stride", None, "patch stride 'SY,SX' (default: config, else 11,11)")
-    flags.DEFINE_enum(
-        "method",
-        None,
-        list(METHODS),
-        "pooling onto the grid (default: config parsing.method, else patch_mean; docs/parsing.md)",
-    )
-    flags.DEFINE_enum("prefer", "npy", ["npy", "png"], "which map to use when both <stem>.npy and .png exist")
-    flags.DEFINE_string(
-        "out", None, "output .npz (default: parsing.path, else <data_dir>/parsing/<dataset>/<gh>x<gw>.npz)"
-    )
-    flags.DEFINE_bool("allow_missing", False, "write the targets that exist instead of failing on missing maps")
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    from tmspr_jax.utils import one_line_errors
-
-    _define_flags()
-    app.run(one_line_errors()(_main))  # a bad flag or config value: one line, no traceback

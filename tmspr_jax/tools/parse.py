@@ -6,8 +6,11 @@
 For every image ``DIR/<stem>.<ext>`` (jpg, jpeg, png, bmp, webp, tif, tiff; sorted; other files ignored) it writes
 ``<out>/<stem>.png``, a palette PNG of class indices (SCHP's palette), and with ``--logits`` ``<out>/<stem>.npy``,
 the float32 ``[h, w, C]`` fusion logits at the image's size. Preprocessing and back-warp are SCHP's (docs/parsing.md).
-The PNG/NPY pairs are what ``python -m tmspr_jax.data.parsing --maps_dir`` reads; to go straight to training
-targets, use ``python -m tmspr_jax.data.parsing --parser`` instead.
+The PNG/NPY pairs are what ``python -m tmspr_jax.tools.parsing_targets --maps_dir`` reads; to go straight to
+training targets, use ``python -m tmspr_jax.tools.parsing_targets --parser`` instead.
+
+Which is which: this command runs the human parser (:mod:`tmspr_jax.parser`, SCHP's network in Flax) and writes its
+maps, as SCHP's own script does; :mod:`tmspr_jax.data.parsing` turns such maps into HSPM's training targets.
 
 Restartable: outputs are written whole (temporary name, then renamed) and a rerun skips the batches whose outputs all
 exist, so a killed run resumes and ends with the files an uninterrupted run writes (same ``--batch_size``, same
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -131,7 +133,7 @@ def _main() -> None:
     )
 
 
-def define_flags(argv: Sequence[str] | None = None) -> None:
+def define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("parser", None, "Converted SCHP parser folder (python -m convert_weights schp ...).")
