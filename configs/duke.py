@@ -6,7 +6,7 @@ Command::
         --config.model.pretrained=jx_vit_base_p16_224-80ecf9dd.pth
 
 Data: DukeMTMC-reID (``bounding_box_train``, ``query``, ``bounding_box_test``), prepared with
-``python -m tmspr_jax.data.prepare --dataset dukemtmc_reid --manual_dir DIR``, plus parsing targets for its training
+``python -m tmspr_jax.tools.prepare --dataset dukemtmc_reid --manual_dir DIR``, plus parsing targets for its training
 images. Split: train 702 ids / 16,522 images / 8 cameras; query 702 / 2,228; gallery 1,110 / 17,661.
 
 Stride 12 as the reference's yml (which crashes the reference's hard-coded grid; derived here). The paper reports no

@@ -6,9 +6,9 @@ Command::
         --config.model.pretrained=jx_vit_base_p16_224-80ecf9dd.pth
 
 Data: Market-1501-v15.09.15 (``bounding_box_train``, ``query``, ``bounding_box_test``), prepared with
-``python -m tmspr_jax.data.prepare --dataset market1501 --manual_dir DIR``, plus parsing targets for its training images
-(``python -m tmspr_jax.tools.parsing_targets``). Split: train 751 ids / 12,936 images / 6 cameras; query 750 / 3,368;
-gallery 752 / 15,913 (pid 0 distractors kept, -1 junk dropped).
+``python -m tmspr_jax.tools.prepare --dataset market1501 --manual_dir DIR``, plus parsing targets for its training
+images (``python -m tmspr_jax.tools.parsing_targets``). Split: train 751 ids / 12,936 images / 6 cameras; query 750 /
+3,368; gallery 752 / 15,913 (pid 0 distractors kept, -1 junk dropped).
 
 The reference's stride 12 (21x10 grid) crashes its hard-coded 22x11 reshape; here the grid is derived, so it runs.
 The paper reports no Market-1501 figure for this code; TransReID-JPM reaches about 88-89 mAP / 95 Rank-1.

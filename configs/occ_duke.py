@@ -7,7 +7,7 @@ Command::
 
 Data: the Occluded-Duke release (``Occluded_Duke/`` or the reference's ``occluded_dukemtmc/`` with
 ``bounding_box_train``, ``query``, ``bounding_box_test``), prepared with
-``python -m tmspr_jax.data.prepare --dataset occluded_duke --manual_dir DIR --data_dir $TMSPR_DATA_DIR``, and the SCHP
+``python -m tmspr_jax.tools.prepare --dataset occluded_duke --manual_dir DIR --data_dir $TMSPR_DATA_DIR``, and the SCHP
 LIP parsing maps of its training images turned into targets with ``python -m tmspr_jax.tools.parsing_targets`` (see
 docs/parsing.md).
 Split: train 702 ids / 15,618 images / 8 cameras; query 519 / 2,210; gallery 1,110 / 17,661.

@@ -7,7 +7,7 @@ Command::
 
 Data: Market-1501 (training, with parsing targets) and the Occluded-ReID release (``occluded_body_images/<id>/*.tif``
 and ``whole_body_images/<id>/*.tif``): query = 1,000 occluded images (camera 0), gallery = 1,000 whole-body images
-(camera 1). Prepare both: ``python -m tmspr_jax.data.prepare --dataset market1501 ...`` and
+(camera 1). Prepare both: ``python -m tmspr_jax.tools.prepare --dataset market1501 ...`` and
 ``--dataset occluded_reid ...``.
 
 The reference's committed reader instead trains on a random half of Occluded-ReID's identities; that protocol is

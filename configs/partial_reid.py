@@ -7,7 +7,7 @@ Command::
 
 Data: Market-1501 (training, with parsing targets) and Partial-REID (``partial_body_images/*.jpg`` as query, camera 0;
 ``whole_body_images/*.jpg`` as gallery, camera 1; 60 ids x 5 + 5 images). Prepare both with
-``python -m tmspr_jax.data.prepare --dataset market1501 ...`` and ``--dataset partial_reid ...``.
+``python -m tmspr_jax.tools.prepare --dataset market1501 ...`` and ``--dataset partial_reid ...``.
 
 Expected result (paper): 86.0 mAP / 90.0 Rank-1. Run time: 20 epochs of ~400 steps: about 1 h on one H100 (estimate).
 """

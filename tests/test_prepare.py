@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_prepare(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tmspr_jax.data.prepare", *args],
+        [sys.executable, "-m", "tmspr_jax.tools.prepare", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

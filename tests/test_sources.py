@@ -74,7 +74,7 @@ def test_not_prepared_without_manual_dir_names_data_dir_and_command(tmp_path):
         open_split("occluded_duke", "train", tmp_path / "empty")
     msg = str(info.value)
     assert str(tmp_path / "empty") in msg
-    assert "python -m tmspr_jax.data.prepare --dataset occluded_duke" in msg
+    assert "python -m tmspr_jax.tools.prepare --dataset occluded_duke" in msg
 
 
 def test_unknown_dataset_and_split(market, tmp_path):

@@ -156,7 +156,7 @@ def corrupt_dataset_error(name: str, split: str, files: list[str], data_dir: str
     where = ", ".join(files) if files else f"the {split} files under {data_dir}"
     return CorruptDatasetError(
         f"The prepared dataset {name!r} ({split} split) is damaged: cannot read {where} ({reason}). Prepare it again: "
-        f"python -m tmspr_jax.data.prepare --dataset {name} --manual_dir <raw release folder> --data_dir {data_dir} "
+        f"python -m tmspr_jax.tools.prepare --dataset {name} --manual_dir <raw release folder> --data_dir {data_dir} "
         "--overwrite"
     )
 
@@ -191,7 +191,7 @@ def open_split(
         else:
             raise FileNotFoundError(
                 f"Dataset {name!r} is not prepared under data_dir {os.fspath(data_dir)} (looked for "
-                f"{builder.data_dir}). Build it with:\n  python -m tmspr_jax.data.prepare --dataset {name} "
+                f"{builder.data_dir}). Build it with:\n  python -m tmspr_jax.tools.prepare --dataset {name} "
                 f"--manual_dir <raw release folder> --data_dir {os.fspath(data_dir)}\n"
                 f"or pass manual_dir (config key data.manual_dir)."
             )

@@ -1,6 +1,6 @@
 """Makes sure what a config needs on disk exists before a run: datasets, parsing targets, the demo's data.
 
-Paper settings expect the datasets to be prepared (``python -m tmspr_jax.data.prepare``) and their parsing targets
+Paper settings expect the datasets to be prepared (``python -m tmspr_jax.tools.prepare``) and their parsing targets
 computed (``python -m tmspr_jax.tools.parsing_targets``); with ``data.manual_dir`` / ``parsing.maps_dir`` (or
 ``parsing.parser``) set, missing pieces are built here on first use instead. The demo (``data.synthetic=True``)
 also generates its synthetic dataset (:mod:`tmspr_jax.datagen.synthetic`).
