@@ -1,4 +1,5 @@
-"""Tests for tmspr_jax.data.views: geometry on coordinate-coded images, independent oracles (torch, NumPy formulas)."""
+"""Tests for tmspr_jax.data.views: geometry on coordinate-coded images, independent oracles (torch, NumPy formulas);
+and the picture of the views (tmspr_jax.tools.views)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tmspr_jax.data import views as V
+from tmspr_jax.tools import views as view_tool
 
 HALF = (0.5, 0.5, 0.5)
 IMNET_MEAN = (0.485, 0.456, 0.406)
@@ -510,14 +512,21 @@ def test_cli_renders_grid_from_image_folder(tmp_path):
     for i in range(3):
         Image.fromarray(coord_image(60 + 10 * i, 30)).save(d / f"{i}.png")
     out = tmp_path / "grid.png"
-    V.main(["--images", str(d), "--out", str(out), "--num", "2", "--img_size", "64", "32"])
+    view_tool.main(["--images", str(d), "--out", str(out), "--num", "2", "--img_size", "64", "32"])
     grid = np.asarray(Image.open(out))
     assert grid.shape == (14 + 2 * (64 + 4) + 4, 5 * (32 + 4) + 4, 3)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):
-        V.main(["--images", str(tmp_path / "empty"), "--out", str(out)])
+        view_tool.main(["--images", str(tmp_path / "empty"), "--out", str(out)])
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        V.main(["--images", str(tmp_path / "missing"), "--out", str(out)])
+        view_tool.main(["--images", str(tmp_path / "missing"), "--out", str(out)])
+    # as a command: one line on stderr, no traceback
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "tmspr_jax.tools.views", "--images", str(tmp_path / "missing"), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("error: --images:") and "Traceback" not in r.stderr, r.stderr
 
 
 def test_cli_and_occluder_bank_on_a_prepared_split(tmp_path):
@@ -541,7 +550,7 @@ def test_cli_and_occluder_bank_on_a_prepared_split(tmp_path):
     assert len(bank) == len(split) == 6
     np.testing.assert_array_equal(bank[4], sources.decode_image(split[4]))
     out = tmp_path / "grid.png"
-    V.main(
+    view_tool.main(
         [
             "--dataset",
             "synthetic_occluded",
@@ -560,7 +569,7 @@ def test_cli_and_occluder_bank_on_a_prepared_split(tmp_path):
     assert grid.shape == (14 + 3 * (64 + 4) + 4, 5 * (32 + 4) + 4, 3)
     # Column 1 (based) of each row is the denormalised based view of some training image.
     cell = grid[14 + 4 : 14 + 4 + 64, 4 + 36 : 4 + 36 + 32]
-    candidates = [V.denormalize(V.based_view(bank[i], (64, 32), HALF, HALF), HALF, HALF) for i in range(6)]
+    candidates = [view_tool.denormalize(V.based_view(bank[i], (64, 32), HALF, HALF), HALF, HALF) for i in range(6)]
     assert any(np.array_equal(cell, c) for c in candidates)
 
 
