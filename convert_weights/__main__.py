@@ -112,4 +112,6 @@ def _convert_schp(src: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from tmspr_jax.tools import cli  # one error line for a config mistake, as every command that takes --config
+
+    app.run(main, flags_parser=cli.parse_flags)

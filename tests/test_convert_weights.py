@@ -464,6 +464,18 @@ def test_a_checkpoint_of_another_size_gets_a_short_error():
     assert n > 100 and f"... and {n - 5} more" in msg and msg.count(": got (") == 5 and len(msg) < 1500, msg
 
 
+def test_cli_unknown_config_key_is_one_line(formats, tmp_path):
+    r = _run_cli(
+        "timm", formats[1]["npz"], f"--out={tmp_path / 'w'}", f"--config={CONFIG_PATH}", "--config.model.nope=1"
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: --config.model.nope: config.model has no key 'nope' ("), (
+        r.stderr
+    )
+    assert not (tmp_path / "w").exists()
+
+
 def test_cli_single_number_stride_and_one_line_errors(formats, tmp_path):
     _, paths = formats
     r = _run_cli("timm", paths["npz"], f"--out={tmp_path / 'w'}", f"--config={CONFIG_PATH}", "--config.model.stride=12")
