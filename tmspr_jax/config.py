@@ -1,10 +1,12 @@
 """Settings shared by every T-MSPR config: the reference's defaults (``docs/reference.md`` §11.3).
 
-Each dataset config calls :func:`get_base_config` and overrides what its reference yml overrides. Keys are read by:
+Each dataset config calls :func:`get_base_config` and overrides what its reference yml overrides, so every key
+exists in every config: code reads them as attributes (``cfg.optim.base_lr``), and their defaults live here alone.
+Keys are read by:
 
 * ``model``   -> ``tmspr_jax.models.build_model``
-* ``data``    -> ``tmspr_jax.data.pipeline``
-* ``parsing`` -> ``tmspr_jax.data.parsing``
+* ``data``    -> ``tmspr_jax.data.pipeline`` (``synthetic``, ``synthetic_options``: ``tmspr_jax.datagen.ensure``)
+* ``parsing`` -> ``tmspr_jax.data.parsing`` (``maps_dir``, ``parser*``: ``tmspr_jax.datagen.ensure``)
 * ``loss``    -> ``tmspr_jax.losses``
 * ``optim``   -> ``tmspr_jax.optim``
 * ``train``   -> ``tmspr_jax.train``
@@ -60,7 +62,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # 'linear' = the reference's classifiers; 'cosine' = cosine similarities, for loss.id_loss other than 'softmax'
     m.classifier = "linear"
     m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params, norms, softmax, losses stay f32)
-    m.remat = False  # rematerialise each transformer block in the backward pass
+    # What the backward pass keeps of each transformer block (models.vit.REMAT_MODES, docs/memory.md): 'dots' (the
+    # matmul outputs; LayerNorm, attention scores, GELU recomputed), 'none' (everything), 'block' (the input only)
+    m.remat = "dots"
     m.stack_branches = True  # run views / JPM groups / part sequences as stacked batches (same result)
     # The paper's three additions to TransReID, each switchable for the ablation (configs/occ_duke_ablation_*.py):
     m.multi_view = True  # the four training views (False: the based view only)

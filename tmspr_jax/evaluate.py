@@ -1,6 +1,6 @@
 """Re-ID metrics on the host (docs/reference.md §13): CMC, mAP, mINP and k-reciprocal re-ranking, in NumPy.
 
-Model-free: features come in as arrays (the feature-extraction loop belongs to the training loop).
+Model-free: features come in as arrays (:mod:`tmspr_jax.inference` extracts them with the model).
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
 import numpy as np
 
-from tmspr_jax.utils import config_value, l2_normalise
+from tmspr_jax.utils import l2_normalise
 
 # Elements per chunk of the [queries, gallery] work arrays (bounded memory, still fully vectorised per chunk).
 _CHUNK_ELEMS = 1 << 21
@@ -359,34 +360,30 @@ def re_ranking(
     return (jaccard * (1 - lambda_value) + dist[:nq, nq:] * lambda_value).astype(np.float32)
 
 
-def _cfg(eval_cfg: Any, key: str) -> Any:
-    return config_value(eval_cfg, key, "eval")
-
-
-def distance_matrix(qf: np.ndarray, gf: np.ndarray, eval_cfg: Any) -> np.ndarray:
+def distance_matrix(qf: np.ndarray, gf: np.ndarray, eval_cfg: ml_collections.ConfigDict) -> np.ndarray:
     """Query x gallery distances ``[Nq, Ng]`` as the metrics rank them: rows L2-normalised first (``eval.feat_norm``),
     squared Euclidean, then k-reciprocal re-ranking when ``eval.rerank`` (``eval.k1``, ``eval.k2``,
     ``eval.lambda_value``)."""
     qf, gf = np.asarray(qf, np.float32), np.asarray(gf, np.float32)
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"distance_matrix: expected [Nq, D] and [Ng, D] features, got {qf.shape} and {gf.shape}")
-    if bool(_cfg(eval_cfg, "feat_norm")):
+    if bool(eval_cfg.feat_norm):
         qf, gf = l2_normalise(qf), l2_normalise(gf)
     dist = pairwise_distances(qf, gf)
-    if bool(_cfg(eval_cfg, "rerank")):
+    if bool(eval_cfg.rerank):
         dist = re_ranking(
             dist,
             pairwise_distances(qf, qf),
             pairwise_distances(gf, gf),
-            k1=int(_cfg(eval_cfg, "k1")),
-            k2=int(_cfg(eval_cfg, "k2")),
-            lambda_value=float(_cfg(eval_cfg, "lambda_value")),
+            k1=int(eval_cfg.k1),
+            k2=int(eval_cfg.k2),
+            lambda_value=float(eval_cfg.lambda_value),
         )
     return dist
 
 
 def compute_metrics(
-    features: np.ndarray, pids: np.ndarray, camids: np.ndarray, num_query: int, eval_cfg: Any
+    features: np.ndarray, pids: np.ndarray, camids: np.ndarray, num_query: int, eval_cfg: ml_collections.ConfigDict
 ) -> dict[str, Any]:
     """Re-ID metrics from stacked query-then-gallery features (the reference's R1_mAP_eval.compute).
 
@@ -407,8 +404,8 @@ def compute_metrics(
         raise ValueError(f"compute_metrics: num_query must be in (0, {n}), got {num_query}")
     nq = int(num_query)
     dist = distance_matrix(features[:nq], features[nq:], eval_cfg)
-    max_rank = int(_cfg(eval_cfg, "max_rank"))
-    samples = int(_cfg(eval_cfg, "bootstrap_samples"))
+    max_rank = int(eval_cfg.max_rank)
+    samples = int(eval_cfg.bootstrap_samples)
     res = eval_reid(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:], max_rank=max_rank, per_query=samples > 0)
     cmc = res["cmc"]
     # Past the gallery size every valid query has been matched, so the last value carries on.

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -68,7 +69,7 @@ def extract_features(
 def evaluate_features(
     query: tuple[np.ndarray, np.ndarray, np.ndarray],
     gallery: tuple[np.ndarray, np.ndarray, np.ndarray],
-    eval_cfg,
+    eval_cfg: ml_collections.ConfigDict,
 ) -> dict:
     """Metrics of query features against gallery features (fractions in [0, 1])."""
     feats = np.concatenate([query[0], gallery[0]])

@@ -19,10 +19,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from tmspr_jax.models.outputs import NUM_REFERENCE_FEATS, TrainOutputs, from_reference_order
-from tmspr_jax.utils import config_value, l2_normalise
+from tmspr_jax.utils import l2_normalise
 
 # The reference's feature indices that get a triplet term (docs/reference.md §8): all but the part logits O (1),
 # Q (2) and Qc (3), which are not [B, D] matrices.
@@ -221,7 +222,7 @@ def total_loss(
     pids: jax.Array,
     parsing: jax.Array | None,
     parsing_weight: jax.Array | None,
-    loss_cfg: Any,
+    loss_cfg: ml_collections.ConfigDict,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The reference's total training loss and every term for logging (docs/reference.md §9.6).
 
@@ -247,16 +248,15 @@ def total_loss(
       reference's order) and ``triplet_per_feat`` (every ``[B, D]`` feature, in the reference's order).
     """
     out = _as_outputs(outputs)
-    cfg = lambda key: config_value(loss_cfg, key, "loss")
-    smoothing = float(cfg("label_smoothing"))
-    margin = float(cfg("triplet_margin"))
-    norm_feat = bool(cfg("triplet_norm_feat"))
+    smoothing = float(loss_cfg.label_smoothing)
+    margin = float(loss_cfg.triplet_margin)
+    norm_feat = bool(loss_cfg.triplet_norm_feat)
 
-    id_loss = str(cfg("id_loss"))
+    id_loss = str(loss_cfg.id_loss)
     if id_loss not in ID_LOSSES:
         raise ValueError(f"config.loss.id_loss={id_loss!r}: expected one of {list(ID_LOSSES)}")
     if id_loss != "softmax":
-        scale, id_margin = float(cfg("id_scale")), float(cfg("id_margin"))
+        scale, id_margin = float(loss_cfg.id_scale), float(loss_cfg.id_margin)
         to_logits = lambda s: margin_logits(s, pids, id_loss, scale, id_margin)
         kl_logits = (scale * _f32(out.global_logits[0]), scale * _f32(out.jpm_logits[0]))
     else:
@@ -286,20 +286,20 @@ def total_loss(
         l_tri = l_tri + t
     l_kl = kl_term(*kl_logits)
 
-    loss = float(cfg("id_weight")) * l_id + float(cfg("triplet_weight")) * l_tri
+    loss = float(loss_cfg.id_weight) * l_id + float(loss_cfg.triplet_weight) * l_tri
     terms = {"id": l_id, "triplet": l_tri}
     if out.parsing_logits is not None:
-        seg_name = str(cfg("seg_loss"))
+        seg_name = str(loss_cfg.seg_loss)
         if seg_name not in SEG_LOSSES:
             raise ValueError(f"config.loss.seg_loss={seg_name!r}: expected one of {sorted(SEG_LOSSES)}")
         if parsing is None:
             raise ValueError("total_loss: the part head's segmentation loss needs parsing targets")
         terms["seg"] = SEG_LOSSES[seg_name](out.parsing_logits, parsing, parsing_weight)
-        loss = loss + float(cfg("seg_weight")) * terms["seg"]
+        loss = loss + float(loss_cfg.seg_weight) * terms["seg"]
     if out.recovered_parts is not None:
         terms["rec"] = reconstruction_loss(out.visible_parts, out.recovered_parts)
-        loss = loss + float(cfg("rec_weight")) * terms["rec"]
-    kl_weight = float(cfg("kl_weight"))
+        loss = loss + float(loss_cfg.rec_weight) * terms["rec"]
+    kl_weight = float(loss_cfg.kl_weight)
     if kl_weight != 0.0:
         loss = loss + kl_weight * l_kl
     acc = jnp.mean((jnp.argmax(out.global_logits[0], axis=-1) == pids).astype(jnp.float32))

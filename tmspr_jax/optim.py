@@ -22,17 +22,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
-
-from tmspr_jax.utils import config_value
 
 GROUPS = ("weight", "bias")
 FROZEN = "frozen"
 _OPTIMIZERS = ("sgd", "adamw")
-
-
-def _cfg(optim_cfg: Any, key: str) -> Any:
-    return config_value(optim_cfg, key, "optim")
 
 
 def _path_str(path: tuple) -> str:
@@ -62,7 +57,7 @@ def param_labels(params: Any, frozen: Callable[[str], bool] | None = None) -> An
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def learning_rates(epoch: int, optim_cfg: Any, total_epochs: int) -> dict[str, float]:
+def learning_rates(epoch: int, optim_cfg: ml_collections.ConfigDict, total_epochs: int) -> dict[str, float]:
     """Per-group learning rates for 1-based ``epoch`` (the reference's CosineLRScheduler.step(epoch)).
 
     For a group with base value ``v`` (``base_lr``, or ``base_lr * bias_lr_factor`` for biases), with
@@ -76,13 +71,13 @@ def learning_rates(epoch: int, optim_cfg: Any, total_epochs: int) -> dict[str, f
         raise ValueError(f"learning_rates: epoch must be an int >= 0 (1-based training epochs), got {epoch!r}")
     if not isinstance(total_epochs, int) or total_epochs <= 0:
         raise ValueError(f"learning_rates: total_epochs must be a positive int, got {total_epochs!r}")
-    base_lr = float(_cfg(optim_cfg, "base_lr"))
-    warmup = int(_cfg(optim_cfg, "warmup_epochs"))
+    base_lr = float(optim_cfg.base_lr)
+    warmup = int(optim_cfg.warmup_epochs)
     if warmup < 0:
         raise ValueError(f"optim.warmup_epochs must be >= 0, got {warmup}")
-    w0 = float(_cfg(optim_cfg, "warmup_lr_init_factor")) * base_lr
-    lmin = float(_cfg(optim_cfg, "min_lr_factor")) * base_lr
-    values = {"weight": base_lr, "bias": base_lr * float(_cfg(optim_cfg, "bias_lr_factor"))}
+    w0 = float(optim_cfg.warmup_lr_init_factor) * base_lr
+    lmin = float(optim_cfg.min_lr_factor) * base_lr
+    values = {"weight": base_lr, "bias": base_lr * float(optim_cfg.bias_lr_factor)}
 
     def one(v: float) -> float:
         if epoch < warmup:
@@ -108,7 +103,7 @@ def _adamw(learning_rate: float, weight_decay: float) -> optax.GradientTransform
 
 
 def make_optimizer(
-    optim_cfg: Any,
+    optim_cfg: ml_collections.ConfigDict,
     params: Any,
     total_epochs: int,
     frozen: Callable[[str], bool] | None = None,
@@ -119,16 +114,16 @@ def make_optimizer(
     path string matches ``frozen`` (optional predicate) get zero updates. Call :func:`set_epoch` on the state at
     the start of each epoch.
     """
-    name = str(_cfg(optim_cfg, "name")).lower()
+    name = str(optim_cfg.name).lower()
     if name not in _OPTIMIZERS:
         raise ValueError(f"optim.name must be one of {_OPTIMIZERS}, got {name!r}")
     lrs = learning_rates(1, optim_cfg, total_epochs)
-    decay = {"weight": float(_cfg(optim_cfg, "weight_decay")), "bias": float(_cfg(optim_cfg, "weight_decay_bias"))}
+    decay = {"weight": float(optim_cfg.weight_decay), "bias": float(optim_cfg.weight_decay_bias)}
     transforms: dict[str, optax.GradientTransformation] = {}
     for group in GROUPS:
         if name == "sgd":
             tx = optax.inject_hyperparams(_sgd_coupled, static_args=("weight_decay", "momentum"))(
-                learning_rate=lrs[group], weight_decay=decay[group], momentum=float(_cfg(optim_cfg, "momentum"))
+                learning_rate=lrs[group], weight_decay=decay[group], momentum=float(optim_cfg.momentum)
             )
         else:
             tx = optax.inject_hyperparams(_adamw, static_args=("weight_decay",))(
@@ -156,7 +151,7 @@ def _group_states(opt_state: Any) -> dict[str, Any]:
     return out
 
 
-def set_epoch(opt_state: Any, epoch: int, optim_cfg: Any, total_epochs: int) -> Any:
+def set_epoch(opt_state: Any, epoch: int, optim_cfg: ml_collections.ConfigDict, total_epochs: int) -> Any:
     """Return ``opt_state`` with both groups' learning rates set for 1-based ``epoch`` (float32 scalars).
 
     The new values keep the sharding of the old ones, so the state can go straight back into a jitted step.

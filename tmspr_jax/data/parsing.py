@@ -31,6 +31,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import ml_collections
 import numpy as np
 from absl import logging
 from PIL import Image
@@ -444,7 +445,7 @@ def pooling_geometry(img_size: Sequence[int], patch: int, stride: Sequence[int])
     return pair(img_size, "img_size"), int(patch), pair(stride, "stride")  # one number: square
 
 
-def config_geometry(config: Any) -> Geometry:
+def config_geometry(config: ml_collections.ConfigDict) -> Geometry:
     """The ``(img_size, patch, stride)`` a config's model pools its parsing targets with."""
     img_size, stride = pair(config.img_size, "config.img_size"), pair(config.model.stride, "config.model.stride")
     return pooling_geometry(img_size, config.model.patch_size, stride)
@@ -464,7 +465,7 @@ def stored_geometry(path: str) -> Geometry | None:
 
 
 def load_targets(
-    parsing_cfg: Any,
+    parsing_cfg: ml_collections.ConfigDict,
     split: Any,
     grid: Sequence[int],
     data_dir: str,

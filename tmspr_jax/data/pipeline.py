@@ -448,7 +448,7 @@ def _check_targets(targets: Any, num_records: int) -> tuple[np.ndarray, np.ndarr
 
 
 def _flip_prob(config: ml_collections.ConfigDict) -> float:
-    p = float(config.data.get("flip_prob", 0.0))
+    p = float(config.data.flip_prob)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"config.data.flip_prob={p} must be a probability in [0, 1]")
     if p > 0:
@@ -472,7 +472,7 @@ def flip_misalignment(config: ml_collections.ConfigDict) -> int:
     'reference'`` targets are a resize of the whole image, which mirrors exactly. Width 128 with patch 16 and a stride
     dividing 112 (16, 14, 8) gives 0; the paper's stride 11 gives 2 px (of a 16 px window).
     """
-    if str(config.parsing.get("method", "patch_mean")) == "reference":
+    if str(config.parsing.method) == "reference":
         return 0
     width, patch = int(config.img_size[1]), int(config.model.patch_size)
     sx = pair(config.model.stride, "config.model.stride")[1]
@@ -483,7 +483,7 @@ def _default_occluders(config: ml_collections.ConfigDict, split: Split) -> views
     """The covering view's occluders: the training split in use, ``config.data.occluder_source``'s train split, or
     the image files in ``config.data.occluder_dir``."""
     source = str(config.data.occluder_source)
-    folder = str(config.data.get("occluder_dir", "") or "")
+    folder = str(config.data.occluder_dir)
     if source and folder:
         raise ValueError(
             f"config.data.occluder_source={source!r} and config.data.occluder_dir={folder!r} are both set: the "
