@@ -88,6 +88,42 @@ def _stable_positions(block: np.ndarray, row: np.ndarray, col: np.ndarray) -> np
     return less
 
 
+def _chunk_metrics(
+    dist: np.ndarray,
+    q_pids: np.ndarray,
+    q_camids: np.ndarray,
+    groups: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    g_camids: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(valid [n], ap, inp, first_hit)`` of a chunk of queries (the last three for the valid ones only), or None
+    when no query of the chunk has a match."""
+    n = dist.shape[0]
+    # Only the gallery items of the query's identity matter: the true matches and the removed same-camera items.
+    row, col = _same_pid_pairs(q_pids, groups)
+    removed = g_camids[col] == q_camids[row]
+    if np.all(removed):
+        return None
+    pos = _stable_positions(dist, row, col)
+    order = np.lexsort((pos, row))
+    row, pos, removed = row[order], pos[order], removed[order]
+    # 1-based rank among the kept items: the position minus the removed items ranked before it in the same row.
+    n_removed = np.cumsum(removed)
+    row_start = np.searchsorted(row, row)
+    removed_before = n_removed - removed - (n_removed - removed)[row_start]
+    hit = ~removed
+    row, rank = row[hit], (pos - removed_before + 1)[hit]
+    k = np.arange(1, len(row) + 1) - np.searchsorted(row, row)  # 1-based hit number within its query
+    num_rel = np.bincount(row, minlength=n)
+    valid = num_rel > 0
+    ap = np.bincount(row, weights=k / rank, minlength=n)[valid] / num_rel[valid]
+    first_hit = np.zeros(n, np.int64)
+    first_hit[row[k == 1]] = rank[k == 1]
+    last_hit = np.zeros(n, np.int64)
+    last_hit[row[k == num_rel[row]]] = rank[k == num_rel[row]]
+    num_rel, first_hit, last_hit = num_rel[valid], first_hit[valid], last_hit[valid]
+    return valid, ap, num_rel / last_hit, first_hit
+
+
 def eval_reid(
     distmat: np.ndarray,
     q_pids: np.ndarray,
@@ -143,30 +179,10 @@ def eval_reid(
     rows = max(1, _CHUNK_ELEMS // num_g)
     for s in range(0, num_q, rows):
         e = min(num_q, s + rows)
-        # Only the gallery items of the query's identity matter: the true matches and the removed same-camera items.
-        row, col = _same_pid_pairs(q_pids[s:e], groups)
-        removed = g_camids[col] == q_camids[s:e][row]
-        if np.all(removed):
+        chunk = _chunk_metrics(distmat[s:e], q_pids[s:e], q_camids[s:e], groups, g_camids)
+        if chunk is None:
             continue
-        pos = _stable_positions(distmat[s:e], row, col)
-        order = np.lexsort((pos, row))
-        row, pos, removed = row[order], pos[order], removed[order]
-        # 1-based rank among the kept items: the position minus the removed items ranked before it in the same row.
-        n_removed = np.cumsum(removed)
-        row_start = np.searchsorted(row, row)
-        removed_before = n_removed - removed - (n_removed - removed)[row_start]
-        hit = ~removed
-        row, rank = row[hit], (pos - removed_before + 1)[hit]
-        k = np.arange(1, len(row) + 1) - np.searchsorted(row, row)  # 1-based hit number within its query
-        num_rel = np.bincount(row, minlength=e - s)
-        valid = num_rel > 0
-        ap = np.bincount(row, weights=k / rank, minlength=e - s)[valid] / num_rel[valid]
-        first_hit = np.zeros(e - s, np.int64)
-        first_hit[row[k == 1]] = rank[k == 1]
-        last_hit = np.zeros(e - s, np.int64)
-        last_hit[row[k == num_rel[row]]] = rank[k == num_rel[row]]
-        num_rel, first_hit, last_hit = num_rel[valid], first_hit[valid], last_hit[valid]
-        inp = num_rel / last_hit
+        valid, ap, inp, first_hit = chunk
         ap_sum += float(np.sum(ap))
         inp_sum += float(np.sum(inp))
         cmc_sum += np.sum(first_hit[:, None] <= ranks[None, :], axis=0)
