@@ -1,7 +1,7 @@
 """The training loss of the JAX model equals the reference's loss formulas applied to the PyTorch oracle's outputs.
 
 Same weights, same batch: the oracle's 15 scores and 18 feats go through the reference formulas written independently
-in PyTorch (tests/torch_losses.py); the JAX model's outputs go through ``tmspr_jax.losses.total_loss``.
+in PyTorch (tmspr_jax.oracles.losses); the JAX model's outputs go through ``tmspr_jax.losses.total_loss``.
 """
 
 from __future__ import annotations
