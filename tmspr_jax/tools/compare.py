@@ -193,7 +193,8 @@ class _FirstRecords:
 def open_test_splits(config: ml_collections.ConfigDict, max_images: int = 0) -> tuple[Any, Any]:
     """Query and gallery of ``config.data.test`` (built from ``data.manual_dir`` on first use), capped at
     ``max_images`` records each when > 0."""
-    from tmspr_jax.data import setup, sources
+    from tmspr_jax.data import sources
+    from tmspr_jax.datagen import ensure as setup
 
     d = config.data
     if max_images < 0:
