@@ -8,7 +8,7 @@ The split is read from the prepared dataset under ``--data_dir`` (default: the c
 its release folder first, and the demo's synthetic set is generated when missing. Each identity shows its first image
 in record order (the builders store sorted file names), framed dark grey, its identity under it; identities in
 increasing order, row by row. The title gives the split's identities, images and cameras as
-``python -m tmspr_jax.data.prepare`` counts them. Put sheets of the training and test splits side by side to see,
+``python -m tmspr_jax.tools.prepare`` counts them. Put sheets of the training and test splits side by side to see,
 e.g., Occluded-Duke's occluded queries against its mostly whole training images.
 """
 
