@@ -268,8 +268,10 @@ def test_drop_path_randomness_train_only():
     assert [blk.drop_path for blk in bound.backbone.blocks] == [0.0]
 
 
+@pytest.mark.parametrize("mode", ["dots", "block"])
 @pytest.mark.parametrize("part_pool", ["scale", "attention"])  # 'attention' passes a key bias through the remat
-def test_remat_same_outputs_and_gradients(part_pool):
+def test_memory_modes_same_outputs_and_gradients(mode, part_pool):
+    """Every memory mode (model.remat) computes the loss and gradients of no rematerialisation, to float rounding."""
     v, views, cams = _variables(), _views(3), CAMIDS[:3]
 
     def loss(params, model):
@@ -282,17 +284,22 @@ def test_remat_same_outputs_and_gradients(part_pool):
     def n_remat(model):
         return str(jax.make_jaxpr(lambda p: loss(p, model))(v["params"])).count("remat")
 
-    assert n_remat(_model(remat=False, part_pool=part_pool)) == 0
+    assert n_remat(_model(remat="none", part_pool=part_pool)) == 0
     # one per block: backbone block 0, b1 once, b2 three times (stacked)
-    assert n_remat(_model(remat=True, part_pool=part_pool)) == 5
-    la, ga = jax.jit(jax.value_and_grad(lambda p: loss(p, _model(remat=False, part_pool=part_pool))))(v["params"])
-    lb, gb = jax.jit(jax.value_and_grad(lambda p: loss(p, _model(remat=True, part_pool=part_pool))))(v["params"])
+    assert n_remat(_model(remat=mode, part_pool=part_pool)) == 5
+    la, ga = jax.jit(jax.value_and_grad(lambda p: loss(p, _model(remat="none", part_pool=part_pool))))(v["params"])
+    lb, gb = jax.jit(jax.value_and_grad(lambda p: loss(p, _model(remat=mode, part_pool=part_pool))))(v["params"])
     assert rel_err(lb, la) < 1e-6
     leaves_a, leaves_b = jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)
     assert len(leaves_a) == len(leaves_b)
     # float re-association only (the part-head gradient through the min/max is the most sensitive: ~2e-4)
     for x, y in zip(leaves_a, leaves_b):
         assert rel_err(y, x) < 1e-3 or float(jnp.max(jnp.abs(x))) == 0.0
+
+
+def test_an_unknown_memory_mode_is_refused():
+    with pytest.raises(ValueError, match=r"config.model.remat='all': expected one of \('none', 'dots', 'block'\)"):
+        build_model(tiny_config(remat="all"), TINY_IMG, C, CAMS)
 
 
 # ---------------------------------------------------------------------------------------------------- pieces

@@ -218,3 +218,25 @@ def test_wrong_image_size_is_a_clear_error():
     v = vit.init(jax.random.key(0), np.zeros((1, 48, 40, 3), np.float32), np.zeros(1, int))
     with pytest.raises(ValueError, match=r"image size \(64, 40\) != configured img_size \(48, 40\)"):
         vit.apply(v, np.zeros((1, 64, 40, 3), np.float32), np.zeros(1, int))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_cls_forward_equals_one_full_block_pass_per_variant(bias):
+    """b1/b2's cls-only path against the full block on each scaled sequence, on tokens of norm ~1e-3 so that
+    LayerNorm's epsilon (1e-6) is not negligible: ``LN(w x) != LN(x)`` there, and a path that ignored ``token_scale``
+    (b2's LayerNorm hides it on tokens of ordinary norm) fails by orders of magnitude more than the bound."""
+    d, n, b, p = 32, 9, 3, 4
+    blk = Block(dim=d, num_heads=4)
+    x = 1e-3 * jax.random.normal(jax.random.key(0), (b, n, d))
+    v = blk.init(jax.random.key(1), x)
+    # random positive scales, the cls token's included (the model's HSPM passes 1 for it)
+    w = jax.random.uniform(jax.random.key(2), (p, b, n), minval=0.2, maxval=2.0)
+    kb = jax.random.normal(jax.random.key(3), (p, b, n)) if bias else None
+    got = blk.apply(v, x, True, w, kb, method=Block.cls_forward)
+    assert got.shape == (p, b, d)
+    for i in range(p):
+        want = blk.apply(v, w[i][..., None] * x, True, None if kb is None else kb[i])[:, 0]
+        err = float(jnp.max(jnp.abs(got[i] - want)) / jnp.max(jnp.abs(want)))
+        assert err < 1e-5, (i, err)
+        unscaled = blk.apply(v, x, True, None if kb is None else kb[i])[:, 0]
+        assert float(jnp.max(jnp.abs(unscaled - want)) / jnp.max(jnp.abs(want))) > 1e-2

@@ -47,7 +47,7 @@ class TransformerHead(nn.Module):
     mlp_ratio: float
     drop_path: float
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"  # vit.REMAT_MODES
 
     def setup(self) -> None:
         self.block = block_class(self.remat)(self.dim, self.num_heads, self.mlp_ratio, self.drop_path, self.dtype)

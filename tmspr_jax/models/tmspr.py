@@ -39,7 +39,14 @@ from tmspr_jax.models.branches import (
     visibility,
 )
 from tmspr_jax.models.outputs import TrainOutputs
-from tmspr_jax.models.vit import POS_EMBED_INITS, VisionTransformer, compute_dtype, drop_path_rates, patch_grid
+from tmspr_jax.models.vit import (
+    POS_EMBED_INITS,
+    REMAT_MODES,
+    VisionTransformer,
+    compute_dtype,
+    drop_path_rates,
+    patch_grid,
+)
 from tmspr_jax.utils import config_value, pair
 
 Dtype = Any
@@ -84,7 +91,7 @@ class TMSPR(nn.Module):
     neck_feat: str = "before"
     classifier_kind: str = "linear"  # config.model.classifier (`classifier` is the global classifier module)
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"  # vit.REMAT_MODES
     stack_branches: bool = True
     pos_embed_init: str = "normal"  # vit.POS_EMBED_INITS
     multi_view: bool = True  # the four training views (False: the based view only)
@@ -344,6 +351,7 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         ("neck_feat", NECK_FEATS),
         ("classifier", CLASSIFIERS),
         ("pos_embed_init", POS_EMBED_INITS),
+        ("remat", REMAT_MODES),
     ):
         if get(key) not in allowed:
             raise ValueError(f"config.model.{key}={get(key)!r}: expected one of {allowed}")
@@ -372,7 +380,7 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         neck_feat=str(get("neck_feat")),
         classifier_kind=str(get("classifier")),
         dtype=compute_dtype(str(get("dtype"))),
-        remat=bool(get("remat")),
+        remat=str(get("remat")),
         stack_branches=bool(get("stack_branches")),
         pos_embed_init=str(get("pos_embed_init")),
         multi_view=bool(get("multi_view", True)),

@@ -7,13 +7,14 @@ raw residual stream is returned (the last block and the final norm become the mo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from tmspr_jax.utils import patch_grid
 
@@ -25,6 +26,14 @@ _normal02 = nn.initializers.normal(stddev=0.02)
 # How the position embedding starts: 'normal' = the reference's N(0, 0.02) (pretrained weights overwrite it);
 # 'sincos' = 2-D sine-cosine codes, which a model trained from scratch need not learn first (see sincos_embedding).
 POS_EMBED_INITS = ("normal", "sincos")
+
+# What the backward pass keeps of each transformer block (config.model.remat; docs/memory.md):
+#   'none':  everything autodiff keeps (the MLP's GELU intermediates, two N x N attention tensors per block);
+#   'dots':  the block's input and its three wide matmul outputs (qkv, the attention projection, fc1), named below;
+#            LayerNorms, attention scores and softmax, GELU are recomputed in the backward pass (no matmul is);
+#   'block': the block's input only; the whole block is recomputed in the backward pass.
+REMAT_MODES = ("none", "dots", "block")
+QKV, ATTN_PROJ, MLP_HIDDEN = "qkv", "attn_proj", "mlp_hidden"  # checkpoint names of the tensors 'dots' keeps
 
 
 def sie_table_rows(num_cameras: int, num_views: int) -> int:
@@ -83,7 +92,8 @@ def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool)
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (bias) laid out as (3, heads, head_dim).
 
-    Scores go through ``jax.nn.dot_product_attention`` (the fused kernels on GPU); the softmax is taken in float32.
+    Scores go through ``jax.nn.dot_product_attention`` (see :func:`attend`); the softmax is taken in float32. The
+    outputs of the two projections are named (``QKV``, ``ATTN_PROJ``) for the memory modes' checkpoint policy.
     """
 
     dim: int
@@ -107,18 +117,33 @@ class Attention(nn.Module):
         """``key_bias [B, N]`` (optional) is added to every query's attention scores for each key token."""
         b, n, d = x.shape
         hd = d // self.num_heads
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, hd)
+        qkv = checkpoint_name(self.qkv(x), QKV).reshape(b, n, 3, self.num_heads, hd)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, hd]
         bias = None if key_bias is None else key_bias.astype(jnp.float32)[:, None, None, :]
         out = attend(q, k, v, bias, self.dtype)
-        return self.proj(out.reshape(b, n, d))
+        return checkpoint_name(self.proj(out.reshape(b, n, d)), ATTN_PROJ)
+
+
+def attention_implementation(platform: str, dtype: Dtype, head_dim: int, has_bias: bool) -> str:
+    """Which ``jax.nn.dot_product_attention`` implementation :func:`attend` asks for.
+
+    ``'cudnn'`` (the fused flash kernel: no ``N x N`` score tensor in memory, forward or backward) on an NVIDIA GPU for
+    bfloat16 / float16 with a head width cuDNN takes (a multiple of 8, at most 128) and no bias; ``'xla'`` everywhere
+    else (without ``implementation=`` JAX always takes XLA's path, never a fused kernel).
+    """
+    fused_dtypes = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if platform == "gpu" and jnp.dtype(dtype) in fused_dtypes and head_dim % 8 == 0 and head_dim <= 128:
+        return "cudnn" if not has_bias else "xla"
+    return "xla"
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, dtype: Dtype) -> jax.Array:
-    """Scaled dot-product attention ``[B, Nq, H, hd]`` through ``jax.nn.dot_product_attention`` (XLA's fused form;
-    on GPU the backend may pick a fused kernel): scores accumulated and soft-maxed in float32 whatever ``dtype``."""
+    """Scaled dot-product attention ``[B, Nq, H, hd]`` through ``jax.nn.dot_product_attention``, the implementation
+    chosen by :func:`attention_implementation` for the default backend: scores accumulated and soft-maxed in float32
+    whatever ``dtype``."""
     q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=q.shape[-1] ** -0.5)
+    impl = attention_implementation(jax.default_backend(), dtype, q.shape[-1], bias is not None)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=q.shape[-1] ** -0.5, implementation=impl)
 
 
 class Mlp(nn.Module):
@@ -131,7 +156,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_normal02, name="fc1")(x)
-        x = nn.gelu(x, approximate=False)  # exact erf GELU as torch nn.GELU()
+        x = nn.gelu(checkpoint_name(x, MLP_HIDDEN), approximate=False)  # exact erf GELU as torch nn.GELU()
         return nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_normal02, name="fc2")(x)
 
 
@@ -174,10 +199,11 @@ class Block(nn.Module):
         """The block's output at token 0 only, for ``P`` variants of the sequence ``x [B, N, D]``: ``[P, B, D]``.
 
         Variant ``p`` is the sequence with token ``j`` multiplied by ``token_scale[p, :, j]`` (``[P, B, N]``, > 0;
-        None = 1) and ``key_bias[p]`` (``[P, B, N]`` or None) added to the attention scores. Equal, up to float
-        rounding, to ``__call__(token_scale[p][..., None] * x, key_bias=key_bias[p])[:, 0]``; each variant costs
-        ``O(N D)`` after one shared ``[B, N, D] x [D, 3D]`` projection. Stochastic depth draws one mask per variant
-        and sample, as ``P`` separate passes would.
+        None = 1) and ``key_bias[p]`` (``[P, B, N]`` or None) added to the attention scores: equal, up to float
+        rounding, to ``__call__(token_scale[p][..., None] * x, key_bias=key_bias[p])[:, 0]``, LayerNorm's epsilon
+        included (tests/test_vit.py checks it on small-norm tokens, where the epsilon matters). Each variant costs
+        ``O(N D)`` after one shared ``[B, N, D] x [D, 2D]`` key-value projection. Stochastic depth draws one mask per
+        variant and sample, as ``P`` separate passes would.
         """
         if self.is_initializing():  # create every parameter through the full block
             self(x, deterministic, None if key_bias is None else key_bias[0])
@@ -194,40 +220,48 @@ class Block(nn.Module):
         else:
             w = token_scale.astype(jnp.float32)
             r = w * jax.lax.rsqrt(jnp.square(w) * var + LN_EPS)  # LN(w x) = (x - mu) * r
-        kernel = qkv["kernel"]
-        # LN(w x) @ W + b = r * ((x - mu) * gamma) @ W + (beta @ W + b): one matmul for every variant.
-        z = jnp.dot((centred * ln["scale"]).astype(self.dtype), kernel.astype(self.dtype)).astype(jnp.float32)
-        c = ln["bias"] @ kernel + qkv["bias"]  # [3D]
-        z = z.reshape(b, n, 3, heads, hd)
-        c = c.reshape(3, heads, hd)
+        kernel = qkv["kernel"]  # [D, 3D]: query | key | value
+        cg = (centred * ln["scale"]).astype(self.dtype)
+        # LN(w x) @ W + b = r * ((x - mu) * gamma) @ W + (beta @ W + b): one matmul for every variant. Every token's
+        # key and value, but only the cls token's query (the only output kept).
+        kv = checkpoint_name(jnp.dot(cg, kernel[:, d:].astype(self.dtype)), QKV).reshape(b, n, 2, heads, hd)
+        zq = jnp.dot(cg[:, 0], kernel[:, :d].astype(self.dtype)).astype(jnp.float32).reshape(b, heads, hd)
+        c = (ln["bias"] @ kernel + qkv["bias"]).reshape(3, heads, hd)
         # The cls token's query, per variant (its scale may differ from 1 in general).
-        q = r[..., 0, None, None] * z[None, :, 0, 0] + c[0]  # [P, B, H, hd]
-        qk = jnp.einsum("pbhd,bnhd->pbhn", q.astype(self.dtype), z[:, :, 1].astype(self.dtype)).astype(jnp.float32)
+        q = r[..., 0, None, None] * zq[None] + c[0]  # [P, B, H, hd]
+        qk = jnp.einsum("pbhd,bnhd->pbhn", q.astype(self.dtype), kv[:, :, 0]).astype(jnp.float32)
         qc = jnp.einsum("pbhd,hd->pbh", q, c[1])
         scores = (r[:, :, None, :] * qk + qc[..., None]) * (hd**-0.5)  # [P, B, H, N]
         if key_bias is not None:
             scores = scores + key_bias.astype(jnp.float32)[:, :, None, :]
         probs = jax.nn.softmax(scores, axis=-1)
         # sum_j a_j (r_j V_j + c_v) = (a * r) @ V + c_v, since the a_j sum to 1
-        out = (
-            jnp.einsum(
-                "pbhn,bnhd->pbhd", (probs * r[:, :, None, :]).astype(self.dtype), z[:, :, 2].astype(self.dtype)
-            ).astype(jnp.float32)
-            + c[2]
-        )
+        weights = (probs * r[:, :, None, :]).astype(self.dtype)
+        out = jnp.einsum("pbhn,bnhd->pbhd", weights, kv[:, :, 1]).astype(jnp.float32) + c[2]
         p = out.shape[0]
         h = self.attn.proj(out.reshape(p * b, d).astype(self.dtype)).astype(jnp.float32)
-        x0 = jnp.broadcast_to(x[:, 0], (p, b, d)).reshape(p * b, d)
+        x0 = x[:, 0] if token_scale is None else token_scale[..., 0, None].astype(jnp.float32) * x[:, 0]
+        x0 = jnp.broadcast_to(x0, (p, b, d)).reshape(p * b, d)  # the cls token's own (scaled) residual
         x0 = x0 + drop_path(self, h, self.drop_path, deterministic)
         h = self.mlp(self.norm2(x0)).astype(jnp.float32)
         x0 = x0 + drop_path(self, h, self.drop_path, deterministic)
         return x0.reshape(p, b, d)
 
 
-def block_class(remat: bool) -> type[nn.Module]:
-    """``Block``, rematerialised in the backward pass when ``remat`` (``deterministic`` is static)."""
-    # static_argnums counts the module itself as argument 0.
-    return nn.remat(Block, static_argnums=(2,), methods=["__call__", "cls_forward"]) if remat else Block
+def remat_policy(remat: str) -> Callable[..., bool] | None:
+    """The ``jax.checkpoint`` policy of a memory mode (:data:`REMAT_MODES`; None: save nothing)."""
+    if remat not in REMAT_MODES:
+        raise ValueError(f"model.remat={remat!r}: expected one of {REMAT_MODES}")
+    return jax.checkpoint_policies.save_only_these_names(QKV, ATTN_PROJ, MLP_HIDDEN) if remat == "dots" else None
+
+
+def block_class(remat: str) -> type[nn.Module]:
+    """``Block`` as the memory mode ``remat`` (:data:`REMAT_MODES`) keeps it for the backward pass."""
+    policy = remat_policy(remat)
+    if remat == "none":
+        return Block
+    # static_argnums counts the module itself as argument 0: ``deterministic`` is static.
+    return nn.remat(Block, static_argnums=(2,), policy=policy, methods=["__call__", "cls_forward"])
 
 
 class VisionTransformer(nn.Module):
@@ -250,7 +284,7 @@ class VisionTransformer(nn.Module):
     sie_coe: float = 3.0
     local_feature: bool = True
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str = "none"  # one of REMAT_MODES
     pos_embed_init: str = "normal"  # one of POS_EMBED_INITS
 
     @property
