@@ -68,6 +68,7 @@ def test_tiny_run_on_cpu_writes_every_field(tmp_path):
         "--tiny",
         "--dtypes=bfloat16",
         "--data_workers=0",
+        "--throughput_batch=16",
         f"--out={out}",
         f"--table={table}",
         f"--profile={prof}",
@@ -78,6 +79,16 @@ def test_tiny_run_on_cpu_writes_every_field(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["errors"] == {} and res["settings"]["tiny"] is True and _positive(res["wall_s"])
+    # every measurement in a process of its own (its own peak device memory), none in the parent
+    pids = [res[k]["pid"] for k in ("memory", "matmul_bf16", "torch", "data")]
+    pids += [res[k]["bfloat16"]["pid"] for k in ("train", "eval", "throughput")]
+    assert len(set(pids)) == len(pids) == 7
+    mem = res["memory"]
+    assert mem["mode"] == "dots" and _positive(mem["bfloat16"]["kept_per_sample_mib"])
+    est = mem["bfloat16"]["estimate_gib"]
+    assert est["8"] < est["16"] < est["64"]  # the training batch, the throughput batch and a candidate
+    thr = res["throughput"]["bfloat16"]
+    assert thr["batch"] == 16 and _positive(thr["samples_per_s"]) and res["settings"]["train_batch"] == 8
     assert res["device"]["platform"] == "cpu" and res["device"]["peak_tflops"] is None
     assert _positive(res["matmul_bf16"]["tflops"]) and res["matmul_bf16"]["fraction_of_peak"] is None
     train, ev = res["train"]["bfloat16"], res["eval"]["bfloat16"]
@@ -89,6 +100,7 @@ def test_tiny_run_on_cpu_writes_every_field(tmp_path):
     # No peak is known for a CPU, and the CPU reports no device memory statistics.
     assert train["mfu"] is None and ev["mfu"] is None and train["peak_bytes_in_use"] is None
     assert train["profile_error"] is None and ev["profile_error"] is None
+    assert train["attention"] == ev["attention"] == "xla" and train["memory_mode"] == "dots"
     assert math.isfinite(train["loss"]) and train["loss"] > 0 and ev["feature_dim"] == 10 * 32
     torch_res = res["torch"]
     assert _positive(torch_res["train"]["samples_per_s"]) and _positive(torch_res["eval"]["images_per_s"])
@@ -102,6 +114,8 @@ def test_tiny_run_on_cpu_writes_every_field(tmp_path):
     assert any(name.endswith(".xplane.pb") for _, _, files in os.walk(prof) for name in files)
     md = table.read_text()
     assert "| training step, batch 8 x 4 views: samples/s |" in md and "| JAX bfloat16 | PyTorch float32 |" in md
+    assert "| training step, batch 16 (throughput): samples/s, device peak GiB |" in md
+    assert "| kept for the backward pass per sample, MiB (memory mode 'dots') |" in md
     assert md in r.stdout
 
 
@@ -109,3 +123,14 @@ def test_bad_flag_is_one_line(tmp_path):
     cmd = [sys.executable, "-m", "tmspr_jax.tools.benchmark_gpu", "--train_batch=10", f"--out={tmp_path / 'b.json'}"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 1 and "error: --train_batch=10: expected a positive multiple of 4" in r.stderr
+
+
+def test_throughput_batch_is_the_largest_that_fits():
+    s = {"train_batch": 32, "throughput_batch": -1}
+    gib = 2**30
+    memory = {"bfloat16": {"estimate_gib": {"32": 8.0, "64": 14.0, "128": 26.0, "256": 50.0}}}
+    assert benchmark_gpu.throughput_batch(s, memory, "bfloat16", 80 * gib) == 256
+    assert benchmark_gpu.throughput_batch(s, memory, "bfloat16", 40 * gib) == 128  # 50 > 0.85 * 40
+    assert benchmark_gpu.throughput_batch(s, memory, "bfloat16", 16 * gib) == 0  # 14 > 0.85 * 16: none fits
+    assert benchmark_gpu.throughput_batch(s, memory, "bfloat16", None) == 0  # no memory figure (a CPU)
+    assert benchmark_gpu.throughput_batch(dict(s, throughput_batch=96), memory, "bfloat16", None) == 96

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from tmspr_jax.config import get_base_config
+from tmspr_jax.tools.timing import time_calls
 from tmspr_jax.utils import one_line_errors
 
 FLAGS = flags.FLAGS
@@ -80,18 +80,6 @@ def _config() -> Any:
         cfg.img_size = (h, w)
     cfg.model.dtype = FLAGS.dtype
     return cfg
-
-
-def _time(fn: Callable[[], Any], sync: Callable[[Any], Any], warmup: int, iters: int) -> list[float]:
-    """Seconds per call of ``fn`` (after ``warmup`` calls), ``sync`` waiting for the result."""
-    for _ in range(warmup):
-        sync(fn())
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def _jax_device() -> str:
@@ -222,18 +210,18 @@ def main(argv: list[str]) -> None:
     if "eval" in FLAGS.modes:
         jfn = _jax_eval(model, variables, images, camids)
         feat_j = np.asarray(jfn(), np.float32)
-        jt = statistics.median(_time(jfn, jax_sync, FLAGS.warmup, FLAGS.iters))
+        jt = statistics.median(time_calls(jfn, jax_sync, FLAGS.warmup, FLAGS.iters))
         tt = None
         if torch_fns:
             feat_t = torch_fns[0]().float().cpu().numpy()
             rel = np.abs(feat_j - feat_t).max() / max(np.abs(feat_t).max(), 1e-12)
             print(f"eval feature check: max |JAX - PyTorch| / max |PyTorch| = {rel:.2e}")
-            tt = statistics.median(_time(torch_fns[0], torch_fns[2], FLAGS.warmup, FLAGS.iters))
+            tt = statistics.median(time_calls(torch_fns[0], torch_fns[2], FLAGS.warmup, FLAGS.iters))
         rows.append(("eval (test feature)", jt, tt))
     if "train" in FLAGS.modes:
         jfn = _jax_train(model, variables, views, camids, pids, FLAGS.lr)
-        jt = statistics.median(_time(jfn, jax_sync, FLAGS.warmup, FLAGS.iters))
-        tt = statistics.median(_time(torch_fns[1], torch_fns[2], FLAGS.warmup, FLAGS.iters)) if torch_fns else None
+        jt = statistics.median(time_calls(jfn, jax_sync, FLAGS.warmup, FLAGS.iters))
+        tt = statistics.median(time_calls(torch_fns[1], torch_fns[2], FLAGS.warmup, FLAGS.iters)) if torch_fns else None
         rows.append(("train step (fwd+bwd+SGD)", jt, tt))
 
     print()

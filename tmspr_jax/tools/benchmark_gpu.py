@@ -2,34 +2,42 @@ r"""One command for a GPU (or TPU): training and test-feature speed, FLOP utilis
 automatic mixed precision side by side, and the input pipeline, written to one JSON and a markdown table.
 
     python -m tmspr_jax.tools.benchmark_gpu [--out=benchmark_gpu.json] [--table=benchmark_gpu.md] [--profile=DIR]
-        [--tiny] [--dtypes=float32,bfloat16] [--train_batch=64] [--eval_batch=256] [--steps=20] [--skip_torch]
-        [--data_workers=-1]
+        [--tiny] [--dtypes=float32,bfloat16] [--train_batch=32] [--throughput_batch=-1] [--eval_batch=256]
+        [--steps=20] [--skip_torch] [--data_workers=-1]
 
-At the base config (ViT-B/16, 256x128, stride 11, Occluded-Duke's 702 classes and 8 cameras) it measures:
+At the base config (ViT-B/16, 256x128, stride 11, Occluded-Duke's 702 classes and 8 cameras; the config's memory mode
+``model.remat``, 'dots' by default) it measures:
 
-* the real training step: ``train.make_train_step`` (the full T-MSPR loss), the reference's optimiser
-  (``optim.make_optimizer``), the state donated, batch ``--train_batch`` samples of 4 views (P x 4 identities), per
-  compute dtype: step time, samples/s, XLA's FLOP count of the compiled step (``cost_analysis``), the model FLOP
-  utilisation against the device's peak (a table by ``device_kind``; float32 against the TF32 tensor-core peak, which
-  XLA's default matmul precision uses on Ampere and newer), XLA's memory plan and the device's peak bytes in use;
+* what the training step keeps for its backward pass (``tools.benchmark_memory``: bytes per sample, and the estimate
+  at each batch of parameters, gradients, optimiser state and kept bytes), per compute dtype;
+* the real training step at the paper's batch (``--train_batch``, 32 samples of 4 views, P x 4 identities):
+  ``train.make_train_step`` (the full T-MSPR loss), the reference's optimiser (``optim.make_optimizer``), the state
+  donated, per compute dtype: step time, samples/s, XLA's FLOP count of the compiled step (``cost_analysis``), the
+  model FLOP utilisation against the device's peak (a table by ``device_kind``; float32 against the TF32 tensor-core
+  peak, which XLA's default matmul precision uses on Ampere and newer), XLA's memory plan, the device's peak bytes in
+  use and the attention implementation (``models.vit.attention_implementation``: cuDNN's fused kernel for 16-bit on
+  NVIDIA GPUs, else XLA);
+* for throughput only, the training step at a larger batch (``--throughput_batch``; -1: the largest of 64, 128, 256
+  whose memory estimate fits 85% of the device's memory; 0: none) in bfloat16;
 * the test feature (``TMSPR.extract``) at ``--eval_batch`` images: images/s and the same figures;
 * a bfloat16 matmul's measured rate, as a sanity check of the peak table;
 * the PyTorch oracle (``tmspr_jax.oracles.tmspr``, same weights) with ``torch.autocast``: float16 and a GradScaler on
   CUDA, as the reference trains (float32 on a CPU). Its training step uses the reference's loss formulas
-  (``tmspr_jax.oracles.losses``) and SGD; its test feature runs the reference's four-view graph. It runs first and
-  empties its cache, so JAX (not preallocating here) and PyTorch do not compete for memory;
+  (``tmspr_jax.oracles.losses``) and SGD; its test feature runs the reference's four-view graph;
 * the input pipeline (``tools/benchmark_data``'s in-memory JPEG split, four views, parsing targets) with
   ``--data_workers`` processes (-1 = the host's cores less one).
 
-``--profile=DIR`` writes a ``jax.profiler`` trace of a few bfloat16 (else float32) training steps and test batches
-(``tensorboard --logdir DIR``, profile plugin). ``--tiny`` runs the same code on a tiny model and small batches (CPU
-tests). Each timing runs ``--warmup`` untimed steps then ``--steps`` timed ones back to back (dispatch overlaps, as in
-training). FLOPs are XLA's cost analysis of the compiled program, which does not count custom calls (such as a fused
-cuDNN attention kernel): where attention runs fused, the FLOP counts and utilisations are lower bounds.
+Each measurement runs in a process of its own, so the device's peak bytes in use (which only grow within a process)
+and PyTorch's allocator belong to that measurement alone. ``--profile=DIR`` writes a ``jax.profiler`` trace of a few
+bfloat16 (else float32) training steps and test batches (``tensorboard --logdir DIR``, profile plugin). ``--tiny``
+runs the same code on a tiny model and small batches (CPU tests). Each timing runs ``--warmup`` untimed steps then
+``--steps`` timed ones back to back (dispatch overlaps, as in training). FLOPs are XLA's cost analysis of the
+compiled program, which does not count custom calls (such as a fused cuDNN attention kernel): where attention runs
+fused, the FLOP counts and utilisations are lower bounds.
 
-Most of the time goes into compiling four programs; each stage prints its duration. The JSON and the table are
-rewritten after every stage, so a run cut short keeps what it measured, and a failed stage is recorded under
-``errors`` (exit status 1) without losing the others.
+Most of the time goes into compiling; each stage prints its duration. The JSON and the table are rewritten after every
+stage, so a run cut short keeps what it measured, and a failed stage is recorded under ``errors`` (exit status 1)
+without losing the others.
 """
 
 from __future__ import annotations
@@ -37,7 +45,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,8 +59,9 @@ from absl import flags
 
 from tmspr_jax import optim
 from tmspr_jax.config import get_base_config
-from tmspr_jax.tools import cli
-from tmspr_jax.tools.benchmark import _time
+from tmspr_jax.models.vit import attention_implementation, compute_dtype
+from tmspr_jax.tools import benchmark_memory, cli
+from tmspr_jax.tools.timing import back_to_back, time_calls
 from tmspr_jax.train import TrainState, make_train_step
 
 FLAGS = flags.FLAGS
@@ -85,7 +96,15 @@ def define_flags() -> None:
     flags.DEFINE_string("profile", None, "Folder for a jax.profiler trace of a few training steps and test batches.")
     flags.DEFINE_bool("tiny", False, "A tiny model and small batches (runs in a minute on a CPU; for tests).")
     flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes of the JAX model.")
-    flags.DEFINE_integer("train_batch", 64, "Samples (of 4 views) per training step; a multiple of 4.")
+    flags.DEFINE_integer(
+        "train_batch", 32, "Samples (of 4 views) per training step, a multiple of 4 (the paper's IMS_PER_BATCH: 32)."
+    )
+    flags.DEFINE_integer(
+        "throughput_batch",
+        -1,
+        "A larger training batch, timed for throughput only in bfloat16 (-1: the largest of 64, 128, 256 whose memory "
+        "estimate fits 85%% of the device; 0: none).",
+    )
     flags.DEFINE_integer("eval_batch", 256, "Images per test-feature batch.")
     flags.DEFINE_integer("steps", 20, "Timed steps / batches per measurement.")
     flags.DEFINE_integer("warmup", 3, "Untimed steps / batches before timing (after compilation).")
@@ -99,6 +118,8 @@ def define_flags() -> None:
         "Input-pipeline worker processes (-1: the host's cores less one, at most 32; -2: leave the pipeline out).",
     )
     flags.DEFINE_integer("data_batches", 10, "Timed input-pipeline batches.")
+    flags.DEFINE_string("stage", None, "Internal: run this one measurement and write it to --stage_out.")
+    flags.DEFINE_string("stage_out", None, "Internal: where --stage writes its result.")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -145,6 +166,7 @@ def _peak_bytes() -> int | None:
 def _settings() -> dict[str, Any]:
     s = {
         "train_batch": FLAGS.train_batch,
+        "throughput_batch": FLAGS.throughput_batch,
         "eval_batch": FLAGS.eval_batch,
         "steps": FLAGS.steps,
         "warmup": FLAGS.warmup,
@@ -158,6 +180,7 @@ def _settings() -> dict[str, Any]:
     if FLAGS.tiny:
         s.update(
             train_batch=8,
+            throughput_batch=min(FLAGS.throughput_batch, 16),
             eval_batch=8,
             steps=2,
             warmup=1,
@@ -169,6 +192,8 @@ def _settings() -> dict[str, Any]:
         )
     if s["train_batch"] < 4 or s["train_batch"] % 4:
         raise ValueError(f"--train_batch={s['train_batch']}: expected a positive multiple of 4 (P identities x 4)")
+    if s["throughput_batch"] < -1 or (s["throughput_batch"] > 0 and s["throughput_batch"] % 4):
+        raise ValueError(f"--throughput_batch={s['throughput_batch']}: expected -1, 0 or a positive multiple of 4")
     if min(s["eval_batch"], s["steps"], s["matmul_n"]) < 1 or s["warmup"] < 0:
         raise ValueError("--eval_batch, --steps and --matmul_n must be >= 1 and --warmup >= 0")
     for d in FLAGS.dtypes:
@@ -208,21 +233,9 @@ def measure_matmul(n: int, steps: int, peak_bf16: float | None) -> dict[str, Any
     """TFLOP/s of an ``n x n`` bfloat16 matmul (float32 accumulation), back to back."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
     f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
-    sec = _back_to_back(lambda: f(a, a), 2, max(steps, 10))
+    sec = back_to_back(lambda: f(a, a), 2, max(steps, 10))
     tflops = 2 * n**3 / sec / 1e12
     return {"n": n, "tflops": tflops, "fraction_of_peak": tflops / peak_bf16 if peak_bf16 else None}
-
-
-def _back_to_back(fn: Callable[[], Any], warmup: int, steps: int) -> float:
-    """Seconds per call of ``fn`` run ``steps`` times without waiting in between (after ``warmup`` calls)."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    t0 = time.perf_counter()
-    out = None
-    for _ in range(steps):
-        out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t0) / steps
 
 
 def _profile(profile_dir: str | None, fn: Callable[[], Any], calls: int) -> str | None:
@@ -270,7 +283,7 @@ def measure_train(
         holder["state"], metrics = compiled(holder["state"], batch, rng)
         return metrics
 
-    sec = _back_to_back(step, s["warmup"], s["steps"])
+    sec = back_to_back(step, s["warmup"], s["steps"])
     metrics = jax.device_get(step())
     if not bool(metrics["finite"]):
         raise RuntimeError(f"the {dtype} training step gave a non-finite loss {metrics['loss']}; timing discarded")
@@ -305,7 +318,7 @@ def measure_eval(
         jax.jit(lambda v, x, c: model.apply(v, x, c, method=TMSPR.extract)).lower(variables, images, camids).compile()
     )
     compile_s = time.perf_counter() - t0
-    sec = _back_to_back(lambda: compiled(variables, images, camids), s["warmup"], s["steps"])
+    sec = back_to_back(lambda: compiled(variables, images, camids), s["warmup"], s["steps"])
     feat = np.asarray(compiled(variables, images, camids), np.float32)
     if not np.all(np.isfinite(feat)):
         raise RuntimeError(f"the {dtype} test feature is not finite; timing discarded")
@@ -389,8 +402,8 @@ def _measure_torch(cfg: Any, s: dict, inputs: dict, variables: dict) -> dict[str
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    train_s = float(np.median(_time(train_step, sync, s["warmup"], s["steps"])))
-    eval_s = float(np.median(_time(eval_step, sync, s["warmup"], s["steps"])))
+    train_s = float(np.median(time_calls(train_step, sync, s["warmup"], s["steps"])))
+    eval_s = float(np.median(time_calls(eval_step, sync, s["warmup"], s["steps"])))
     out = {
         "device": torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})",
         "torch_version": torch.__version__,
@@ -464,11 +477,31 @@ def markdown_table(res: dict[str, Any]) -> str:
         _fmt(torch_res.get("train", {}).get("step_s"), ".1f", 1e3),
     )
     row("training step: model FLOP utilisation", [_fmt(tr.get(d, {}).get("mfu"), ".1%") for d in dtypes])
+    row("training step: attention implementation", [str(tr.get(d, {}).get("attention", "-")) for d in dtypes])
+    mem = res.get("memory") or {}
+    row(
+        f"kept for the backward pass per sample, MiB (memory mode '{mem.get('mode', '-')}')",
+        [_fmt(mem.get(d, {}).get("kept_per_sample_mib"), ",.0f") for d in dtypes],
+    )
+    row(
+        f"memory estimate at batch {tb}, GiB",
+        [_fmt(mem.get(d, {}).get("estimate_gib", {}).get(str(tb)), ".1f") for d in dtypes],
+    )
     row(
         "training step: device peak memory, GiB",
         [_fmt(tr.get(d, {}).get("peak_bytes_in_use"), ".2f", 2**-30) for d in dtypes],
         _fmt(torch_res.get("peak_bytes_allocated"), ".2f", 2**-30),
     )
+    for d, t in (res.get("throughput") or {}).items():
+        row(
+            f"training step, batch {t['batch']} (throughput): samples/s, device peak GiB",
+            [
+                f"{_fmt(t.get('samples_per_s'), '.1f')}, {_fmt(t.get('peak_bytes_in_use'), '.2f', 2**-30)}"
+                if x == d
+                else "-"
+                for x in dtypes
+            ],
+        )
     row(
         f"test feature, batch {eb}: images/s",
         [_fmt(ev.get(d, {}).get("images_per_s"), ".1f") for d in dtypes],
@@ -535,11 +568,133 @@ def _write(res: dict[str, Any], out: str, table: str) -> None:
         f.write(markdown_table(res))
 
 
+THROUGHPUT_BATCHES = (64, 128, 256)  # the larger training batches tried for throughput (--throughput_batch=-1)
+DEVICE_FRACTION = 0.85  # of the device's memory that a throughput batch's estimate may use
+
+
+def memory_figures(cfg: Any, s: dict, dtypes: list[str]) -> dict[str, Any]:
+    """``tools.benchmark_memory`` for the config's memory mode: kept bytes per sample and the estimate (GiB) at the
+    training batch and at each throughput candidate, per dtype (JAX only; the reference's figures are the README's)."""
+    state = benchmark_memory.state_bytes(cfg, s["num_classes"], s["num_cameras"])
+    resident = 2 * state["params"] + state["batch_stats"] + state["optimizer"]
+    out: dict[str, Any] = {"mode": str(cfg.model.remat), "state_mib": {k: v / 2**20 for k, v in state.items()}}
+    for d in dtypes:
+        kept = benchmark_memory.jax_kept(benchmark_memory.with_model(cfg, dtype=d), s["num_classes"], s["num_cameras"])
+        batches = sorted({s["train_batch"], *THROUGHPUT_BATCHES, max(s["throughput_batch"], 0)} - {0})
+        out[d] = {
+            "kept_per_sample_mib": kept.per_sample / 2**20,
+            "kept_fixed_mib": kept.fixed / 2**20,
+            "estimate_gib": {str(b): (kept.at(b) + resident + b * state["batch_per_sample"]) / 2**30 for b in batches},
+        }
+    return out
+
+
+def device_memory_bytes() -> int | None:
+    """The device's memory that JAX may use (``bytes_limit``), or None where the device does not say (a CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def throughput_batch(s: dict, memory: dict[str, Any], dtype: str, device_bytes: int | None) -> int:
+    """The larger batch timed for throughput: ``--throughput_batch`` if given, else the largest candidate whose
+    estimate fits ``DEVICE_FRACTION`` of the device; 0 when none is larger than the training batch or it is unknown."""
+    if s["throughput_batch"] >= 0:
+        return s["throughput_batch"]
+    if not device_bytes or dtype not in memory:
+        return 0
+    fits = [
+        b
+        for b in THROUGHPUT_BATCHES
+        if b > s["train_batch"] and memory[dtype]["estimate_gib"][str(b)] * 2**30 <= DEVICE_FRACTION * device_bytes
+    ]
+    return max(fits, default=0)
+
+
+def run_stage(name: str, s: dict) -> Any:
+    """One measurement, in this process: ``torch``, ``matmul``, ``memory``, ``data``, ``eval:<dtype>``,
+    ``train:<dtype>`` or ``train:<dtype>:<batch>``."""
+    cfg = _config(FLAGS.tiny)
+    kind = getattr(jax.devices()[0], "device_kind", jax.devices()[0].platform)
+    peak = peak_tflops(kind)
+    what, _, rest = name.partition(":")
+    if what == "memory":
+        return memory_figures(cfg, s, list(FLAGS.dtypes))
+    if what == "data":
+        workers = min(32, max(0, (os.cpu_count() or 1) - 1)) if FLAGS.data_workers == -1 else FLAGS.data_workers
+        return measure_data(cfg, s, workers)
+    if what == "matmul":
+        return measure_matmul(s["matmul_n"], s["steps"], peak[1] if peak else None)
+    dtype, _, batch = rest.partition(":")
+    if batch:
+        s = dict(s, train_batch=int(batch))
+    inputs = _inputs(cfg, s)
+    from tmspr_jax.models import build_model, init_variables
+
+    # The same float32 weights in every process (same seed).
+    variables = init_variables(
+        build_model(cfg.model, cfg.img_size, s["num_classes"], s["num_cameras"]), jax.random.key(0)
+    )
+    if what == "torch":
+        return measure_torch(cfg, s, inputs, jax.device_get(variables))
+    p = (peak[1] if dtype == "bfloat16" else peak[2]) if peak else None
+    profiled = "bfloat16" if "bfloat16" in FLAGS.dtypes else FLAGS.dtypes[0]
+    prof = os.path.join(FLAGS.profile, what) if FLAGS.profile and dtype == profiled and not batch else None
+    measure = measure_eval if what == "eval" else measure_train
+    res = measure(cfg, dtype, s, inputs, variables, p, prof)
+    head_dim = int(cfg.model.embed_dim) // int(cfg.model.num_heads)
+    res["attention"] = attention_implementation(jax.default_backend(), compute_dtype(dtype), head_dim, False)
+    res["memory_mode"] = str(cfg.model.remat)
+    if batch:
+        res["batch"] = int(batch)
+    return res
+
+
+def _stage_in_subprocess(name: str) -> Any:
+    """``run_stage(name)`` in a fresh Python process (same flags), so that its device memory is its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "stage.json")
+        argv = [a for a in sys.argv[1:] if not a.startswith(("--stage=", "--stage_out="))]
+        cmd = [sys.executable, "-m", "tmspr_jax.tools.benchmark_gpu", *argv, f"--stage={name}", f"--stage_out={result}"]
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0 or not os.path.exists(result):
+            tail = [line for line in r.stdout.strip().splitlines() if line.strip()][-1:] or ["no output"]
+            raise RuntimeError(f"exit status {r.returncode}: {tail[0][-500:]}")
+        with open(result) as f:
+            return json.load(f)
+
+
+def _stage_main(s: dict) -> None:
+    """The child process of one stage: run it and write its result (with the process id that measured it)."""
+    if not FLAGS.stage_out:
+        raise ValueError("--stage needs --stage_out")
+    res = dict(run_stage(FLAGS.stage, s), pid=os.getpid())
+    with open(FLAGS.stage_out, "w") as f:
+        json.dump(res, f)
+
+
+def _update_ratios(res: dict[str, Any]) -> None:
+    if not res["torch"]:
+        return
+    tr, ev = res["torch"]["train"]["samples_per_s"], res["torch"]["eval"]["images_per_s"]
+    for d in FLAGS.dtypes:
+        if d in res["train"]:
+            res["ratios"][f"train_{d}"] = res["train"][d]["samples_per_s"] / tr
+        if d in res["eval"]:
+            res["ratios"][f"eval_{d}"] = res["eval"][d]["images_per_s"] / ev
+
+
 def main() -> None:
-    """Runs every measurement, rewriting the JSON and the table after each, then prints the table."""
+    """Runs every measurement, each in its own process, rewriting the JSON and the table after each; then prints the
+    table."""
     s = _settings()
+    if FLAGS.stage:
+        _stage_main(s)
+        return
     out = FLAGS.out
     table = FLAGS.table or os.path.splitext(out)[0] + ".md"
+    for path in (out, table):
+        if os.path.isdir(path):
+            raise ValueError(f"{path}: is a folder; expected a file name")
     cfg = _config(FLAGS.tiny)
     m = cfg.model
     d0 = jax.devices()[0]
@@ -551,6 +706,7 @@ def main() -> None:
             "platform": d0.platform,
             "device_kind": kind,
             "device_count": jax.device_count(),
+            "device_memory_bytes": device_memory_bytes(),
             "jax_version": jax.__version__,
             "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
             "host": platform.processor() or platform.machine(),
@@ -559,10 +715,12 @@ def main() -> None:
             "peak_tflops": {"bfloat16": peak[1], "float32": peak[2]} if peak else None,
         },
         "model": f"ViT depth {m.depth}, width {m.embed_dim}, heads {m.num_heads}, {cfg.img_size[0]}x{cfg.img_size[1]}, "
-        f"stride {tuple(m.stride)}, {s['num_classes']} classes",
+        f"stride {tuple(m.stride)}, {s['num_classes']} classes, memory mode '{m.remat}'",
         "settings": dict(s, dtypes=list(FLAGS.dtypes)),
+        "memory": None,
         "matmul_bf16": None,
         "train": {},
+        "throughput": {},
         "eval": {},
         "torch": None,
         "ratios": {},
@@ -572,65 +730,35 @@ def main() -> None:
         "errors": {},
     }
     print(f"device: {kind} ({d0.platform}) x{jax.device_count()}; peak table: {peak[0] if peak else 'unknown'}")
-    inputs = _inputs(cfg, s)
-    from tmspr_jax.models import build_model, init_variables
 
-    # One set of float32 weights for every measurement (one initialisation to compile, not one per stage).
-    variables = init_variables(
-        build_model(cfg.model, cfg.img_size, s["num_classes"], s["num_cameras"]), jax.random.key(0)
-    )
-    host_vars = jax.device_get(variables)
-    stages: list[tuple[str, Callable[[], None]]] = []
+    def put(key: str, sub: str | None = None) -> Callable[[Any], None]:
+        return (lambda v: res.update({key: v})) if sub is None else (lambda v: res[key].update({sub: v}))
+
+    stages: list[tuple[str, str, Callable[[Any], None]]] = [("memory estimate", "memory", put("memory"))]
     if not FLAGS.skip_torch:
-        stages.append(("PyTorch oracle (AMP)", lambda: res.update(torch=measure_torch(cfg, s, inputs, host_vars))))
-    stages.append(
-        (
-            "bfloat16 matmul",
-            lambda: res.update(matmul_bf16=measure_matmul(s["matmul_n"], s["steps"], peak[1] if peak else None)),
-        )
-    )
-    # Smaller programs first: the device's peak bytes in use only grow, so each stage's figure is its own.
-    profiled = "bfloat16" if "bfloat16" in FLAGS.dtypes else FLAGS.dtypes[0]
-    for dtype in FLAGS.dtypes:
-        p = (peak[1] if dtype == "bfloat16" else peak[2]) if peak else None
-        prof = FLAGS.profile if dtype == profiled else None
-        stages.append(
-            (
-                f"test feature {dtype}",
-                lambda d=dtype, p=p, prof=prof: res["eval"].update(
-                    {d: measure_eval(cfg, d, s, inputs, variables, p, prof)}
-                ),
-            )
-        )
-    for dtype in FLAGS.dtypes:
-        p = (peak[1] if dtype == "bfloat16" else peak[2]) if peak else None
-        prof = FLAGS.profile if dtype == profiled else None
-        stages.append(
-            (
-                f"training step {dtype}",
-                lambda d=dtype, p=p, prof=prof: res["train"].update(
-                    {d: measure_train(cfg, d, s, inputs, variables, p, prof)}
-                ),
-            )
-        )
+        stages.append(("PyTorch oracle (AMP)", "torch", put("torch")))
+    stages.append(("bfloat16 matmul", "matmul", put("matmul_bf16")))
+    stages += [(f"test feature {d}", f"eval:{d}", put("eval", d)) for d in FLAGS.dtypes]
+    stages += [(f"training step {d}", f"train:{d}", put("train", d)) for d in FLAGS.dtypes]
     if FLAGS.data_workers != -2:
-        workers = min(32, max(0, (os.cpu_count() or 1) - 1)) if FLAGS.data_workers == -1 else FLAGS.data_workers
-        stages.append((f"input pipeline ({workers} workers)", lambda: res.update(data=measure_data(cfg, s, workers))))
-    for name, run in stages:
+        stages.append(("input pipeline", "data", put("data")))
+    queue = list(stages)
+    while queue:
+        label, stage, store = queue.pop(0)
         t0 = time.perf_counter()
         try:
-            run()
-            print(f"{name}: done in {time.perf_counter() - t0:.1f} s", flush=True)
+            store(_stage_in_subprocess(stage))
+            print(f"{label}: done in {time.perf_counter() - t0:.1f} s", flush=True)
         except Exception as e:
-            res["errors"][name] = f"{type(e).__name__}: {e}"
-            print(f"{name}: FAILED after {time.perf_counter() - t0:.1f} s: {res['errors'][name]}", flush=True)
-        if res["torch"]:
-            for d in FLAGS.dtypes:
-                tr, ev = res["torch"]["train"]["samples_per_s"], res["torch"]["eval"]["images_per_s"]
-                if d in res["train"]:
-                    res["ratios"][f"train_{d}"] = res["train"][d]["samples_per_s"] / tr
-                if d in res["eval"]:
-                    res["ratios"][f"eval_{d}"] = res["eval"][d]["images_per_s"] / ev
+            res["errors"][label] = f"{type(e).__name__}: {e}"
+            print(f"{label}: FAILED after {time.perf_counter() - t0:.1f} s: {res['errors'][label]}", flush=True)
+        if stage == "memory" and res["memory"] and "bfloat16" in FLAGS.dtypes:
+            b = throughput_batch(s, res["memory"], "bfloat16", res["device"]["device_memory_bytes"])
+            if b > s["train_batch"]:
+                at = next((k for k, st in enumerate(queue) if st[1] == "data"), len(queue))  # before the pipeline
+                throughput = (f"training step bfloat16, batch {b} (throughput)", f"train:bfloat16:{b}")
+                queue.insert(at, (*throughput, put("throughput", "bfloat16")))
+        _update_ratios(res)
         res["wall_s"] = time.perf_counter() - t_start
         res["goals"] = goals(res)
         _write(res, out, table)
