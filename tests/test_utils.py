@@ -7,11 +7,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from tmspr_jax.utils import config_value, jsonable, l2_normalise, one_line_errors, pair, patch_grid
+from tmspr_jax.utils import jsonable, l2_normalise, one_line_errors, pair, patch_grid
 
 
 def test_pair_takes_one_number_as_square():
@@ -50,14 +49,6 @@ def test_jsonable_makes_strict_json():
     out = jsonable(obj)
     assert out == {"1": 0.5, "a": [[0, 1, 2], [1.0, 1.0]], "b": True, "c": ["inf", "nan"]}
     json.loads(json.dumps(out, allow_nan=False))
-
-
-def test_config_value_names_the_missing_key():
-    node = ml_collections.ConfigDict({"lr": 0.1})
-    assert config_value(node, "lr", "optim") == 0.1 and config_value({"lr": 2}, "lr", "optim") == 2
-    assert config_value(node, "nope", "optim", default=None) is None
-    with pytest.raises(KeyError, match=r"config\.optim\.nope is missing"):
-        config_value(node, "nope", "optim")
 
 
 def test_one_line_errors(capsys):

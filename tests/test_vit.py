@@ -240,3 +240,47 @@ def test_cls_forward_equals_one_full_block_pass_per_variant(bias):
         assert err < 1e-5, (i, err)
         unscaled = blk.apply(v, x, True, None if kb is None else kb[i])[:, 0]
         assert float(jnp.max(jnp.abs(unscaled - want)) / jnp.max(jnp.abs(want))) > 1e-2
+
+
+@pytest.mark.parametrize(
+    "requested, platform, dtype, head_dim, bias, want",
+    [
+        ("auto", "gpu", jnp.bfloat16, 64, False, "cudnn"),
+        ("auto", "gpu", jnp.float16, 128, False, "cudnn"),
+        ("auto", "gpu", jnp.float32, 64, False, "xla"),  # cuDNN's fused kernel is 16-bit only
+        ("auto", "gpu", jnp.bfloat16, 12, False, "xla"),  # head width not a multiple of 8
+        ("auto", "gpu", jnp.bfloat16, 256, False, "xla"),  # wider than 128
+        ("auto", "gpu", jnp.bfloat16, 64, True, "xla"),  # a key bias (HSPM's part_pool='attention')
+        ("auto", "cpu", jnp.bfloat16, 64, False, "xla"),
+        ("xla", "gpu", jnp.bfloat16, 64, False, "xla"),
+        ("cudnn", "gpu", jnp.bfloat16, 64, False, "cudnn"),
+    ],
+)
+def test_attention_implementation_choice(requested, platform, dtype, head_dim, bias, want):
+    from tmspr_jax.models.vit import attention_implementation
+
+    assert attention_implementation(requested, platform, dtype, head_dim, bias) == want
+
+
+def test_cudnn_attention_where_it_does_not_apply_is_one_clear_error():
+    from tmspr_jax.models.vit import attention_implementation
+
+    with pytest.raises(ValueError, match=r"model.attention='cudnn': .* here: cpu, float32, head width 64"):
+        attention_implementation("cudnn", "cpu", jnp.float32, 64, False)
+    with pytest.raises(ValueError, match=r"model.attention='flash': expected one of"):
+        attention_implementation("flash", "gpu", jnp.bfloat16, 64, False)
+
+
+@pytest.mark.parametrize("dtype, bound", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
+def test_attend_equals_softmax_attention(dtype, bound):
+    """What the blocks compute with 'auto' on this machine (XLA's path on a CPU) against softmax(q k^T / sqrt(d)) v
+    written out in float64; bfloat16 within its rounding."""
+    from tmspr_jax.models.vit import attend
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 7, 3, 16)) for i in range(3))
+    got = np.asarray(attend(q, k, v, None, dtype, "auto"), np.float64)
+    q64, k64, v64 = (np.asarray(t, np.float64) for t in (q, k, v))
+    s = np.einsum("bqhd,bkhd->bhqk", q64, k64) / 4.0
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = np.einsum("bhqk,bkhd->bqhd", p / p.sum(-1, keepdims=True), v64)
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < bound

@@ -65,6 +65,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # What the backward pass keeps of each transformer block (models.vit.REMAT_MODES, docs/memory.md): 'dots' (the
     # matmul outputs; LayerNorm, attention scores, GELU recomputed), 'none' (everything), 'block' (the input only)
     m.remat = "dots"
+    # The backbone's attention (models.vit.attention_implementation): 'auto' (cuDNN's fused kernel for 16-bit on an
+    # NVIDIA GPU, XLA's path elsewhere), 'xla', or 'cudnn' (refused where it does not apply)
+    m.attention = "auto"
     m.stack_branches = True  # run views / JPM groups / part sequences as stacked batches (same result)
     # The paper's three additions to TransReID, each switchable for the ablation (configs/occ_duke_ablation_*.py):
     m.multi_view = True  # the four training views (False: the based view only)

@@ -1,4 +1,4 @@
-"""Small helpers shared by every layer: config-key access, square-or-pair values, the patch grid, L2 normalisation,
+"""Small helpers shared by every layer: square-or-pair values, the patch grid, L2 normalisation,
 JSON conversion and one-line command-line errors.
 
 This is the lowest layer of the package (see ``[tool.importlinter]`` in pyproject.toml): it imports no other
@@ -18,22 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 # ---------------------------------------------------------------------------------------------------- config values
-
-
-_REQUIRED = object()
-
-
-def config_value(node: Any, key: str, where: str, default: Any = _REQUIRED) -> Any:
-    """``node[key]`` of a config node (``ConfigDict``, dict or attribute object), else ``default`` when given.
-
-    A missing required key is a :class:`KeyError` naming ``config.<where>.<key>``, e.g. ``where='loss'``.
-    """
-    try:
-        return node[key] if isinstance(node, Mapping) or hasattr(node, "__getitem__") else getattr(node, key)
-    except (KeyError, AttributeError):
-        if default is not _REQUIRED:
-            return default
-        raise KeyError(f"config.{where}.{key} is missing (see tmspr_jax/config.py for the keys)") from None
 
 
 def pair(value: Any, name: str) -> tuple[int, int]:

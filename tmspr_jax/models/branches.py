@@ -48,9 +48,12 @@ class TransformerHead(nn.Module):
     drop_path: float
     dtype: Dtype = jnp.float32
     remat: str = "none"  # vit.REMAT_MODES
+    attention: str = "auto"  # vit.ATTENTION_IMPLEMENTATIONS
 
     def setup(self) -> None:
-        self.block = block_class(self.remat)(self.dim, self.num_heads, self.mlp_ratio, self.drop_path, self.dtype)
+        self.block = block_class(self.remat)(
+            self.dim, self.num_heads, self.mlp_ratio, self.drop_path, self.dtype, self.attention
+        )
         self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
 
     def __call__(self, x: jax.Array, *, train: bool, key_bias: jax.Array | None = None) -> jax.Array:

@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from tmspr_jax.models.branches import (
     NUM_PARTS,
@@ -40,6 +41,7 @@ from tmspr_jax.models.branches import (
 )
 from tmspr_jax.models.outputs import TrainOutputs
 from tmspr_jax.models.vit import (
+    ATTENTION_IMPLEMENTATIONS,
     POS_EMBED_INITS,
     REMAT_MODES,
     VisionTransformer,
@@ -47,7 +49,7 @@ from tmspr_jax.models.vit import (
     drop_path_rates,
     patch_grid,
 )
-from tmspr_jax.utils import config_value, pair
+from tmspr_jax.utils import pair
 
 Dtype = Any
 
@@ -92,6 +94,7 @@ class TMSPR(nn.Module):
     classifier_kind: str = "linear"  # config.model.classifier (`classifier` is the global classifier module)
     dtype: Dtype = jnp.float32
     remat: str = "none"  # vit.REMAT_MODES
+    attention: str = "auto"  # vit.ATTENTION_IMPLEMENTATIONS
     stack_branches: bool = True
     pos_embed_init: str = "normal"  # vit.POS_EMBED_INITS
     multi_view: bool = True  # the four training views (False: the based view only)
@@ -138,6 +141,7 @@ class TMSPR(nn.Module):
             local_feature=True,
             dtype=self.dtype,
             remat=self.remat,
+            attention=self.attention,
             pos_embed_init=self.pos_embed_init,
         )
         last_rate = drop_path_rates(self.drop_path, self.depth)[-1]  # b1/b2 copy the last block: rate = drop_path
@@ -148,6 +152,7 @@ class TMSPR(nn.Module):
             last_rate,
             self.dtype,
             self.remat,
+            self.attention,
         )
         self.b1 = head()
         self.b2 = head()
@@ -328,23 +333,19 @@ class TMSPR(nn.Module):
         return part_attention(logits, self.part_norm, valid), visibility(logits)[..., 0]
 
 
-def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_cameras: int) -> TMSPR:
-    """Build :class:`TMSPR` from the ``config.model`` node (keys in tmspr_jax/config.py).
+def build_model(m: ml_collections.ConfigDict, img_size: Sequence[int], num_classes: int, num_cameras: int) -> TMSPR:
+    """Build :class:`TMSPR` from the ``config.model`` node ``m`` (its keys and defaults: tmspr_jax/config.py).
 
     The SIE camera table gets ``num_cameras`` rows when ``model.sie_camera`` (it exists only if there are > 1
     cameras); ``model.sie_view`` adds a view term with 1 view (all person datasets have a single view).
     """
-
-    def get(key: str, *default: Any) -> Any:
-        return config_value(model_cfg, key, "model", *default)
-
     if int(num_classes) < 1:
         raise ValueError(f"build_model: num_classes={num_classes}, expected >= 1")
     if int(num_cameras) < 0:
         raise ValueError(f"build_model: num_cameras={num_cameras}, expected >= 0")
-    stride = pair(get("stride"), "config.model.stride")  # one number: a square stride
+    stride = pair(m.stride, "config.model.stride")  # one number: a square stride
     img_size = tuple(int(s) for s in img_size)
-    patch_grid(img_size, int(get("patch_size")), stride)  # validates the geometry early
+    patch_grid(img_size, int(m.patch_size), stride)  # validates the geometry early
     for key, allowed in (
         ("part_norm", PART_NORMS),
         ("part_pool", PART_POOLS),
@@ -352,38 +353,40 @@ def build_model(model_cfg: Any, img_size: Sequence[int], num_classes: int, num_c
         ("classifier", CLASSIFIERS),
         ("pos_embed_init", POS_EMBED_INITS),
         ("remat", REMAT_MODES),
+        ("attention", ATTENTION_IMPLEMENTATIONS),
     ):
-        if get(key) not in allowed:
-            raise ValueError(f"config.model.{key}={get(key)!r}: expected one of {allowed}")
-    perception, recovery = bool(get("perception", True)), bool(get("recovery", True))
+        if m[key] not in allowed:
+            raise ValueError(f"config.model.{key}={m[key]!r}: expected one of {allowed}")
+    perception, recovery = bool(m.perception), bool(m.recovery)
     if recovery and not perception:
         raise ValueError("config.model.recovery=True needs config.model.perception=True (HSRM recovers HSPM's parts)")
     return TMSPR(
         num_classes=int(num_classes),
         img_size=img_size,
-        num_cameras=int(num_cameras) if get("sie_camera") else 0,
-        num_views=1 if get("sie_view") else 0,
-        patch_size=int(get("patch_size")),
+        num_cameras=int(num_cameras) if m.sie_camera else 0,
+        num_views=1 if m.sie_view else 0,
+        patch_size=int(m.patch_size),
         stride=stride,
-        embed_dim=int(get("embed_dim")),
-        depth=int(get("depth")),
-        num_heads=int(get("num_heads")),
-        mlp_ratio=float(get("mlp_ratio")),
-        drop_path=float(get("drop_path")),
-        sie_coe=float(get("sie_coe")),
-        re_arrange=bool(get("re_arrange")),
-        shift_num=int(get("shift_num")),
-        shuffle_groups=int(get("shuffle_groups")),
-        divide_length=int(get("divide_length")),
-        part_norm=str(get("part_norm")),
-        part_pool=str(get("part_pool")),
-        neck_feat=str(get("neck_feat")),
-        classifier_kind=str(get("classifier")),
-        dtype=compute_dtype(str(get("dtype"))),
-        remat=str(get("remat")),
-        stack_branches=bool(get("stack_branches")),
-        pos_embed_init=str(get("pos_embed_init")),
-        multi_view=bool(get("multi_view", True)),
+        embed_dim=int(m.embed_dim),
+        depth=int(m.depth),
+        num_heads=int(m.num_heads),
+        mlp_ratio=float(m.mlp_ratio),
+        drop_path=float(m.drop_path),
+        sie_coe=float(m.sie_coe),
+        re_arrange=bool(m.re_arrange),
+        shift_num=int(m.shift_num),
+        shuffle_groups=int(m.shuffle_groups),
+        divide_length=int(m.divide_length),
+        part_norm=str(m.part_norm),
+        part_pool=str(m.part_pool),
+        neck_feat=str(m.neck_feat),
+        classifier_kind=str(m.classifier),
+        dtype=compute_dtype(str(m.dtype)),
+        remat=str(m.remat),
+        attention=str(m.attention),
+        stack_branches=bool(m.stack_branches),
+        pos_embed_init=str(m.pos_embed_init),
+        multi_view=bool(m.multi_view),
         perception=perception,
         recovery=recovery,
     )

@@ -34,6 +34,8 @@ POS_EMBED_INITS = ("normal", "sincos")
 #   'block': the block's input only; the whole block is recomputed in the backward pass.
 REMAT_MODES = ("none", "dots", "block")
 QKV, ATTN_PROJ, MLP_HIDDEN = "qkv", "attn_proj", "mlp_hidden"  # checkpoint names of the tensors 'dots' keeps
+# How the backbone's attention is computed (config.model.attention; see attention_implementation).
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 
 
 def sie_table_rows(num_cameras: int, num_views: int) -> int:
@@ -99,6 +101,7 @@ class Attention(nn.Module):
     dim: int
     num_heads: int
     dtype: Dtype = jnp.float32
+    implementation: str = "auto"  # ATTENTION_IMPLEMENTATIONS
 
     def setup(self) -> None:
         if self.dim % self.num_heads:
@@ -120,29 +123,39 @@ class Attention(nn.Module):
         qkv = checkpoint_name(self.qkv(x), QKV).reshape(b, n, 3, self.num_heads, hd)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, hd]
         bias = None if key_bias is None else key_bias.astype(jnp.float32)[:, None, None, :]
-        out = attend(q, k, v, bias, self.dtype)
+        out = attend(q, k, v, bias, self.dtype, self.implementation)
         return checkpoint_name(self.proj(out.reshape(b, n, d)), ATTN_PROJ)
 
 
-def attention_implementation(platform: str, dtype: Dtype, head_dim: int, has_bias: bool) -> str:
-    """Which ``jax.nn.dot_product_attention`` implementation :func:`attend` asks for.
+def attention_implementation(requested: str, platform: str, dtype: Dtype, head_dim: int, has_bias: bool) -> str:
+    """The ``jax.nn.dot_product_attention`` implementation :func:`attend` uses for ``model.attention``.
 
-    ``'cudnn'`` (the fused flash kernel: no ``N x N`` score tensor in memory, forward or backward) on an NVIDIA GPU for
-    bfloat16 / float16 with a head width cuDNN takes (a multiple of 8, at most 128) and no bias; ``'xla'`` everywhere
-    else (without ``implementation=`` JAX always takes XLA's path, never a fused kernel).
+    ``'auto'``: cuDNN's fused (flash) kernel where it applies: an NVIDIA GPU, bfloat16 or float16, a head width cuDNN
+    takes (a multiple of 8, at most 128) and no bias; XLA's path everywhere else (JAX itself, without
+    ``implementation=``, always takes XLA's). ``'xla'``: always XLA's. ``'cudnn'``: the fused kernel, refused where it
+    does not apply.
     """
-    fused_dtypes = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    if platform == "gpu" and jnp.dtype(dtype) in fused_dtypes and head_dim % 8 == 0 and head_dim <= 128:
-        return "cudnn" if not has_bias else "xla"
-    return "xla"
+    if requested not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"model.attention={requested!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
+    fused_dtype = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    fused = platform == "gpu" and fused_dtype and head_dim % 8 == 0 and head_dim <= 128 and not has_bias
+    if requested == "cudnn" and not fused:
+        raise ValueError(
+            f"model.attention='cudnn': cuDNN's fused attention needs an NVIDIA GPU, bfloat16 or float16 and a head "
+            f"width that is a multiple of 8 up to 128; here: {platform}, {jnp.dtype(dtype).name}, head width "
+            f"{head_dim}{', with a bias' if has_bias else ''} (use 'auto' or 'xla')"
+        )
+    return "cudnn" if fused and requested != "xla" else "xla"
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, dtype: Dtype) -> jax.Array:
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, dtype: Dtype, implementation: str = "auto"
+) -> jax.Array:
     """Scaled dot-product attention ``[B, Nq, H, hd]`` through ``jax.nn.dot_product_attention``, the implementation
     chosen by :func:`attention_implementation` for the default backend: scores accumulated and soft-maxed in float32
     whatever ``dtype``."""
     q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
-    impl = attention_implementation(jax.default_backend(), dtype, q.shape[-1], bias is not None)
+    impl = attention_implementation(implementation, jax.default_backend(), dtype, q.shape[-1], bias is not None)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=q.shape[-1] ** -0.5, implementation=impl)
 
 
@@ -175,10 +188,11 @@ class Block(nn.Module):
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
+    attention: str = "auto"  # ATTENTION_IMPLEMENTATIONS
 
     def setup(self) -> None:
         self.norm1 = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
-        self.attn = Attention(self.dim, self.num_heads, self.dtype)
+        self.attn = Attention(self.dim, self.num_heads, self.dtype, self.attention)
         self.norm2 = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
         self.mlp = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype)
 
@@ -285,6 +299,7 @@ class VisionTransformer(nn.Module):
     local_feature: bool = True
     dtype: Dtype = jnp.float32
     remat: str = "none"  # one of REMAT_MODES
+    attention: str = "auto"  # one of ATTENTION_IMPLEMENTATIONS
     pos_embed_init: str = "normal"  # one of POS_EMBED_INITS
 
     @property
@@ -322,7 +337,9 @@ class VisionTransformer(nn.Module):
         rates = drop_path_rates(self.drop_path, self.depth)
         n_blocks = self.depth - 1 if self.local_feature else self.depth
         cls = block_class(self.remat)
-        self.blocks = [cls(d, self.num_heads, self.mlp_ratio, rates[i], self.dtype) for i in range(n_blocks)]
+        self.blocks = [
+            cls(d, self.num_heads, self.mlp_ratio, rates[i], self.dtype, self.attention) for i in range(n_blocks)
+        ]
         if not self.local_feature:
             self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
 

@@ -642,7 +642,9 @@ def run_stage(name: str, s: dict) -> Any:
     measure = measure_eval if what == "eval" else measure_train
     res = measure(cfg, dtype, s, inputs, variables, p, prof)
     head_dim = int(cfg.model.embed_dim) // int(cfg.model.num_heads)
-    res["attention"] = attention_implementation(jax.default_backend(), compute_dtype(dtype), head_dim, False)
+    res["attention"] = attention_implementation(
+        str(cfg.model.attention), jax.default_backend(), compute_dtype(dtype), head_dim, False
+    )
     res["memory_mode"] = str(cfg.model.remat)
     if batch:
         res["batch"] = int(batch)
