@@ -43,15 +43,15 @@ def test_slope_separates_per_sample_from_fixed():
     assert (kept.per_sample, kept.fixed, kept.at(32)) == (7, 100, 100 + 7 * 32)
 
 
-# What each memory mode may keep per 4-view sample of the ViT-like model above (measured 84 / 24 / 5 MiB in float32
-# and 54 / 14 / 4 MiB in bfloat16; about 25% headroom, so that a change that doubles a mode's memory fails).
+# What each memory mode may keep per 4-view sample of the ViT-like model above (measured 67 / 24 / 5.0 MiB in float32
+# and 41 / 14 / 4.3 MiB in bfloat16; about 25% headroom, so that a change that doubles a mode's memory fails).
 BUDGETS_MIB = {
-    ("none", "float32"): 105,
+    ("none", "float32"): 85,
     ("dots", "float32"): 30,
     ("block", "float32"): 6.5,
-    ("none", "bfloat16"): 68,
+    ("none", "bfloat16"): 52,
     ("dots", "bfloat16"): 18,
-    ("block", "bfloat16"): 5,
+    ("block", "bfloat16"): 5.5,
 }
 
 
@@ -68,7 +68,7 @@ def test_the_modes_order_and_bfloat16_keeps_less():
         for d in ("float32", "bfloat16")
     }
     for d in ("float32", "bfloat16"):
-        assert kept["none", d] > 3 * kept["dots", d] > 3 * kept["block", d]
+        assert kept["none", d] > 2 * kept["dots", d] and kept["dots", d] > 3 * kept["block", d]
     for m in ("none", "dots"):
         assert kept[m, "bfloat16"] < 0.7 * kept[m, "float32"]
 

@@ -271,8 +271,11 @@ def test_drop_path_randomness_train_only():
 @pytest.mark.parametrize("mode", ["dots", "block"])
 @pytest.mark.parametrize("part_pool", ["scale", "attention"])  # 'attention' passes a key bias through the remat
 def test_memory_modes_same_outputs_and_gradients(mode, part_pool):
-    """Every memory mode (model.remat) computes the loss and gradients of no rematerialisation, to float rounding."""
-    v, views, cams = _variables(), _views(3), CAMIDS[:3]
+    """Every memory mode (model.remat) computes the loss and gradients of no rematerialisation, to float rounding.
+
+    Plain initial weights: ``_variables()``'s 10x b2 amplifies the backbone's rounding into b2's gradients (up to 2e-3
+    between two attention implementations that agree to 1e-6), which would hide what this test looks for."""
+    v, views, cams = init_variables(_model(), jax.random.key(3)), _views(3), CAMIDS[:3]
 
     def loss(params, model):
         out, _ = model.apply(
@@ -292,9 +295,14 @@ def test_memory_modes_same_outputs_and_gradients(mode, part_pool):
     assert rel_err(lb, la) < 1e-6
     leaves_a, leaves_b = jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)
     assert len(leaves_a) == len(leaves_b)
-    # float re-association only (the part-head gradient through the min/max is the most sensitive: ~2e-4)
+    # float re-association only: each leaf within 1e-3 of its own largest gradient, or within 1e-6 of the largest of
+    # all where that is looser. Leaves whose gradients are 1e4 times smaller than the largest (the biases of b2's fc2
+    # and projection here) carry the rounding of the large ones: the same 'none' program run op by op instead of
+    # compiled differs from it there by 4e-3 of the leaf (3e-7 of the largest gradient).
+    scale = max(float(jnp.max(jnp.abs(x))) for x in leaves_a)
     for x, y in zip(leaves_a, leaves_b):
-        assert rel_err(y, x) < 1e-3 or float(jnp.max(jnp.abs(x))) == 0.0
+        err = float(jnp.max(jnp.abs(y - x))) / max(float(jnp.max(jnp.abs(x))), 1e-3 * scale)
+        assert err < 1e-3, err
 
 
 def test_an_unknown_memory_mode_is_refused():

@@ -146,8 +146,12 @@ def test_tiny_oracle_parity_variants(overrides):
     assert rel_err(got_eval, ref_eval) <= 1e-5
     out, _ = model.apply(variables, views, cams, train=True, mutable=["batch_stats"])
     logits, outs = reference_order(out)
-    for a, r in zip(logits + outs, scores + feats):
-        assert rel_err(a, r.numpy()) <= 1e-4
+    for a, r in zip(outs, feats):
+        assert rel_err(a, r.numpy()) <= 1e-5  # measured <= 6e-7
+    # The logits come after a BNNeck normalising over these 4 samples: in the third variant some channels of part
+    # feature 4 barely vary across them, and dividing by that small spread turns the features' 5e-7 into 1.5e-4.
+    for a, r in zip(logits, scores):
+        assert rel_err(a, r.numpy()) <= 5e-4
 
 
 # ---------------------------------------------------------------------------------------------------- mapping

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from tmspr_jax.models.attention import ATTENTION_IMPLEMENTATIONS
 from tmspr_jax.models.branches import (
     NUM_PARTS,
     PART_NORMS,
@@ -41,7 +42,6 @@ from tmspr_jax.models.branches import (
 )
 from tmspr_jax.models.outputs import TrainOutputs
 from tmspr_jax.models.vit import (
-    ATTENTION_IMPLEMENTATIONS,
     POS_EMBED_INITS,
     REMAT_MODES,
     VisionTransformer,

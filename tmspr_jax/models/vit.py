@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
+from tmspr_jax.models.attention import ATTN_LSE, attend
 from tmspr_jax.utils import patch_grid
 
 Dtype = Any
@@ -28,14 +29,14 @@ _normal02 = nn.initializers.normal(stddev=0.02)
 POS_EMBED_INITS = ("normal", "sincos")
 
 # What the backward pass keeps of each transformer block (config.model.remat; docs/memory.md):
-#   'none':  everything autodiff keeps (the MLP's GELU intermediates, two N x N attention tensors per block);
-#   'dots':  the block's input and its three wide matmul outputs (qkv, the attention projection, fc1), named below;
-#            LayerNorms, attention scores and softmax, GELU are recomputed in the backward pass (no matmul is);
+#   'none':  everything autodiff keeps (LayerNorm and GELU intermediates; no N x N attention tensor either way,
+#            see models.attention);
+#   'dots':  the block's input, the qkv and fc1 matmul outputs and the attention's output (with its softmax
+#            normaliser), named below; the backward pass recomputes the LayerNorms, GELU and the attention
+#            projection's output (one D x D matmul per token, to rebuild the residual stream);
 #   'block': the block's input only; the whole block is recomputed in the backward pass.
 REMAT_MODES = ("none", "dots", "block")
-QKV, ATTN_PROJ, MLP_HIDDEN = "qkv", "attn_proj", "mlp_hidden"  # checkpoint names of the tensors 'dots' keeps
-# How the backbone's attention is computed (config.model.attention; see attention_implementation).
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+QKV, ATTN_OUT, MLP_HIDDEN = "qkv", "attn_out", "mlp_hidden"  # checkpoint names of the tensors 'dots' keeps
 
 
 def sie_table_rows(num_cameras: int, num_views: int) -> int:
@@ -94,8 +95,8 @@ def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool)
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (bias) laid out as (3, heads, head_dim).
 
-    Scores go through ``jax.nn.dot_product_attention`` (see :func:`attend`); the softmax is taken in float32. The
-    outputs of the two projections are named (``QKV``, ``ATTN_PROJ``) for the memory modes' checkpoint policy.
+    Scores go through :func:`tmspr_jax.models.attention.attend`; the softmax is taken in float32. The qkv projection's
+    output and the attention's output are named (``QKV``, ``ATTN_OUT``) for the memory modes' checkpoint policy.
     """
 
     dim: int
@@ -124,39 +125,7 @@ class Attention(nn.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, hd]
         bias = None if key_bias is None else key_bias.astype(jnp.float32)[:, None, None, :]
         out = attend(q, k, v, bias, self.dtype, self.implementation)
-        return checkpoint_name(self.proj(out.reshape(b, n, d)), ATTN_PROJ)
-
-
-def attention_implementation(requested: str, platform: str, dtype: Dtype, head_dim: int, has_bias: bool) -> str:
-    """The ``jax.nn.dot_product_attention`` implementation :func:`attend` uses for ``model.attention``.
-
-    ``'auto'``: cuDNN's fused (flash) kernel where it applies: an NVIDIA GPU, bfloat16 or float16, a head width cuDNN
-    takes (a multiple of 8, at most 128) and no bias; XLA's path everywhere else (JAX itself, without
-    ``implementation=``, always takes XLA's). ``'xla'``: always XLA's. ``'cudnn'``: the fused kernel, refused where it
-    does not apply.
-    """
-    if requested not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"model.attention={requested!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
-    fused_dtype = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    fused = platform == "gpu" and fused_dtype and head_dim % 8 == 0 and head_dim <= 128 and not has_bias
-    if requested == "cudnn" and not fused:
-        raise ValueError(
-            f"model.attention='cudnn': cuDNN's fused attention needs an NVIDIA GPU, bfloat16 or float16 and a head "
-            f"width that is a multiple of 8 up to 128; here: {platform}, {jnp.dtype(dtype).name}, head width "
-            f"{head_dim}{', with a bias' if has_bias else ''} (use 'auto' or 'xla')"
-        )
-    return "cudnn" if fused and requested != "xla" else "xla"
-
-
-def attend(
-    q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, dtype: Dtype, implementation: str = "auto"
-) -> jax.Array:
-    """Scaled dot-product attention ``[B, Nq, H, hd]`` through ``jax.nn.dot_product_attention``, the implementation
-    chosen by :func:`attention_implementation` for the default backend: scores accumulated and soft-maxed in float32
-    whatever ``dtype``."""
-    q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
-    impl = attention_implementation(implementation, jax.default_backend(), dtype, q.shape[-1], bias is not None)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=q.shape[-1] ** -0.5, implementation=impl)
+        return self.proj(checkpoint_name(out.reshape(b, n, d), ATTN_OUT))
 
 
 class Mlp(nn.Module):
@@ -266,7 +235,8 @@ def remat_policy(remat: str) -> Callable[..., bool] | None:
     """The ``jax.checkpoint`` policy of a memory mode (:data:`REMAT_MODES`; None: save nothing)."""
     if remat not in REMAT_MODES:
         raise ValueError(f"model.remat={remat!r}: expected one of {REMAT_MODES}")
-    return jax.checkpoint_policies.save_only_these_names(QKV, ATTN_PROJ, MLP_HIDDEN) if remat == "dots" else None
+    names = (QKV, ATTN_OUT, ATTN_LSE, MLP_HIDDEN)
+    return jax.checkpoint_policies.save_only_these_names(*names) if remat == "dots" else None
 
 
 def block_class(remat: str) -> type[nn.Module]:

@@ -30,8 +30,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from tmspr_jax.config import get_base_config
+from tmspr_jax.tools import cli
 from tmspr_jax.tools.timing import time_calls
-from tmspr_jax.utils import one_line_errors
 
 FLAGS = flags.FLAGS
 
@@ -176,9 +176,7 @@ def _torch_parts(cfg, variables, images_np, views_np, camids_np, pids_np, dtype:
     return eval_fn, train_fn, sync, name, f"torch {torch.__version__}"
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+def main() -> None:
     from tmspr_jax.models import build_model, init_variables
 
     cfg = _config()
@@ -242,4 +240,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(one_line_errors()(main))  # a bad flag or config value: one line, no traceback
+    cli.run(main)  # flags parsed by tools.cli: a bad flag or config value is one line, no traceback

@@ -14,16 +14,15 @@ import io
 import math
 import os
 import time
-from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 from tmspr_jax.config import get_base_config
 from tmspr_jax.data import pipeline, sources, views
 from tmspr_jax.data.parsing import ParsingTargets
-from tmspr_jax.utils import one_line_errors
+from tmspr_jax.tools import cli
 
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Worker-process counts to measure.")
 _BATCHES = flags.DEFINE_integer("batches", 12, "Timed batches per setting (after the warm-up batches).")
@@ -108,8 +107,7 @@ def measure(split: InMemorySplit, targets: ParsingTargets, cfg, num_workers: int
     return n / dt
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
+def main() -> None:
     cfg = get_base_config()
     cfg.img_size = tuple(int(v) for v in _IMG_SIZE.value)
     cfg.data.batch_size = _BATCH_SIZE.value
@@ -143,4 +141,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(one_line_errors()(main))  # a bad flag or config value: one line, no traceback
+    cli.run(main)  # flags parsed by tools.cli: a bad flag or config value is one line, no traceback

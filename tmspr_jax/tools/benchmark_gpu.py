@@ -59,7 +59,8 @@ from absl import flags
 
 from tmspr_jax import optim
 from tmspr_jax.config import get_base_config
-from tmspr_jax.models.vit import attention_implementation, compute_dtype
+from tmspr_jax.models.attention import attention_implementation
+from tmspr_jax.models.vit import compute_dtype
 from tmspr_jax.tools import benchmark_memory, cli
 from tmspr_jax.tools.timing import back_to_back, time_calls
 from tmspr_jax.train import TrainState, make_train_step

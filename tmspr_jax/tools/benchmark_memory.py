@@ -41,7 +41,7 @@ from tmspr_jax import losses, optim
 from tmspr_jax.models import build_model, init_variables
 from tmspr_jax.models.tmspr import NUM_VIEWS
 from tmspr_jax.models.vit import REMAT_MODES
-from tmspr_jax.utils import one_line_errors
+from tmspr_jax.tools import cli
 
 FLAGS = flags.FLAGS
 MIB, GIB = 2.0**20, 2.0**30
@@ -286,9 +286,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+def main() -> None:
     from tmspr_jax.config import get_base_config
 
     cfg = FLAGS.config if FLAGS.config is not None else get_base_config()
@@ -313,4 +311,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(one_line_errors()(main))
+    cli.run(main)  # flags parsed by tools.cli: a bad flag or config value is one line, no traceback

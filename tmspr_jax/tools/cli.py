@@ -10,6 +10,7 @@ from typing import Any
 
 from absl import app, flags
 
+from tmspr_jax.hostmem import retain_freed_memory
 from tmspr_jax.utils import one_line_errors
 
 
@@ -54,7 +55,11 @@ def _unknown_key_message(config_file: str, override: str) -> str:
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
     """absl's flag parsing with one ``error:`` line (exit status 1) for a config mistake instead of a traceback:
-    overrides without ``--config``, a missing config file, an unknown key or a bad value."""
+    overrides without ``--config``, a missing config file, an unknown key or a bad value.
+
+    Every command starts here, before JAX allocates anything: it also keeps freed host memory in the process
+    (:func:`tmspr_jax.hostmem.retain_freed_memory`), which XLA on the CPU needs to run at speed."""
+    retain_freed_memory()
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     config_file = _config_file_arg(argv[1:])
 
