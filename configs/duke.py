@@ -24,5 +24,8 @@ def get_config():
     c.train.epochs = 300
     c.train.eval_period = 10
     c.optim.base_lr = 0.01
+    # mixed precision as the reference's fp16 autocast: bfloat16 matmuls; parameters, optimiser, norms, softmax,
+    # losses and the test features (eval.dtype) float32. --config.model.dtype=float32 trains in float32.
+    c.model.dtype = "bfloat16"
     c.data.test_batch_size = 256
     return c

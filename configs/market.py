@@ -26,5 +26,8 @@ def get_config():
     c.train.epochs = 300
     c.train.eval_period = 5
     c.optim.base_lr = 0.008
+    # mixed precision as the reference's fp16 autocast: bfloat16 matmuls; parameters, optimiser, norms, softmax,
+    # losses and the test features (eval.dtype) float32. --config.model.dtype=float32 trains in float32.
+    c.model.dtype = "bfloat16"
     c.data.test_batch_size = 32
     return c

@@ -61,7 +61,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.neck_feat = "before"  # eval feature: 'before' (7680-d) or 'after' (3840-d)
     # 'linear' = the reference's classifiers; 'cosine' = cosine similarities, for loss.id_loss other than 'softmax'
     m.classifier = "linear"
-    m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params, norms, softmax, losses stay f32)
+    # Training compute dtype: 'float32' or 'bfloat16' (parameters, optimiser, norms, softmax and losses stay float32);
+    # the configs that reproduce the paper train in bfloat16, as the reference's fp16 autocast; eval.dtype evaluates
+    m.dtype = "float32"
     # What the backward pass keeps of each transformer block (models.vit.REMAT_MODES, docs/memory.md): 'dots' (the
     # matmul outputs; LayerNorm, attention scores, GELU recomputed), 'none' (everything), 'block' (the input only)
     m.remat = "dots"
@@ -159,6 +161,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # ---------------------------------------------------------------- evaluation (docs/reference.md §13)
     e = c.eval = ml_collections.ConfigDict()
     e.feat_norm = True
+    # Compute dtype of the test features ('float32' or 'bfloat16'): the reference evaluates without autocast, in
+    # float32, whatever model.dtype trains in
+    e.dtype = "float32"
     e.max_rank = 50
     e.rerank = False
     e.flip = False  # average each test feature with its mirror image's (fast-reid TEST.FLIP); not in the reference

@@ -30,10 +30,11 @@ from tmspr_jax.utils import jsonable
 
 @dataclasses.dataclass
 class Experiment:
-    """What training and evaluation share: the model, the data splits, the mesh."""
+    """What training and evaluation share: the model (and its test-feature twin), the data splits, the mesh."""
 
     config: ml_collections.ConfigDict
     model: Any
+    eval_model: Any  # the same parameters computing in eval.dtype (float32: the reference evaluates without autocast)
     mesh: jax.sharding.Mesh
     train_split: Any
     query_split: Any
@@ -53,6 +54,13 @@ def check_classifier_matches_loss(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def eval_model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config.model`` with the test features' compute dtype (``eval.dtype``) in place of the training one."""
+    m = config.model.copy_and_resolve_references()
+    m.dtype = config.eval.dtype
+    return m
+
+
 def setup_experiment(config: ml_collections.ConfigDict) -> Experiment:
     """Opens the dataset splits named by the config and builds the model for them."""
     d = config.data
@@ -69,9 +77,12 @@ def setup_experiment(config: ml_collections.ConfigDict) -> Experiment:
             f"'{d.train}' has {num_cameras} rows; set --config.model.sie_camera=False or train on matching cameras."
         )
     model = build_model(config.model, tuple(config.img_size), num_classes, num_cameras)
+    eval_model = build_model(eval_model_config(config), tuple(config.img_size), num_classes, num_cameras)
     mesh = sharding.make_data_mesh()
     grid = vit.patch_grid(tuple(config.img_size), config.model.patch_size, tuple(config.model.stride))
-    return Experiment(config, model, mesh, train_split, query_split, gallery_split, num_classes, num_cameras, grid)
+    return Experiment(
+        config, model, eval_model, mesh, train_split, query_split, gallery_split, num_classes, num_cameras, grid
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- variables
@@ -165,7 +176,7 @@ def extract_test_features(
     """``(features, pids, camids)`` of the query split and of the gallery split, in record order (``eval.flip``
     applies unless ``extract_fn`` is given)."""
     cfg = exp.config
-    extract_fn = extract_fn or inference.make_extract_fn(exp.model, flip=cfg.eval.flip)
+    extract_fn = extract_fn or inference.make_extract_fn(exp.eval_model, flip=cfg.eval.flip)
     total = len(exp.query_split) + len(exp.gallery_split)
     bar = tqdm(total=total, desc=desc, unit="img", disable=jax.process_index() != 0, mininterval=2.0, leave=False)
     with jax.set_mesh(exp.mesh):

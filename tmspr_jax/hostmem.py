@@ -18,6 +18,7 @@ import os
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 ENV_SWITCH = "TMSPR_RETAIN_FREED_MEMORY"  # "0": leave glibc's defaults
+_state = {"retained": False}
 
 
 def retain_freed_memory() -> bool:
@@ -39,4 +40,11 @@ def retain_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # One arena: a thread's own arena serves blocks above its 64 MiB heap size with mmap whatever M_MMAP_MAX says.
     # No mmap; and a trim threshold of -1, which glibc reads as the largest size_t: never trim.
-    return all(mallopt(param, value) for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
+    _state["retained"] = all(mallopt(param, value) for param, value in settings)
+    return _state["retained"]
+
+
+def retained() -> bool:
+    """Whether :func:`retain_freed_memory` has been applied in this process (the benchmarks report it)."""
+    return _state["retained"]

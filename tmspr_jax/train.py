@@ -145,7 +145,7 @@ def train_and_evaluate(
             variables = experiment.initial_variables(exp, init_rng, load_pretrained)
             state, start_epoch, start_batch = sharding.replicate(create_train_state(tx, variables), exp.mesh), 1, 0
         train_step = jax.jit(make_train_step(exp.model, tx, config.loss), donate_argnums=(0,))
-        extract_fn = inference.make_extract_fn(exp.model, flip=config.eval.flip)
+        extract_fn = inference.make_extract_fn(exp.eval_model, flip=config.eval.flip)
         epoch_steps = functools.partial(_epoch_steps, train_pipe, config.train.max_steps_per_epoch)
         first_step = host_step = int(state.step)  # the host's copy of state.step, so the loop never waits on the device
         resumed_from = None if resumed is None else resumed.step

@@ -29,6 +29,7 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
+from tmspr_jax import hostmem
 from tmspr_jax.config import get_base_config
 from tmspr_jax.tools import cli
 from tmspr_jax.tools.timing import time_calls
@@ -192,9 +193,10 @@ def main() -> None:
     print(
         f"model: depth {m.depth}, embed_dim {m.embed_dim}, heads {m.num_heads}, img {h}x{w}, stride "
         f"{tuple(model.stride)}, grid {model.grid[0]}x{model.grid[1]}, classes {FLAGS.num_classes}, batch {b}, "
-        f"dtype {FLAGS.dtype}, drop_path {m.drop_path}"
+        f"dtype {FLAGS.dtype}, drop_path {m.drop_path}, memory mode {m.remat!r}"
     )
     print(f"JAX device: {_jax_device()} (jax {jax.__version__})")
+    print(f"host memory: freed memory {'kept in the process' if hostmem.retained() else 'returned (glibc defaults)'}")
 
     images, camids = jnp.asarray(images_np), jnp.asarray(camids_np)
     views, pids = jnp.asarray(views_np), jnp.asarray(pids_np)

@@ -41,6 +41,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tmspr_jax.experiment import eval_model_config
 from tmspr_jax.tools import cli
 from tmspr_jax.utils import USER_ERRORS, error_message, jsonable
 
@@ -147,7 +148,9 @@ def load_models(path: str, config: ml_collections.ConfigDict, device: str = "aut
     try:
         state = read_checkpoint(path)
         # strips the unused modules, checks counts and the grid, builds the JAX model for the checkpoint's counts
-        ref, report, kind, model = tmspr_to_reference(state, config.model, img_size, jax.random.key(seed), source=path)
+        # the JAX side computes the test features in eval.dtype (float32 by default), as the trainer's evaluation
+        model_cfg = eval_model_config(config)
+        ref, report, kind, model = tmspr_to_reference(state, model_cfg, img_size, jax.random.key(seed), source=path)
         variables, _ = reference_to_variables(ref, model, source=path)
     except (CheckpointError, MappingError, FileNotFoundError) as e:
         raise CompareError(str(e)) from None
@@ -439,7 +442,7 @@ def run_compare(
         "test_batch_size": int(config.data.test_batch_size),
         "neck_feat": str(config.model.neck_feat),
         "part_norm": str(config.model.part_norm),
-        "jax_dtype": str(config.model.dtype),
+        "jax_dtype": str(config.eval.dtype),
         "precision": PRECISION_NOTE,
         "slices": per_slice,
         "overall": _diff(jax_feats, torch_feats),

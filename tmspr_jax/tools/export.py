@@ -140,12 +140,13 @@ def _model_and_variables(
                 raise ValueError(
                     f"{path}/{weights.META_FILE} has no {key!r}; re-convert the weights with convert_weights"
                 )
-        model = build_model(config.model, tuple(config.img_size), int(meta["num_classes"]), int(meta["num_cameras"]))
+        model_cfg = experiment.eval_model_config(config)  # the test features' compute dtype, as the trainer's
+        model = build_model(model_cfg, tuple(config.img_size), int(meta["num_classes"]), int(meta["num_cameras"]))
         weights.check_model_size(meta, model, os.path.join(path, weights.META_FILE))  # before reading the arrays
         variables, _ = weights.load_variables(path)
         return model, variables
     exp = experiment.setup_experiment(config)
-    return exp.model, experiment.load_checkpoint_variables(path, exp, step=step)
+    return exp.eval_model, experiment.load_checkpoint_variables(path, exp, step=step)
 
 
 def export_to_file(

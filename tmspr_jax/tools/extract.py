@@ -258,7 +258,7 @@ def load_model(config: ml_collections.ConfigDict, checkpoint: str, step: int | N
     picks a workdir's checkpoint (default: the best by mAP, else the latest)."""
     import jax
 
-    from tmspr_jax import weights
+    from tmspr_jax import experiment, weights
     from tmspr_jax.models import build_model, init_variables
 
     path = os.path.abspath(os.path.expanduser(checkpoint))
@@ -277,7 +277,8 @@ def load_model(config: ml_collections.ConfigDict, checkpoint: str, step: int | N
         raise ValueError(f"{path}: no params/classifier/kernel; not a T-MSPR checkpoint") from e
     sie = params.get("backbone", {}).get("sie_embed")
     num_cameras = int(np.shape(sie)[0]) if sie is not None and config.model.sie_camera else 0
-    model = build_model(config.model, tuple(config.img_size), num_classes, num_cameras)
+    # the test features' compute dtype (eval.dtype), as the trainer's evaluation
+    model = build_model(experiment.eval_model_config(config), tuple(config.img_size), num_classes, num_cameras)
     want = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))
     got = {k: variables[k] for k in ("params", "batch_stats")}
     flat_want = dict(jax.tree_util.tree_flatten_with_path(want)[0])
