@@ -47,11 +47,12 @@ def read_checkpoint(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
+    from tmspr_jax.utils import read_npz
+
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: np.asarray(data[k]) for k in data.files}
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{path!r}: cannot read as .npz ({e})") from e
+        return read_npz(path, what=".npz checkpoint")
+    except ValueError as e:  # truncated or damaged: one line naming the file
+        raise CheckpointError(str(e)) from None
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:

@@ -1,5 +1,5 @@
 """Small helpers shared by every layer: square-or-pair values, the patch grid, L2 normalisation,
-JSON conversion and one-line command-line errors.
+JSON conversion, reading ``.npz`` files whole and one-line command-line errors.
 
 This is the lowest layer of the package (see ``[tool.importlinter]`` in pyproject.toml): it imports no other
 ``tmspr_jax`` module, so data, models, losses, training and the tools can all use it.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -89,6 +91,38 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     return obj
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+
+class DamagedFileError(ValueError):
+    """A file that exists but cannot be read whole (truncated, overwritten, of another format): the message names it."""
+
+
+def read_npz(path: str, *, what: str = ".npz file", hint: str = "", keys: Sequence[str] | None = None) -> dict:
+    """Every array of the ``.npz`` at ``path`` (or only those of ``keys`` it has), read into memory now.
+
+    A truncated or damaged archive (``zipfile`` / ``zlib`` / ``EOFError`` deep inside NumPy, or a CRC mismatch found
+    only when an array is read) is one :class:`DamagedFileError` line naming the file, ``what`` it should be and
+    ``hint`` (what to do about it); a missing file stays :class:`FileNotFoundError`.
+    """
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):  # a plain .npy under an .npz name
+            raise ValueError(f"a single array of shape {np.shape(f)}, not an archive of named arrays")
+        with f:
+            names = f.files if keys is None else [k for k in keys if k in f.files]
+            return {k: f[k] for k in names}
+    except FileNotFoundError:
+        raise
+    except (IsADirectoryError, PermissionError) as e:
+        raise ValueError(f"{path}: cannot read it as a {what} ({e.strerror})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise DamagedFileError(
+            f"{path}: cannot read this {what} ({reason}); it is truncated or damaged" + (f". {hint}" if hint else "")
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------- command line

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import ml_collections
@@ -36,7 +36,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from tmspr_jax.utils import pair, patch_grid
+from tmspr_jax.utils import pair, patch_grid, read_npz
 
 LIP_CLASSES: tuple[str, ...] = (
     "Background",
@@ -451,17 +451,19 @@ def config_geometry(config: ml_collections.ConfigDict) -> Geometry:
     return pooling_geometry(img_size, config.model.patch_size, stride)
 
 
-def _geometry_in(f: Any) -> Geometry | None:
-    """The geometry recorded in an open targets ``.npz`` (None for files written without it)."""
-    if not {"img_size", "patch", "stride"} <= set(f.files):
+_TARGETS_HINT = "make it again with python -m tmspr_jax.tools.parsing_targets (docs/parsing.md)"
+
+
+def _geometry_in(f: Mapping[str, np.ndarray]) -> Geometry | None:
+    """The geometry recorded in a targets ``.npz``'s arrays (None for files written without it)."""
+    if not {"img_size", "patch", "stride"} <= set(f):
         return None
     return pooling_geometry(f["img_size"].tolist(), int(f["patch"]), f["stride"].tolist())
 
 
 def stored_geometry(path: str) -> Geometry | None:
     """``(img_size, patch, stride)`` the targets in ``path`` were pooled for (None for files without them)."""
-    with np.load(path, allow_pickle=False) as f:
-        return _geometry_in(f)
+    return _geometry_in(read_npz(path, what="parsing-targets file", hint=_TARGETS_HINT))
 
 
 def load_targets(
@@ -496,14 +498,14 @@ def load_targets(
             f"tmspr_jax.tools.parsing_targets --maps_dir MAPS --data_dir {data_dir} --dataset {dataset} ...` "
             "(docs/parsing.md)."
         )
-    with np.load(path, allow_pickle=False) as f:
-        for key in ("targets", "names"):
-            if key not in f.files:
-                raise ValueError(f"{path}: not a parsing-targets file (no {key!r} array; has {f.files})")
-        stored = np.asarray(f["targets"], np.float32)
-        names = f["names"].tolist()
-        stored_method = str(f["method"]) if "method" in f.files else None
-        have_geometry = _geometry_in(f)
+    f = read_npz(path, what="parsing-targets file", hint=_TARGETS_HINT)
+    for key in ("targets", "names"):
+        if key not in f:
+            raise ValueError(f"{path}: not a parsing-targets file (no {key!r} array; has {sorted(f)})")
+    stored = np.asarray(f["targets"], np.float32)
+    names = f["names"].tolist()
+    stored_method = str(f["method"]) if "method" in f else None
+    have_geometry = _geometry_in(f)
     stored_grid = tuple(int(v) for v in stored.shape[1:3])
     if stored.ndim != 4 or stored.shape[-1] != NUM_GROUPS or len(names) != stored.shape[0]:
         raise ValueError(f"{path}: targets of shape {stored.shape} with {len(names)} names is not [N, gh, gw, 6]")

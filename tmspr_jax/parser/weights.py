@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tmspr_jax.parser.network import Arch
+from tmspr_jax.utils import read_npz
 
 META_FILE = "meta.json"
 VARIABLES_FILE = "variables.npz"
@@ -136,6 +137,6 @@ def load_parser(path: str) -> tuple[Arch, dict, dict]:
         meta = json.load(f)
     if meta.get("kind") != KIND:
         raise ValueError(f"{meta_file}: kind is {meta.get('kind')!r}, expected {KIND!r} (a human-parser folder)")
-    with np.load(var_file, allow_pickle=False) as f:
-        variables = _unflatten({k: f[k] for k in f.files})
+    hint = "convert the parser again (python -m convert_weights schp ...)"
+    variables = _unflatten(read_npz(var_file, what="parser weights file", hint=hint))
     return Arch.from_dict(meta["arch"]), variables, meta

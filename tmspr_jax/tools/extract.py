@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from tmspr_jax.tools import cli
+from tmspr_jax.utils import read_npz
 
 SPLITS = ("query", "gallery")
 _PER_SPLIT = ("features", "pids", "camids", "file_names")
@@ -81,8 +82,7 @@ def load_features(path: str) -> dict[str, Any]:
     """Reads a file written by :func:`save_features`; a missing key or mismatched lengths raise naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no features file at {path!r} (write one with python -m tmspr_jax.tools.extract)")
-    with np.load(path, allow_pickle=False) as f:
-        out = {k: f[k] for k in f.files}
+    out = read_npz(path, what="features file", hint="extract the features again (python -m tmspr_jax.tools.extract)")
     for key in ("dataset",) + tuple(f"{s}_{k}" for s in SPLITS for k in _PER_SPLIT):
         if key not in out:
             raise ValueError(
@@ -410,8 +410,7 @@ def load_image_features(path: str) -> dict[str, Any]:
     """Reads a file written by :func:`save_image_features`; ``paths`` (absolute) is added."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no features file at {path!r} (write one with python -m tmspr_jax.tools.extract)")
-    with np.load(path, allow_pickle=False) as f:
-        out = {k: f[k] for k in f.files}
+    out = read_npz(path, what="features file", hint="extract the features again (python -m tmspr_jax.tools.extract)")
     missing = [k for k in ("features", "pids", "camids", "file_names", "root") if k not in out]
     if missing or str(out.get("dataset", "")) != "images":
         raise ValueError(
@@ -468,9 +467,9 @@ def _main() -> None:
             f"--camid={f.camid} for the rest) written to {path}"
         )
         return
-    from tmspr_jax.datagen import ensure as setup
+    from tmspr_jax.datagen import ensure
 
-    setup.prepare_for_config(config)
+    ensure.prepare_for_config(config)
     done = extract_to_file(config, f.checkpoint, f.out, step=f.step if f.step >= 0 else None)
     print(
         f"{done.num_query} query and {done.num_gallery} gallery features ({done.feature_dim}-d) of {config.data.test} "

@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from tmspr_jax.tools import cli, extract, visualize
-from tmspr_jax.utils import l2_normalise
+from tmspr_jax.utils import error_message, l2_normalise, read_npz
 
 CACHE_DIR = ".tmspr_features"
 NEUTRAL = (60, 110, 200)  # the frame of a result whose identity is unknown
@@ -116,10 +116,12 @@ class Gallery(NamedTuple):
 
 
 def _read_cache(path: str, mkey: str, fkey: str) -> dict[str, np.ndarray] | None:
+    if not os.path.isfile(path):
+        return None
     try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except (OSError, ValueError):  # missing or unreadable: recompute
+        data = read_npz(path, what="gallery features cache")
+    except (OSError, ValueError) as e:  # truncated or unreadable: recomputed and written again
+        print(f"warning: {error_message(e)}; recomputing the gallery features", file=sys.stderr)
         return None
     if str(data.get("model_key", "")) != mkey or str(data.get("files_key", "")) != fkey:
         return None
