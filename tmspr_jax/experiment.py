@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from tmspr_jax import checkpoints, evaluate, inference, sharding, weights
+from tmspr_jax import checkpoints, config_check, evaluate, inference, sharding, weights
 from tmspr_jax.data import pipeline, sources
 from tmspr_jax.models import build_model, init_variables, vit
 from tmspr_jax.utils import jsonable
@@ -199,6 +199,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """``--mode=eval``: evaluates ``init_checkpoint`` (converted or trained) without training."""
     if not config.init_checkpoint:
         raise ValueError("--mode=eval needs --config.init_checkpoint=DIR (a converted weights folder or a workdir).")
+    config_check.check_config(config)
     exp = setup_experiment(config)
     variables = load_checkpoint_variables(config.init_checkpoint, exp, step=_init_step(config))
     results = run_evaluation(exp, variables)

@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
-from tmspr_jax import checkpoints, evaluate, experiment, inference, losses, optim, sharding
+from tmspr_jax import checkpoints, config_check, evaluate, experiment, inference, losses, optim, sharding
 from tmspr_jax.data import parsing, pipeline
 from tmspr_jax.models import init_variables
 
@@ -120,6 +120,7 @@ def train_and_evaluate(
     ``load_pretrained`` reads ``config.model.pretrained`` (see :data:`tmspr_jax.experiment.PretrainedLoader`).
     Returns the last evaluation's results (empty if none ran).
     """
+    config_check.check_config(config)
     experiment.check_classifier_matches_loss(config)
     exp = experiment.setup_experiment(config)
     sharding.check_global_batch(config.data.batch_size, exp.mesh)

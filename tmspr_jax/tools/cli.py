@@ -10,6 +10,7 @@ from typing import Any
 
 from absl import app, flags
 
+from tmspr_jax.config_check import check_config
 from tmspr_jax.hostmem import retain_freed_memory
 from tmspr_jax.utils import one_line_errors
 
@@ -72,7 +73,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     if config_file is not None and not os.path.isfile(config_file.split(":", 1)[0]):
         fail(f"--config={config_file}: no such config file (the configs are configs/*.py).")
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except flags.Error as e:
         fail(str(e))
     except (AttributeError, KeyError) as e:
@@ -84,7 +85,14 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         )
     except Exception as e:  # a config file that fails to load
         fail(f"--config={config_file}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
-    return []
+        return []
+    config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+    if hasattr(config, "items"):  # a config file (the demo's settings are fixed and in range)
+        try:
+            check_config(config)
+        except ValueError as e:
+            fail(str(e))
+    return rest
 
 
 def run(main: Callable[[], None], required: Sequence[str] = ()) -> None:
