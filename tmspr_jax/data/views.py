@@ -10,6 +10,7 @@ Every view starts from the same decoded RGB ``uint8`` image ``[h, w, 3]`` of any
 * **covering**: bicubic resize, normalise, paste an occluder crop (ColorJitter, bicubic, h-flip) as a full-height strip
   or full-width band, then timm ``RandomErasing(p=1, mode='pixel')``. By default the occluder is pasted un-normalised in
   ``[0, 1]`` (reference quirk); ``occluder_normalize=True`` normalises it like the image.
+  Occluders of any size serve: a side under 4 px (where the reference's crop range is empty) gets a 1-px crop.
 * **shrinking**: bicubic resize, shrink by ``s ~ U(0.8, 1)`` (half-pixel bilinear, OpenCV ``INTER_LINEAR`` semantics),
   pad back to ``(H, W)`` by edge replication, normalise.
 
@@ -399,11 +400,8 @@ class OccluderBank:
 
 
 def _check_occluder(image: Any, what: str) -> np.ndarray:
-    _check_image(image, what)
-    if image.shape[0] < 4 or image.shape[1] < 4:
-        # crop sizes are randint[h//4, h//2]: a side under 4 px gives an empty crop (the reference divides by zero).
-        raise ValueError(f"{what}: occluder images need both sides >= 4 px, got shape {image.shape}")
-    return image
+    # Any size serves: a side under 4 px gets a 1-px crop in _cover (the reference's randint[h//4, h//2] is empty).
+    return _check_image(image, what)
 
 
 # --------------------------------------------------------------------------------------------- views
@@ -479,8 +477,10 @@ def _cover(
     index = int(rng.integers(0, n))
     occ = _check_occluder(occluders[index], f"occluder {index}")
     oh, ow = occ.shape[:2]
-    ch = int(rng.integers(oh // 4, oh // 2 + 1))
-    cw = int(rng.integers(ow // 4, ow // 2 + 1))
+    # Crop sides randint[side // 4, side // 2] as the reference; an occluder side under 4 px (which the reference
+    # cannot crop: an empty range) gives a 1-px crop. Sides of 4 px and more draw exactly as the reference.
+    ch = int(rng.integers(max(1, oh // 4), max(1, oh // 2) + 1))
+    cw = int(rng.integers(max(1, ow // 4), max(1, ow // 2) + 1))
     ct = int(rng.integers(0, oh - ch + 1))
     cl = int(rng.integers(0, ow - cw + 1))
     crop = Box(ct, cl, ch, cw)
