@@ -233,6 +233,7 @@ def test_npy_preferred_over_png(tmp_path):
 def _store(tmp_path, names, grid=(3, 3)):
     rng = np.random.default_rng(5)
     targets = rng.random((len(names), *grid, 6)).astype(np.float32)
+    targets /= targets.sum(-1, keepdims=True)  # a distribution per patch, as the loader requires
     data_dir = str(tmp_path / "data")
     path = P.default_path(data_dir, "synth", grid)
     P.save_targets(path, names, targets, img_size=(8, 8), patch=4, stride=(2, 2), method="patch_mean")
@@ -424,3 +425,27 @@ def test_prepare_remakes_cached_targets_made_for_another_image_size(tmp_path):
     assert P.stored_geometry(path) == ((96, 48), 12, (12, 12))
     second = np.load(path)["targets"]
     assert second.shape == first.shape and not np.allclose(second, first)  # other windows, other targets
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [(np.nan, "is not finite"), (np.inf, "is not finite"), (-0.5, "has negative values"), (0.5, "sums to 1.5")],
+)
+def test_impossible_targets_are_refused_naming_the_file_image_and_patch(tmp_path, damage, problem):
+    data_dir, path, targets = _store(tmp_path, ["a.jpg", "b.jpg"])
+    bad = targets.copy()
+    bad[1, 2, 0, 3] = damage if damage != 0.5 else bad[1, 2, 0, 3] + 0.5
+    arrays = dict(np.load(path))
+    arrays["targets"] = bad
+    np.savez(path, **arrays)  # as a damaged or hand-made file would hold it
+    with pytest.raises(
+        ValueError, match=rf"^{path}: the parsing target of 'b.jpg' \(row 1\) at patch \(2, 0\) {problem}"
+    ):
+        P.load_targets(_cfg(), _split(["a.jpg", "b.jpg"]), (3, 3), data_dir, "synth")
+    with pytest.raises(ValueError, match="summing to 1 .within 0.001."):
+        P.save_targets(
+            str(tmp_path / "x.npz"), ["a.jpg", "b.jpg"], bad, img_size=(8, 8), patch=4, stride=2, method="patch_mean"
+        )
+    P.check_targets(  # float32 rounding within the tolerance passes
+        targets + 1e-4 / 6, ["a.jpg", "b.jpg"], path
+    )

@@ -384,6 +384,7 @@ def test_integration_with_real_builder_split_parsing_and_occluders(tmp_path, par
     cfg.data.data_dir = data_dir
     names = [str(n) for n in split.file_names]
     stored = np.random.default_rng(0).random((len(names), *GRID, 6)).astype(np.float32)
+    stored /= stored.sum(-1, keepdims=True)  # a distribution per patch, as the loader requires
     order = np.random.default_rng(1).permutation(len(names))  # the file's order differs from the record order
     parsing.save_targets(
         parsing.default_path(data_dir, "market1501", GRID),

@@ -407,6 +407,37 @@ def parse_targets(
     return [it.name for it in items], targets
 
 
+_TARGETS_HINT = "make it again with python -m tmspr_jax.tools.parsing_targets (docs/parsing.md)"
+
+
+SUM_TOLERANCE = 1e-3  # float32 pooling sums a patch's 6 probabilities to 1 within ~1e-7
+
+
+def check_targets(targets: np.ndarray, names: Sequence[str], path: str) -> None:
+    """Every patch of ``targets [N, gh, gw, 6]`` must be a distribution over the 6 groups: finite, non-negative and
+    summing to 1 within :data:`SUM_TOLERANCE`; the first patch that is not is a :class:`ValueError` naming ``path``,
+    the image and the patch (a NaN would otherwise train as a uniform target)."""
+    finite = np.isfinite(targets).all(-1)
+    bad = ~finite | (np.where(finite[..., None], targets, 0) < 0).any(-1)
+    bad |= finite & (np.abs(np.where(finite[..., None], targets, 0).sum(-1) - 1.0) > SUM_TOLERANCE)
+    if not bad.any():
+        return
+    n, y, x = (int(v) for v in np.argwhere(bad)[0])
+    cell = targets[n, y, x]
+    problem = (
+        "is not finite"
+        if not np.isfinite(cell).all()
+        else "has negative values"
+        if (cell < 0).any()
+        else f"sums to {float(cell.sum()):.6g}"
+    )
+    raise ValueError(
+        f"{path}: the parsing target of {names[n]!r} (row {n}) at patch ({y}, {x}) {problem}: {np.round(cell, 4)}; "
+        f"each patch must hold {NUM_GROUPS} finite, non-negative group probabilities summing to 1 "
+        f"(within {SUM_TOLERANCE:g}), {int(bad.sum())} patch(es) do not. {_TARGETS_HINT[0].upper()}{_TARGETS_HINT[1:]}."
+    )
+
+
 def save_targets(
     path: str,
     names: Sequence[str],
@@ -422,6 +453,7 @@ def save_targets(
     targets = np.asarray(targets, np.float32)
     if targets.ndim != 4 or targets.shape[0] != len(names) or targets.shape[-1] != NUM_GROUPS:
         raise ValueError(f"targets shape {targets.shape} does not match {len(names)} names x [gh, gw, {NUM_GROUPS}]")
+    check_targets(targets, names, path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.npz"  # write then rename: a crash never leaves a half-written file under the real name
     np.savez(
@@ -449,9 +481,6 @@ def config_geometry(config: ml_collections.ConfigDict) -> Geometry:
     """The ``(img_size, patch, stride)`` a config's model pools its parsing targets with."""
     img_size, stride = pair(config.img_size, "config.img_size"), pair(config.model.stride, "config.model.stride")
     return pooling_geometry(img_size, config.model.patch_size, stride)
-
-
-_TARGETS_HINT = "make it again with python -m tmspr_jax.tools.parsing_targets (docs/parsing.md)"
 
 
 def _geometry_in(f: Mapping[str, np.ndarray]) -> Geometry | None:
@@ -509,6 +538,7 @@ def load_targets(
     stored_grid = tuple(int(v) for v in stored.shape[1:3])
     if stored.ndim != 4 or stored.shape[-1] != NUM_GROUPS or len(names) != stored.shape[0]:
         raise ValueError(f"{path}: targets of shape {stored.shape} with {len(names)} names is not [N, gh, gw, 6]")
+    check_targets(stored, names, path)
     if stored_grid != grid:
         raise ValueError(
             f"{path}: targets were made for a {stored_grid[0]}x{stored_grid[1]} patch grid but the model uses "
