@@ -53,6 +53,10 @@ class ModelSizeError(CheckpointError):
     """A checkpoint of another model size (depth, width, classes, cameras, grid) than the config's."""
 
 
+# A tool reading a workdir while its training run saves: the run deletes all but its newest checkpoints (and the best).
+ROTATED = "rotated away by the training run writing to this workdir, which keeps only its newest checkpoints"
+
+
 class CheckpointSaveError(RuntimeError):
     """An asynchronous checkpoint save failed (a full disk, a lost mount): training stops."""
 
@@ -365,6 +369,7 @@ def restore_newest_intact(
     """
     error: DamagedCheckpointError | None = None
     damaged: list[str] = []
+    rotated: list[int] = []  # removed while being read: the run writing this workdir keeps only its newest ones
     for step in steps:
         try:
             data = read_data(manager, step)
@@ -373,13 +378,26 @@ def restore_newest_intact(
                 check_model_size(manager, step, data, model, tree)
             state, data = restore_verified(manager, step, abstract_state, data)
         except DamagedCheckpointError as e:
+            if not os.path.isdir(_step_dir(manager, step)):  # gone, not damaged
+                rotated.append(step)
+                continue
             error = e
             moved = f" (moved to {move_aside(manager, step)})" if move_damaged else ""
             damaged.append(f"{e}{moved}")
             continue
         for text in damaged:  # one line per damaged checkpoint, saying what is used instead
             logging.warning("Damaged checkpoint not used: %s; using step %d instead.", text, step)
+        for gone in rotated:
+            logging.warning(
+                "%s was removed while being read (%s); using step %d.", _step_dir(manager, gone), ROTATED, step
+            )
         return step, state, data
+    if rotated:
+        also = f"; damaged: {'; '.join(damaged)}" if damaged else ""
+        raise CheckpointError(
+            f"{manager.directory}: the checkpoint of step {', '.join(map(str, rotated))} was removed while being read "
+            f"({ROTATED}), it is not damaged; run the same command again to read the newest one{also}"
+        )
     if error is not None:
         raise DamagedCheckpointError(f"no intact checkpoint in {manager.directory}: {'; '.join(damaged)}")
     return None
