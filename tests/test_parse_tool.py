@@ -98,6 +98,62 @@ def test_restart_resumes_and_equals_uninterrupted(tiny, parser, tmp_path):
     assert _files(part) == _files(tmp_path / "full")
 
 
+def test_maps_of_other_images_or_settings_in_out_are_redone_never_counted_done(tiny, parser, tmp_path):
+    from tmspr_jax.tools.parse import parse_folder
+
+    out = tmp_path / "out"
+    other = tmp_path / "other"  # the same file names, other images of other sizes
+    write_images(str(other), {n: (h + 5, w + 3) for n, (h, w) in SIZES.items()}, seed=9)
+    parse_folder(tiny[1], str(other), str(out), parser=parser, progress=False)
+    s = parse_folder(tiny[1], tiny[2], str(out), parser=parser, progress=False)
+    assert s.finished and s.parsed == 4 and s.stale == 4
+    for name, (h, w) in SIZES.items():
+        with Image.open(out / f"{os.path.splitext(name)[0]}.png") as im:
+            assert im.size == (w, h)
+    assert parse_folder(tiny[1], tiny[2], str(out), parser=parser, progress=False).parsed == 0
+    # an image edited in place: only its batch is redone
+    images = tmp_path / "images"
+    write_images(str(images), SIZES)
+    parse_folder(tiny[1], str(images), str(out), parser=parser, progress=False)
+    write_images(str(images), {"tiny.png": (3, 2)}, seed=4)
+    s = parse_folder(tiny[1], str(images), str(out), parser=parser, progress=False)
+    assert (s.parsed, s.stale) == (BATCH, 1)
+    # other settings (the bfloat16 parser): everything is redone
+    from tmspr_jax.parser.runner import Parser
+
+    s = parse_folder(
+        tiny[1], str(images), str(out), parser=Parser(tiny[1], batch_size=BATCH, dtype="bfloat16"), progress=False
+    )
+    assert (s.parsed, s.stale) == (4, 4)
+
+
+def test_out_must_be_another_folder_checked_before_any_work(tiny, tmp_path):
+    from tmspr_jax.tools.parse import parse_folder
+
+    images = tmp_path / "images"
+    write_images(str(images), {"a.png": (9, 7)})
+    before = _files(images)
+    no_parser = str(tmp_path / "no_parser")  # never loaded: the output path is refused first
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tmspr_jax.tools.parse",
+            f"--parser={no_parser}",
+            f"--images={images}",
+            f"--out={images}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("error: ") and "is the --images folder" in r.stderr
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file; expected a folder"):
+        parse_folder(no_parser, str(images), str(tmp_path / "file"), progress=False)
+    assert _files(images) == before
+
+
 def test_unreadable_image_is_named(tiny, parser, tmp_path):
     from tmspr_jax.tools.parse import parse_folder
 
@@ -158,6 +214,48 @@ def test_targets_from_images_restart_and_oracle(tiny, parser, prepared, tmp_path
         img = cv2.imdecode(np.frombuffer(split[i]["image"], np.uint8), cv2.IMREAD_COLOR)
         want = P.grid_targets(P.merge_lip(oracle.extract(model, img)), **GEOM)
         np.testing.assert_allclose(resumed[i], want, atol=2e-6, err_msg=name)
+
+
+def test_targets_batches_of_a_dataset_prepared_again_are_not_reused(tiny, parser, prepared, tmp_path, caplog):
+    import logging
+
+    from tmspr_jax.data import parsing as P
+
+    _, parser_dir, _, _ = tiny
+    split = prepared[2]
+    out = str(tmp_path / "t.npz")
+    geometry = (GEOM["img_size"], GEOM["patch"], GEOM["stride"])
+    assert P.parse_targets(split, parser_dir, *geometry, out=out, batch_size=BATCH, max_images=2) is None
+    st = os.stat(split.files[0])
+    os.utime(split.files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if prepared again, same names
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert P.parse_targets(split, parser_dir, *geometry, out=out, batch_size=BATCH, max_images=2) is None
+    finally:
+        os.utime(split.files[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert "starting over" in caplog.text
+    assert sorted(os.listdir(out + ".partial")) == ["batch_000000.npy", "settings.json"]  # batch 0 again, not 1
+
+
+def test_parsing_targets_out_must_be_a_file_path(tmp_path):
+    import types
+
+    from tmspr_jax.tools import parsing_targets
+
+    f = types.SimpleNamespace(
+        config=None,
+        dataset="d",
+        data_dir=str(tmp_path),
+        maps_dir=str(tmp_path),
+        parser=None,
+        img_size="64,32",
+        patch=16,
+        stride="12",
+        method="patch_mean",
+        out=str(tmp_path),
+    )
+    with pytest.raises(ValueError, match="is a folder; expected the path of the targets .npz file"):
+        parsing_targets._settings(f)
 
 
 def test_training_setup_makes_targets_with_the_parser(tiny, prepared):

@@ -392,6 +392,11 @@ def parse_targets(
         return grid_targets(merge_lip(logits), *geometry, method)
 
     settings = {"img_size": geometry[0], "patch": geometry[1], "stride": geometry[2], "method": method}
+    # The images' identity beyond their names: the prepared dataset's files (a dataset prepared again, with other
+    # images under the same names, starts the batches over).
+    settings["data_files"] = [
+        [os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in getattr(split, "files", [])
+    ]
     targets = run_restartable(
         parser,
         items,

@@ -61,6 +61,8 @@ def _settings(f: Any) -> _Settings:
     stride = _int_pair(f.stride, "--stride") if f.stride else pair(cfg.model.stride, "config.model.stride")
     grid = parsing.grid_shape(img_size, patch, stride)
     out = f.out or cfg.parsing.path or parsing.default_path(data_dir, dataset, grid)
+    if os.path.isdir(out):  # checked before any work: the file is written only at the end
+        raise ValueError(f"--out {out!r} is a folder; expected the path of the targets .npz file")
     manual_dir = (f.config.data.manual_dir or None) if f.config else None
     return _Settings(dataset, data_dir, manual_dir, img_size, patch, stride, f.method or cfg.parsing.method, out)
 
