@@ -16,6 +16,8 @@ Prints what was converted, skipped (and why), resized and initialised. Any misma
 
 from __future__ import annotations
 
+import os
+
 import jax
 from absl import app, flags
 from ml_collections import config_flags
@@ -57,6 +59,17 @@ def _parse_grid(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def _check_out() -> None:
+    """``--out`` before anything is read: a folder to make, or an empty one (or any with ``--overwrite``)."""
+    from tmspr_jax.utils import check_output_path
+
+    if not _OUT.value:
+        raise app.UsageError("--out is required")
+    check_output_path(_OUT.value, "folder")
+    if os.path.isdir(_OUT.value) and os.listdir(_OUT.value) and not _OVERWRITE.value:
+        raise ValueError(f"--out {_OUT.value!r} exists and is not empty; choose a new folder or pass --overwrite")
+
+
 def main(argv: list[str]) -> None:
     from convert_weights.convert import convert_file
     from tmspr_jax.utils import one_line_errors, pair
@@ -70,8 +83,8 @@ def main(argv: list[str]) -> None:
         return
     if _CONFIG.value is None:
         raise app.UsageError("--config is required (it gives the model size, stride and img_size)")
-    if not _OUT.value:
-        raise app.UsageError("--out is required")
+    with one_line_errors():
+        _check_out()
     if mode == "timm" and (_RESIZE_POS.value or _SRC_GRID.value):
         raise app.UsageError("--resize_pos/--src_grid are for tmspr mode; timm mode always resizes the ImageNet grid")
     cfg = _CONFIG.value
@@ -103,9 +116,8 @@ def _convert_schp(src: str) -> None:
     from convert_weights import schp
     from tmspr_jax.utils import one_line_errors
 
-    if not _OUT.value:
-        raise app.UsageError("--out is required")
     with one_line_errors():  # a missing, unknown or mis-shaped key: one line naming it
+        _check_out()
         report = schp.convert_file(src, _OUT.value, overwrite=_OVERWRITE.value)
     print("\n".join(report))
     print(f"wrote {_OUT.value}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import zipfile
 import zlib
@@ -123,6 +124,23 @@ def read_npz(path: str, *, what: str = ".npz file", hint: str = "", keys: Sequen
         raise DamagedFileError(
             f"{path}: cannot read this {what} ({reason}); it is truncated or damaged" + (f". {hint}" if hint else "")
         ) from None
+
+
+def check_output_path(path: str, kind: str, flag: str = "--out") -> None:
+    """Before any work: ``path`` can be written as a ``kind`` (``'file'`` or ``'folder'``): it is not the other kind,
+    and its nearest existing parent is a folder. A :class:`ValueError` naming ``flag`` and the path otherwise."""
+    if kind not in ("file", "folder"):
+        raise ValueError(f"kind must be 'file' or 'folder', got {kind!r}")
+    path = os.path.abspath(os.path.expanduser(path))
+    if kind == "file" and os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder; expected the path of the file to write")
+    if kind == "folder" and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a file; expected a folder")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path!r}: {parent!r} is a file, so nothing can be written under it")
 
 
 # ---------------------------------------------------------------------------------------------------- command line

@@ -44,6 +44,7 @@ import ml_collections
 
 from tmspr_jax import inference
 from tmspr_jax.tools import cli
+from tmspr_jax.utils import check_output_path
 
 FORMATS = ("stablehlo", "onnx")
 
@@ -164,6 +165,8 @@ def export_to_file(
     ``'stablehlo'`` (``jax.export``) or ``'onnx'``."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    check_output_path(out, "file")  # both before the checkpoint is read
+    check_output_path(out + ".json", "file", flag="--out's description")
     if format == "onnx":
         _import_onnx()  # a missing extra is reported before the checkpoint is read
     model, variables = _model_and_variables(config, checkpoint, step)

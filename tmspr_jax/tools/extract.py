@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from tmspr_jax.tools import cli
-from tmspr_jax.utils import read_npz
+from tmspr_jax.utils import check_output_path, read_npz
 
 SPLITS = ("query", "gallery")
 _PER_SPLIT = ("features", "pids", "camids", "file_names")
@@ -121,6 +121,13 @@ class Extracted(NamedTuple):
     feature_dim: int
 
 
+def features_path(checkpoint: str, out: str = "") -> str:
+    """``out``, else ``<checkpoint>/features.npz``, checked to be writable as a file before any work."""
+    out = out or os.path.join(os.path.abspath(os.path.expanduser(checkpoint)), "features.npz")
+    check_output_path(out, "file")
+    return out
+
+
 def extract_to_file(
     config: ml_collections.ConfigDict, checkpoint: str, out: str = "", step: int | None = None
 ) -> Extracted:
@@ -130,10 +137,10 @@ def extract_to_file(
 
     from tmspr_jax import experiment
 
+    out = features_path(checkpoint, out)
     exp = experiment.setup_experiment(config)
     variables = experiment.load_checkpoint_variables(checkpoint, exp, step=step)
     query, gallery = experiment.extract_test_features(exp, variables, desc="extract")
-    out = out or os.path.join(os.path.abspath(os.path.expanduser(checkpoint)), "features.npz")
     if jax.process_index() == 0:
         save_features(
             out,
@@ -437,6 +444,7 @@ def extract_images_to_file(
     **kwargs: Any,
 ) -> tuple[str, Images]:
     """``--images`` mode of the command: lists, extracts and saves; returns the path and the features."""
+    check_output_path(out, "file")
     root, paths = list_images(images)
     model, variables = load_model(config, checkpoint, step)
     result = extract_images(model, variables, paths, config, **kwargs)
@@ -469,6 +477,7 @@ def _main() -> None:
         return
     from tmspr_jax.datagen import ensure
 
+    features_path(f.checkpoint, f.out)  # before the dataset is prepared
     ensure.prepare_for_config(config)
     done = extract_to_file(config, f.checkpoint, f.out, step=f.step if f.step >= 0 else None)
     print(
