@@ -1,5 +1,6 @@
 """Opening a run: config -> data splits, model and mesh; its variables (initial, pretrained or from a checkpoint); the
-test features and metrics; the records a run leaves in its workdir (``metrics.jsonl``, TensorBoard, ``results.json``).
+test features and metrics; the records a run leaves in its workdir (``metrics.jsonl``, TensorBoard, ``results.json``,
+``eval_results/``).
 
 ``python -m tmspr_jax.main`` (``--mode=eval``, the untrained baseline), the trainer (:mod:`tmspr_jax.train`) and the
 tools (extract, export) share it; nothing here trains.
@@ -123,6 +124,11 @@ def load_checkpoint_variables(path: str, exp: Experiment, step: int | None = Non
     The model size is compared with the config's before any array is read. In a workdir: ``step`` when given (>= 0),
     else the best checkpoint by mAP, else the latest; a damaged one falls back to the newest intact one.
     """
+    return load_checkpoint(path, exp, step)[0]
+
+
+def load_checkpoint(path: str, exp: Experiment, step: int | None = None) -> tuple[dict, int | None]:
+    """:func:`load_checkpoint_variables` and the step it restored (None for a converted weights folder)."""
     path = os.path.abspath(os.path.expanduser(path))
     if weights.is_weights_folder(path):
         if step is not None and step >= 0:
@@ -134,7 +140,7 @@ def load_checkpoint_variables(path: str, exp: Experiment, step: int | None = Non
         with open(meta_file) as f:
             weights.check_model_size(json.load(f), exp.model, meta_file)
         variables, _ = weights.load_variables(path)
-        return variables
+        return variables, None
     ckpt_dir = checkpoints.checkpoints_dir(path)
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(
@@ -158,7 +164,7 @@ def load_checkpoint_variables(path: str, exp: Experiment, step: int | None = Non
 
     used, state, _ = checkpoints.restore_newest_intact(manager, steps, model=exp.model, expected_tree=expected_tree)
     logging.info("Restored step %d from %s", used, ckpt_dir)
-    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}, int(used)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -196,19 +202,37 @@ def extract_test_features(
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """``--mode=eval``: evaluates ``init_checkpoint`` (converted or trained) without training."""
+    """``--mode=eval``: evaluates ``init_checkpoint`` (converted or trained) without training; returns its metrics with
+    the ``checkpoint`` and ``step`` used, written to ``WORKDIR/eval_results/`` (:func:`eval_record_path`)."""
     if not config.init_checkpoint:
         raise ValueError("--mode=eval needs --config.init_checkpoint=DIR (a converted weights folder or a workdir).")
     config_check.check_config(config)
     exp = setup_experiment(config)
-    variables = load_checkpoint_variables(config.init_checkpoint, exp, step=_init_step(config))
+    variables, step = load_checkpoint(config.init_checkpoint, exp, step=_init_step(config))
     results = run_evaluation(exp, variables)
-    os.makedirs(workdir, exist_ok=True)
-    write_results(workdir, results)
-    with MetricsLogger(workdir, enabled=jax.process_index() == 0) as logger:
-        logger.write("eval", 0, results)
-    logging.info("Evaluation of %s: %s", config.init_checkpoint, evaluate.summarize(results))
-    return results
+    record = dict(results, checkpoint=os.path.abspath(os.path.expanduser(config.init_checkpoint)), step=step)
+    path = write_eval_record(workdir, record)
+    logging.info("Evaluation of %s: %s (%s)", config.init_checkpoint, evaluate.summarize(results), path)
+    return record
+
+
+def eval_record_path(workdir: str, step: int | None) -> str:
+    """Where ``--mode=eval`` writes: ``WORKDIR/eval_results/step_<N>.json`` for a training checkpoint's step ``N``,
+    ``eval_results/weights.json`` for a converted weights folder; never the training's ``results.json``."""
+    return os.path.join(workdir, EVAL_RESULTS_DIR, "weights.json" if step is None else f"step_{step}.json")
+
+
+def write_eval_record(workdir: str, record: Mapping[str, Any]) -> str:
+    """Writes an evaluation's results with the ``checkpoint`` and ``step`` they are of (atomically: a kill leaves the
+    old record or the new one) at :func:`eval_record_path`; returns the path."""
+    path = eval_record_path(workdir, record["step"])
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(jsonable(record), f, indent=1)
+        os.replace(tmp, path)
+    return path
 
 
 def evaluate_untrained(
@@ -226,6 +250,8 @@ def evaluate_untrained(
 
 
 # ---------------------------------------------------------------------------------------------------- records
+
+EVAL_RESULTS_DIR = "eval_results"
 
 
 def write_results(workdir: str, results: Mapping[str, Any], name: str = "results.json") -> str:

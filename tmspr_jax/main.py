@@ -6,6 +6,7 @@ a small ViT trained on it, and the metrics of the untrained and the trained mode
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -19,7 +20,9 @@ from tmspr_jax.utils import one_line_errors
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); the demo when omitted.", lock_config=True
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl, tb/ and results.json go.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, metrics.jsonl, tb/, results.json and eval_results/ go."
+)
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (with periodic evaluation, resumes) or eval only.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of input / config errors.")
 
@@ -79,15 +82,24 @@ def _run(argv: list[str]) -> None:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     check_workdir(workdir)
     logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
+    from tmspr_jax.workdir import WorkdirLock
 
+    # One run per workdir: process 0 holds it for the run's processes (they share it by design).
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        _work(config, workdir)
+
+
+def _work(config, workdir: str) -> None:
     from convert_weights.convert import load_pretrained  # config.model.pretrained may be a PyTorch checkpoint
     from tmspr_jax import evaluate, experiment, train
-    from tmspr_jax.datagen import ensure as setup
+    from tmspr_jax.datagen import ensure
 
-    setup.prepare_for_config(config)
+    ensure.prepare_for_config(config)
     if _MODE.value == "eval":
-        results = experiment.evaluate_only(config, workdir)
-        print(evaluate.summarize(results))
+        record = experiment.evaluate_only(config, workdir)
+        print(evaluate.summarize(record))
+        print(f"Results written to {experiment.eval_record_path(workdir, record['step'])}")
         return
     if config.train.eval_untrained:
         untrained = experiment.evaluate_untrained(config, workdir, load_pretrained=load_pretrained)

@@ -155,7 +155,9 @@ def train_and_evaluate(
         every = config.train.checkpoint_every_steps
         total_steps = sum(epoch_steps(e) for e in range(1, total_epochs + 1))
         with (
-            experiment.MetricsLogger(workdir, enabled=is_main, resume_step=resumed_from) as logger,
+            # Rows after the starting step (0 for a run that had no checkpoint yet: one stopped before its first)
+            # are of steps that run again: dropped, so that no step appears twice.
+            experiment.MetricsLogger(workdir, enabled=is_main, resume_step=first_step) as logger,
             tqdm(
                 total=total_steps, initial=host_step, desc="train", unit="step", disable=not is_main, mininterval=2
             ) as bar,
