@@ -9,8 +9,11 @@ whole query set). A query file that is also in the gallery is left out of its ow
 
 Per query, ``<out>/NNN_<query stem>.png``: the query (grey frame) then its top-k gallery images labelled with rank and
 distance, framed green/red when both names are Market/Duke release names (same/other identity), else blue; and
-``<out>/results.json``: ``[{"query", "results": [{"file", "distance"}, ...]}, ...]`` (gallery files relative to the
-gallery folder).
+``<out>/results.json``: ``[{"query", "strip", "results": [{"file", "distance"}, ...]}, ...]`` (gallery files relative
+to the gallery folder). The strips a ``results.json`` lists are the search's own: a search into a used ``--out`` first
+removes the previous search's (those its ``results.json`` lists) and touches no other file, so the folder never shows
+an earlier search's pictures beside the new results. ``results.json`` is written before the strips, so a search
+stopped midway still lists what it wrote. ``--out`` must be a folder (checked before any work).
 
 The gallery's features are cached beside it (``<gallery>/.tmspr_features/<model key>.npz``, or ``--cache``) and reused
 while the checkpoint's files, the feature settings of the config and the gallery's files (names, sizes, modification
@@ -36,7 +39,7 @@ import ml_collections
 import numpy as np
 
 from tmspr_jax.tools import cli, extract, visualize
-from tmspr_jax.utils import error_message, l2_normalise, read_npz
+from tmspr_jax.utils import check_output_path, error_message, l2_normalise, read_npz
 
 CACHE_DIR = ".tmspr_features"
 NEUTRAL = (60, 110, 200)  # the frame of a result whose identity is unknown
@@ -228,7 +231,10 @@ class GalleryIndex:
 def rank_queries(
     index: GalleryIndex, gallery: Gallery, queries: extract.Images, k: int
 ) -> list[list[tuple[int, float]]]:
-    """Per query, ``[(gallery index, distance), ...]`` of its top ``k``, the query's own file left out."""
+    """Per query, ``[(gallery index, distance), ...]`` of its top ``k``, the query's own file left out; ``k`` >= 1
+    whether or not the queries are in the gallery."""
+    if k < 1:
+        raise ValueError(f"--topk={k}: expected at least 1 gallery image per query")
     where = {os.path.realpath(p): i for i, p in enumerate(gallery.paths)}
     own = [where.get(os.path.realpath(p), -1) for p in queries.paths]
     dist, idx = index.search(queries.features, k + (1 if max(own, default=-1) >= 0 else 0))
@@ -249,7 +255,20 @@ def write_results(
 ) -> list[str]:
     """The PNG strip of every query and ``results.json`` (see module doc); returns the PNG paths."""
     os.makedirs(out_dir, exist_ok=True)
-    pngs, summary = [], []
+    remove_previous_strips(out_dir)
+    names = [f"{n:03d}_{os.path.splitext(os.path.basename(q))[0]}.png" for n, q in enumerate(queries.paths)]
+    summary = [
+        {
+            "query": qpath,
+            "strip": name,
+            "results": [{"file": os.path.relpath(gallery.paths[j], gallery.root), "distance": d} for j, d in results],
+        }
+        for qpath, name, results in zip(queries.paths, names, ranked)
+    ]
+    with open(os.path.join(out_dir, "results.json.tmp"), "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(os.path.join(out_dir, "results.json.tmp"), os.path.join(out_dir, "results.json"))
+    pngs = []
     for n, (qpath, results) in enumerate(zip(queries.paths, ranked)):
         qpid = int(queries.pids[n])
         colours = []
@@ -266,21 +285,30 @@ def write_results(
             labels=labels,
             colours=colours,
         )
-        stem = os.path.splitext(os.path.basename(qpath))[0]
-        png = os.path.join(out_dir, f"{n:03d}_{stem}.png")
+        png = os.path.join(out_dir, names[n])
         strip.save(png)
         pngs.append(png)
-        summary.append(
-            {
-                "query": qpath,
-                "results": [
-                    {"file": os.path.relpath(gallery.paths[j], gallery.root), "distance": d} for j, d in results
-                ],
-            }
-        )
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=1)
     return pngs
+
+
+def remove_previous_strips(out_dir: str) -> list[str]:
+    """Removes the strips the ``results.json`` in ``out_dir`` lists (a previous search's); returns them. Only plain
+    file names of that folder are removed (an entry without ``"strip"`` names ``NNN_<query stem>.png``)."""
+    try:
+        with open(os.path.join(out_dir, "results.json")) as f:
+            entries = json.load(f)
+    except (OSError, ValueError):  # none, or not a search's: nothing is ours to remove
+        return []
+    removed = []
+    for n, e in enumerate(entries if isinstance(entries, list) else []):
+        if not isinstance(e, dict):
+            continue
+        name = str(e.get("strip") or f"{n:03d}_{os.path.splitext(os.path.basename(str(e.get('query', ''))))[0]}.png")
+        path = os.path.join(out_dir, name)
+        if os.path.basename(name) == name and name.endswith(".png") and os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def search_to_dir(
@@ -297,6 +325,7 @@ def search_to_dir(
     batch_size: int = 0,
 ) -> tuple[Gallery, GalleryIndex, Any, list[str]]:
     """The command without its printing: returns the gallery, its index, ``(model, variables)`` and the PNGs."""
+    check_output_path(out_dir, "folder")
     mv = extract.load_model(config, checkpoint)
     g = gallery_features(
         config,
@@ -420,7 +449,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("gallery", "", "Folder, image or list file of the images to search in.")
     flags.DEFINE_string("query", "", "Folder, image or list file of the query images.")
     flags.DEFINE_string("out", "", "Folder for the strips and results.json.")
-    flags.DEFINE_integer("topk", 10, "Gallery images per query.")
+    flags.DEFINE_integer("topk", 10, "Gallery images per query (>= 1).", lower_bound=1)
     flags.DEFINE_string("cache", "", "Gallery features cache file (default: <gallery>/.tmspr_features/<key>.npz).")
     flags.DEFINE_integer("camid", 0, "0-based camera of images whose names are not Market/Duke release names.")
     flags.DEFINE_bool("parse_names", True, "Cameras (and identities) from Market/Duke release names.")
