@@ -7,6 +7,7 @@ Wrappers (``model`` / ``state_dict``) and a DataParallel ``module.`` prefix are 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,7 +77,7 @@ def _read_torch(path: str) -> Mapping[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated files, disallowed globals
-        raise CheckpointError(f"{path!r}: torch.load(weights_only=True) failed: {e}") from e
+        raise CheckpointError(_torch_load_error(path, e)) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path!r}: expected a state dict (a mapping), got {type(obj).__name__}")
     return _tensors_to_numpy(obj, path)
@@ -125,3 +126,18 @@ def unwrap(obj: Mapping[str, Any], source: str = "<checkpoint>") -> dict[str, np
     if not state:
         raise CheckpointError(f"{source!r}: the checkpoint holds no tensors")
     return state
+
+
+def _torch_load_error(path: str, e: Exception) -> str:
+    """One line for a ``.pth`` that ``torch.load(weights_only=True)`` refuses. torch's own message advises
+    ``weights_only=False``, which runs code from the file: that advice is not passed on."""
+    text = str(e)
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsafe or "weights_only" in text.lower() or "Weights only load failed" in text:
+        what = f"a pickled {unsafe.group(1)} object" if unsafe else "pickled objects"
+        return (
+            f"{path!r}: holds {what} besides tensors, and loading it would run code from the file. Save only its "
+            "state_dict of tensors (from a copy you trust), or convert its .npz / .safetensors form."
+        )
+    first = " ".join(text.strip().splitlines()[0].split())[:200] if text.strip() else type(e).__name__
+    return f"{path!r}: cannot read as a PyTorch checkpoint ({first})"

@@ -51,3 +51,35 @@ def test_main_uses_the_same_parser():
     out = _run("tmspr_jax.main", "--config=configs/demo.py", "--config.data.no_such_key=1", "--workdir=unused")
     errors = _error_lines(out)
     assert len(errors) == 1 and "config.data has no key 'no_such_key'" in errors[0], out.stderr[-2000:]
+
+
+QUIET_PROBE = """
+import os
+from tmspr_jax.tools import cli
+
+def main():
+    from multiprocessing import shared_memory
+    import numpy as np, orbax.checkpoint as ocp
+    shm = shared_memory.SharedMemory(create=True, size=64)  # left to the resource tracker, as grain's workers do
+    shm.close()
+    with ocp.CheckpointManager(os.path.join(os.environ["PROBE_DIR"], "ckpt")) as m:
+        m.save(1, args=ocp.args.StandardSave({"x": np.zeros(3)}))
+
+cli.run(main)
+"""
+
+
+def test_library_chatter_is_quiet_by_default_and_shown_with_verbosity(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(QUIET_PROBE)
+
+    def run(*args: str) -> str:
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PROBE_DIR=str(tmp_path / ("v" if args else "q")))
+        out = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stderr
+
+    quiet = run()
+    assert "leaked shared_memory" not in quiet and "orbax" not in quiet, quiet
+    verbose = run("--verbosity=1")
+    assert "leaked shared_memory" in verbose and "orbax" in verbose, verbose

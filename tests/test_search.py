@@ -127,6 +127,26 @@ def test_command_line_search_and_benchmark(tiny, tmp_path):
     r = subprocess.run(
         cmd[:-5] + [f"--gallery={tmp_path / 'none'}", "--query=x.jpg", "--out=o"],
         capture_output=True,
+
+
+def test_topk_below_one_is_refused_whether_or_not_the_queries_are_in_the_gallery(tmp_path):
+    feats = np.eye(3, 4, dtype=np.float32)
+    index = search.GalleryIndex(feats)
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(3)]
+    gallery = search.Gallery(feats, np.arange(3), np.zeros(3, np.int64), paths, str(tmp_path), False)
+    for query_paths in (paths[:1], [str(tmp_path / "elsewhere.jpg")]):
+        queries = extract.Images(feats[:1], np.zeros(1, np.int64), np.zeros(1, np.int64), query_paths)
+        with pytest.raises(ValueError, match=r"--topk=0: expected at least 1"):
+            search.rank_queries(index, gallery, queries, 0)
+    out = subprocess.run(
+        [sys.executable, "-m", "tmspr_jax.tools.search", "--topk=0", "--benchmark=8"],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert out.returncode == 1 and len(errors) == 1 and "--topk=0" in errors[0], out.stderr
         text=True,
         cwd=tool_data.ROOT,
         timeout=300,

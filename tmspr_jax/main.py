@@ -27,21 +27,7 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (with perio
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of input / config errors.")
 
 
-class _QuietLibraries:
-    """Drops INFO chatter of orbax / grain / tfds (one line per file written) from the absl log; warnings pass."""
-
-    _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
-
-    def filter(self, record) -> bool:
-        import logging as pylogging
-
-        if "did not provide metrics" in str(record.msg):
-            return False  # orbax, for every checkpoint saved between evaluations (they carry no mAP by design)
-        return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in self._NOISY)
-
-
 def main(argv: list[str]) -> None:
-    logging.get_absl_handler().addFilter(_QuietLibraries())
     # User mistakes (a missing dataset, a bad checkpoint, a config value) and a NaN loss (RuntimeError) get one clear
     # line; --traceback shows where.
     from tmspr_jax.train import Preempted

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,6 +55,40 @@ def _unknown_key_message(config_file: str, override: str) -> str:
     return f"{override.split('=', 1)[0]}: cannot be set"
 
 
+class QuietLibraries:
+    """Drops INFO chatter of orbax / grain / tfds (one line per file written) and JAX's backend probing from the absl
+    log; warnings pass."""
+
+    _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/", "/jax/_src/xla_bridge")
+
+    def filter(self, record: Any) -> bool:
+        import logging as pylogging
+
+        if "did not provide metrics" in str(record.msg):
+            return False  # orbax, for every checkpoint saved between evaluations (they carry no mAP by design)
+        return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in self._NOISY)
+
+
+# Python's resource tracker reports the shared memory grain's worker processes leave for it to free at exit, on
+# every run; the tracker frees it. -W reaches the tracker's own process (multiprocessing passes sys.warnoptions on).
+_LEAKED_SHARED_MEMORY = "ignore:resource_tracker:UserWarning"
+
+
+def quiet_libraries(verbosity: int) -> None:
+    """Under ``--verbosity`` 0 (the default) and below: no INFO lines from the libraries (:class:`QuietLibraries`)
+    and no "leaked shared_memory objects" warning at exit; ``--verbosity=1`` shows both."""
+    if verbosity >= 1:
+        return
+    from absl import logging
+
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, QuietLibraries) for f in handler.filters):
+        handler.addFilter(QuietLibraries())
+    if _LEAKED_SHARED_MEMORY not in sys.warnoptions:
+        sys.warnoptions.append(_LEAKED_SHARED_MEMORY)
+        warnings.filterwarnings("ignore", message="resource_tracker:", category=UserWarning)
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
     """absl's flag parsing with one ``error:`` line (exit status 1) for a config mistake instead of a traceback:
     overrides without ``--config``, a missing config file, an unknown key or a bad value.
@@ -86,6 +121,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     except Exception as e:  # a config file that fails to load
         fail(f"--config={config_file}: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
         return []
+    quiet_libraries(flags.FLAGS.verbosity)
     config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
     if hasattr(config, "items"):  # a config file (the demo's settings are fixed and in range)
         try:
