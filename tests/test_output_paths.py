@@ -64,3 +64,12 @@ def test_convert_weights_refuses_a_file_or_a_used_folder_as_out_before_reading(t
         r = subprocess.run(cmd + [f"--config={config}"], cwd=REPO, capture_output=True, text=True, timeout=300)
         assert r.returncode == 1 and r.stderr.startswith("error: --out ") and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_visualize_refuses_a_file_as_out_before_reading_the_features(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "features.npz").write_bytes(b"PK\x03\x04 truncated")
+    cmd = [sys.executable, "-m", "tmspr_jax.tools.visualize", f"--features={tmp_path / 'features.npz'}"]
+    r = subprocess.run(cmd + [f"--out={tmp_path / 'file'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.startswith("error: --out ") and "is a file; expected a folder" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -43,6 +43,7 @@ from PIL import Image, ImageDraw
 
 from tmspr_jax import evaluate
 from tmspr_jax.tools import cli
+from tmspr_jax.utils import check_output_path
 
 MATCH, MISMATCH, QUERY = (40, 170, 60), (210, 40, 40), (90, 90, 90)
 
@@ -451,6 +452,7 @@ def _main() -> None:
         if not f.checkpoint or not f.images:
             raise ValueError("--part_maps needs --checkpoint and --images (a folder, image or list file)")
         out = f.out if f.out.lower().endswith((".png", ".jpg", ".jpeg")) else os.path.join(f.out, "part_maps.png")
+        check_output_path(out, "file")
         path, vis = part_maps_to_file(config, f.checkpoint, f.images, out, num_images=f.num_queries, camid=f.camid)
         print(
             f"part maps of {vis.shape[0]} images written to {path} ({int(vis.sum())} of {vis.size} body parts visible)"
@@ -458,6 +460,7 @@ def _main() -> None:
         return
     if not f.features:
         raise ValueError("--features is required (features.npz from python -m tmspr_jax.tools.extract)")
+    check_output_path(f.out, "folder")
     feats = extract.load_features(f.features)
     if feats["dataset"] != str(config.data.test):
         raise app.UsageError(
