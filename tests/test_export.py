@@ -108,3 +108,13 @@ def test_export_from_a_converted_folder_needs_no_dataset(tmp_path):
     cmd[-3] = f"--checkpoint={tmp_path / 'nothing'}"
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: --checkpoint")
+
+
+def test_a_symbolic_batch_serves_one_image_or_more_and_refuses_none_as_documented():
+    model, variables = _model()
+    exported = ex.export_features_fn(model, variables, IMG)
+    images, camids = _inputs(1)
+    assert exported.call(images, camids).shape[0] == 1
+    with pytest.raises(ValueError, match="'b' = 0"):
+        exported.call(images[:0], camids[:0])
+    assert "every batch of 1 or more" in ex.__doc__

@@ -13,7 +13,8 @@ config's training split is opened for its identity and camera counts). The progr
 to the evaluation feature float32 ``[b, D]``. A program cannot raise, so a camera id outside the camera table
 (``0 <= camid < num_cameras`` in ``<out>.json``) gives a row of NaN instead of the silently clamped row that indexing
 would read; such rows take no part in the batch's part normalisation (``eval.flip`` included; L2-normalise it before
-ranking, as the evaluation does). ``--batch=0`` exports a symbolic batch size: one file serves every batch size. With
+ranking, as the evaluation does). ``--batch=0`` exports a symbolic batch size: one file serves every batch of 1 or more
+(a batch of none is refused by the program's shape check: JAX's symbolic sizes are at least 1). With
 ``model.part_norm='batch'`` (the reference's default) a feature depends on the rest of its batch, as in the reference.
 Anywhere JAX runs, without this package::
 
@@ -246,7 +247,7 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Config of the checkpoint (default: the demo).")
     flags.DEFINE_string("checkpoint", None, "Converted weights folder or training workdir.")
     flags.DEFINE_string("out", None, "Output file (the description goes to <out>.json).")
-    flags.DEFINE_integer("batch", 0, "Batch size of the program; 0 = symbolic (any batch size).")
+    flags.DEFINE_integer("batch", 0, "Batch size of the program; 0 = symbolic (any batch of 1 or more).")
     flags.DEFINE_integer("step", -1, "Step of a training workdir to export; -1 = the best by mAP, else the latest.")
     flags.DEFINE_string("platforms", "", "Comma-separated: cpu, cuda, rocm, tpu (default: the current backend).")
     flags.DEFINE_enum("format", "stablehlo", list(FORMATS), "stablehlo: jax.export; onnx: jax2onnx (extra [onnx]).")
