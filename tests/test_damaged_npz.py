@@ -3,6 +3,7 @@ checkpoint) names a truncated or damaged file in one line instead of passing on 
 
 from __future__ import annotations
 
+import json
 import os
 import types
 
@@ -46,7 +47,7 @@ def test_read_npz_names_a_damaged_file(tmp_path, damage):
     with pytest.raises(DamagedFileError) as e:
         read_npz(path, what="features file", hint="extract again")
     _one_line(e, path)
-    assert "features file" in str(e.value) and str(e.value).endswith("extract again")
+    assert "features file" in str(e.value) and str(e.value).endswith(". Extract again")
     with pytest.raises(FileNotFoundError):
         read_npz(str(tmp_path / "missing.npz"))
 
@@ -90,8 +91,35 @@ def test_convert_weights_on_a_truncated_npz(tmp_path):
 def test_parser_weights(tmp_path):
     folder = tmp_path / "parser"
     folder.mkdir()
-    (folder / parser_weights.META_FILE).write_text('{"kind": "%s"}' % parser_weights.KIND)
+    (folder / parser_weights.META_FILE).write_text(json.dumps({"kind": parser_weights.KIND}))
     path = _truncated(os.path.join(folder, parser_weights.VARIABLES_FILE))
     with pytest.raises(DamagedFileError) as e:
         parser_weights.load_parser(str(folder))
     _one_line(e, path)
+
+
+def test_a_damaged_default_targets_file_is_made_again_a_given_one_is_named(tmp_path, caplog):
+    import logging
+
+    import tiny
+    from tmspr_jax.datagen import ensure
+    from tmspr_jax.utils import patch_grid
+
+    c = tiny.run_config(str(tmp_path))
+    ensure.prepare_for_config(c)
+    grid = patch_grid(c.img_size, c.model.patch_size, c.model.stride)
+    ensure.ensure_parsing_targets(c, grid)
+    path = parsing.default_path(c.data.data_dir, c.data.train, grid)
+    want = read_npz(path)["targets"]
+    given = tmp_path / "given.npz"
+    data = open(path, "rb").read()
+    for p in (path, given):
+        with open(p, "wb") as f:
+            f.write(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING):
+        ensure.ensure_parsing_targets(c, grid)  # the default file is a cache of parsing.maps_dir
+    assert "truncated or damaged: making it again" in caplog.text
+    np.testing.assert_array_equal(read_npz(path)["targets"], want)
+    c.parsing.path = str(given)
+    with pytest.raises(DamagedFileError, match="given.npz: cannot read this parsing-targets file"):
+        ensure.ensure_parsing_targets(c, grid)

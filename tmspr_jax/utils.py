@@ -122,7 +122,8 @@ def read_npz(path: str, *, what: str = ".npz file", hint: str = "", keys: Sequen
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise DamagedFileError(
-            f"{path}: cannot read this {what} ({reason}); it is truncated or damaged" + (f". {hint}" if hint else "")
+            f"{path}: cannot read this {what} ({reason}); it is truncated or damaged"
+            + (f". {hint[:1].upper()}{hint[1:]}" if hint else "")
         ) from None
 
 

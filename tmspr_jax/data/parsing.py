@@ -497,7 +497,8 @@ def _geometry_in(f: Mapping[str, np.ndarray]) -> Geometry | None:
 
 def stored_geometry(path: str) -> Geometry | None:
     """``(img_size, patch, stride)`` the targets in ``path`` were pooled for (None for files without them)."""
-    return _geometry_in(read_npz(path, what="parsing-targets file", hint=_TARGETS_HINT))
+    keys = ("img_size", "patch", "stride")  # not the targets: a truncated file is still found (no central directory)
+    return _geometry_in(read_npz(path, what="parsing-targets file", hint=_TARGETS_HINT, keys=keys))
 
 
 def load_targets(

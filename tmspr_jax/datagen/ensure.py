@@ -20,7 +20,7 @@ from absl import logging
 
 from tmspr_jax.data import parsing, sources
 from tmspr_jax.datagen import synthetic
-from tmspr_jax.utils import pair, patch_grid
+from tmspr_jax.utils import DamagedFileError, pair, patch_grid
 
 
 def ensure_synthetic_dataset(out_dir: str, options: Mapping[str, Any] | None = None) -> bool:
@@ -65,13 +65,20 @@ def ensure_parsing_targets(config: ml_collections.ConfigDict, grid: tuple[int, i
         return
     img_size, patch, stride = geometry = parsing.config_geometry(config)
     if os.path.exists(path):
-        stored = parsing.stored_geometry(path)
-        if cfg.path or stored is None or stored == geometry:
-            return  # up to date, or the user's own file: load_targets checks it
-        # The default file is a cache of maps_dir: made for another image size with the same grid, it is remade.
-        logging.warning(
-            "%s was pooled for img_size %s, patch %s, stride %s: recomputing it for this config.", path, *stored
-        )
+        try:
+            stored = parsing.stored_geometry(path)
+        except DamagedFileError:
+            if cfg.path:  # the user's own file: named, never replaced
+                raise
+            # The default file is a cache of maps_dir (or of the parser): a truncated one is made again.
+            logging.warning("%s is truncated or damaged: making it again from %s.", path, cfg.maps_dir or parser_dir)
+        else:
+            if cfg.path or stored is None or stored == geometry:
+                return  # up to date, or the user's own file: load_targets checks it
+            # The default file is a cache of maps_dir: made for another image size with the same grid, it is remade.
+            logging.warning(
+                "%s was pooled for img_size %s, patch %s, stride %s: recomputing it for this config.", path, *stored
+            )
     split = sources.open_split(
         config.data.train, "train", config.data.data_dir, manual_dir=config.data.manual_dir or None
     )
