@@ -12,6 +12,9 @@ from __future__ import annotations
 import functools
 import io
 import os
+import shutil
+import signal
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,36 +37,83 @@ def _builder_name(name: str) -> str:
     return name.split("/")[0].split(":")[0]
 
 
-def get_builder(name: str, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
-    """The registered builder ``name`` (``'dataset[/config]'``) rooted at ``data_dir``; unknown names are an error."""
+def get_builder(name: str, data_dir: str | os.PathLike, *, camid: str = "") -> tfds.core.DatasetBuilder:
+    """The builder ``name`` (``'dataset[/config]'``, or ``'custom/<name>'``) rooted at ``data_dir``; unknown names are
+    an error. ``camid`` is the custom datasets' ``--camid`` option (read only when they are built)."""
+    if _builder_name(name) == builders.custom.NAME:
+        return builders.custom_builder(name, os.fspath(data_dir), camid=camid)
     if _builder_name(name) not in builders.BUILDERS:
-        raise ValueError(f"Unknown dataset {name!r}; known builders: {sorted(builders.BUILDERS)}.")
+        raise ValueError(f"Unknown dataset {name!r}; known builders: {builders.DATASET_NAMES}.")
     return tfds.builder(name, data_dir=os.fspath(data_dir), file_format="array_record")
 
 
 def prepare_dataset(
-    name: str, data_dir: str | os.PathLike, manual_dir: str | os.PathLike, *, overwrite: bool = False
+    name: str,
+    data_dir: str | os.PathLike,
+    manual_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    camid: str = "",
 ) -> tfds.core.DatasetBuilder:
     """Builds dataset ``name`` from the raw release folder ``manual_dir`` into ``data_dir`` (array_record).
 
-    An already prepared dataset is reused unless ``overwrite``. Layout problems raise
+    An already prepared dataset is reused unless ``overwrite``; a custom dataset prepared from another folder (or with
+    another ``camid``) is refused rather than reused. ``overwrite`` builds the new copy beside the old one and swaps
+    them when it is complete, so an interrupted rebuild leaves the old dataset in place. Layout problems raise
     :class:`~tmspr_jax.data.builders.DatasetLayoutError`, unreadable images
     :class:`~tmspr_jax.data.builders.CorruptImageError`, both naming the offending path.
     """
-    builder = get_builder(name, data_dir)
+    builder = get_builder(name, data_dir, camid=camid)
     if not os.path.isdir(manual_dir):
         raise builders.DatasetLayoutError(
             f"manual_dir {os.fspath(manual_dir)} does not exist or is not a folder. Expected layout for {name}:\n"
             f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
+    prepared = builder.is_prepared()
+    if prepared and overwrite:
+        _rebuild_beside(name, data_dir, manual_dir, camid, os.fspath(builder.data_dir))
+        return get_builder(name, data_dir)
+    if prepared and _builder_name(name) == builders.custom.NAME:
+        md = builder.info.metadata
+        was, now = os.path.realpath(md.get("source_dir", "")), os.path.realpath(manual_dir)
+        if (was, md.get("camid_option", "")) != (now, camid):
+            raise ValueError(
+                f"{name} is already prepared under {data_dir} from {was} (--camid={md.get('camid_option', '')!r}); "
+                f"pass --overwrite to rebuild it from {now} (--camid={camid!r}), or choose another name"
+            )
     mode = tfds.download.GenerateMode
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
             manual_dir=os.fspath(manual_dir),
+            # not prepared: a leftover folder of an interrupted first build is replaced
             download_mode=mode.FORCE_REDOWNLOAD if overwrite else mode.REUSE_DATASET_IF_EXISTS,
         )
     )
     return builder
+
+
+def _rebuild_beside(name: str, data_dir: str | os.PathLike, manual_dir: str | os.PathLike, camid: str, final: str):
+    """Builds ``name`` into a scratch data_dir next to ``final`` (same file system), then swaps the two folders."""
+    scratch = tempfile.mkdtemp(prefix=".rebuild-", dir=os.fspath(data_dir))
+    try:
+        fresh = get_builder(name, scratch, camid=camid)
+        fresh.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=os.fspath(manual_dir), download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+            )
+        )
+        old = f"{final}.old-{os.getpid()}"
+        # Two renames; Ctrl-C and SIGTERM wait until both are done, so the dataset is never missing.
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            os.rename(final, old)
+            os.rename(os.fspath(fresh.data_dir), final)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class ReIDSplit:
@@ -200,7 +250,7 @@ def open_split(
         raise ValueError(f"Dataset {name!r} has no split {split!r}; its splits are {available}.")
     files = sorted(str(f) for f in _split_files(builder, split))
     try:
-        source = tfds.data_source(name, split=split, data_dir=os.fspath(data_dir), download=False)
+        source = builder.as_data_source(split=split)
     except Exception as e:
         raise corrupt_dataset_error(name, split, files, os.fspath(data_dir), f"{type(e).__name__}: {e}") from e
     return ReIDSplit(name, split, source, builder.info.metadata, files=files, data_dir=os.fspath(data_dir))

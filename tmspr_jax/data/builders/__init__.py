@@ -8,6 +8,7 @@ Each builder reads a dataset's own release layout from a manual-download folder 
 from __future__ import annotations
 
 from tmspr_jax.data.builders.base import CorruptImageError, DatasetLayoutError, ReIDBuilder
+from tmspr_jax.data.builders.custom import Custom, CustomConfig, custom_builder
 from tmspr_jax.data.builders.dukemtmc_reid import DukemtmcReid
 from tmspr_jax.data.builders.market1501 import Market1501
 from tmspr_jax.data.builders.msmt17 import Msmt17
@@ -20,10 +21,16 @@ BUILDERS: dict[str, type[ReIDBuilder]] = {
     cls.name: cls
     for cls in (Market1501, DukemtmcReid, OccludedDuke, OccludedReid, PartialReid, Msmt17, SyntheticOccluded)
 }
+# Names a dataset may have: the builders above, and custom/<name> for the user's own folders (not registered with
+# tfds: its configs are named by the user, see builders.custom).
+DATASET_NAMES = [*sorted(BUILDERS), "custom/<name>"]
 
 __all__ = [
     "BUILDERS",
+    "DATASET_NAMES",
     "CorruptImageError",
+    "Custom",
+    "CustomConfig",
     "DatasetLayoutError",
     "DukemtmcReid",
     "Market1501",
@@ -34,4 +41,5 @@ __all__ = [
     "PartialReid",
     "ReIDBuilder",
     "SyntheticOccluded",
+    "custom_builder",
 ]
