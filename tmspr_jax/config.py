@@ -39,6 +39,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # ---------------------------------------------------------------- model (docs/reference.md §2-§8)
     m = c.model = ml_collections.ConfigDict()
+    # MODEL.TRANSFORMER_TYPE, one of tmspr_jax.models.vit.BACKBONES ({vit,deit}_{base,small}_patch16_224_TransReID):
+    # it fixes the shape rules (qkv bias, attention scale); the sizes below must be its own (models.vit.
+    # backbone_settings gives them) or, for small test models, those of none of the four.
+    m.backbone = "vit_base_patch16_224_TransReID"
     m.patch_size = 16
     m.stride = (11, 11)  # MODEL.STRIDE_SIZE (y, x)
     m.embed_dim = 768

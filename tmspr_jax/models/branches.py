@@ -49,10 +49,19 @@ class TransformerHead(nn.Module):
     dtype: Dtype = jnp.float32
     remat: str = "none"  # vit.REMAT_MODES
     attention: str = "auto"  # vit.ATTENTION_IMPLEMENTATIONS
+    qkv_bias: bool = True  # vit.Backbone.qkv_bias
+    attn_scale: float | None = None  # vit.Backbone.attention_scale (None: head_dim ** -0.5)
 
     def setup(self) -> None:
         self.block = block_class(self.remat)(
-            self.dim, self.num_heads, self.mlp_ratio, self.drop_path, self.dtype, self.attention
+            self.dim,
+            self.num_heads,
+            self.mlp_ratio,
+            self.drop_path,
+            self.dtype,
+            self.attention,
+            self.qkv_bias,
+            self.attn_scale,
         )
         self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
 

@@ -42,9 +42,12 @@ from tmspr_jax.models.branches import (
 )
 from tmspr_jax.models.outputs import TrainOutputs
 from tmspr_jax.models.vit import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
     POS_EMBED_INITS,
     REMAT_MODES,
     VisionTransformer,
+    backbone,
     compute_dtype,
     drop_path_rates,
     patch_grid,
@@ -100,10 +103,20 @@ class TMSPR(nn.Module):
     multi_view: bool = True  # the four training views (False: the based view only)
     perception: bool = True  # HSPM: part head, part features, segmentation loss
     recovery: bool = True  # HSRM: recovered-part feature, reconstruction loss (needs perception)
+    backbone_type: str = DEFAULT_BACKBONE  # config.model.backbone: vit.BACKBONES (qkv bias, attention scale)
 
     @property
     def grid(self) -> tuple[int, int]:
         return patch_grid(self.img_size, self.patch_size, self.stride)
+
+    @property
+    def qkv_bias(self) -> bool:
+        return backbone(self.backbone_type).qkv_bias
+
+    @property
+    def attn_scale(self) -> float:
+        """The attention scores' scale of every block (the backbone's rule at this width)."""
+        return backbone(self.backbone_type).attention_scale(self.embed_dim, self.num_heads)
 
     @property
     def feature_dim(self) -> int:
@@ -143,6 +156,8 @@ class TMSPR(nn.Module):
             remat=self.remat,
             attention=self.attention,
             pos_embed_init=self.pos_embed_init,
+            qkv_bias=self.qkv_bias,
+            attn_scale=self.attn_scale,
         )
         last_rate = drop_path_rates(self.drop_path, self.depth)[-1]  # b1/b2 copy the last block: rate = drop_path
         head = lambda: TransformerHead(
@@ -153,6 +168,8 @@ class TMSPR(nn.Module):
             self.dtype,
             self.remat,
             self.attention,
+            self.qkv_bias,
+            self.attn_scale,
         )
         self.b1 = head()
         self.b2 = head()
@@ -333,6 +350,22 @@ class TMSPR(nn.Module):
         return part_attention(logits, self.part_norm, valid), visibility(logits)[..., 0]
 
 
+def check_backbone_sizes(m: ml_collections.ConfigDict) -> None:
+    """``model.backbone`` with the sizes of ANOTHER of the reference's backbones (e.g. ``--config.model.backbone=
+    vit_small_patch16_224_TransReID`` on a ViT-B config) is one error naming the keys to set; the backbone's own
+    sizes, or sizes of none of them (small test models), pass."""
+    spec = backbone(str(m.backbone))
+    sizes = lambda b: (int(b.embed_dim), int(b.depth), int(b.num_heads), float(b.mlp_ratio))
+    have, want = sizes(m), sizes(spec)
+    if have != want and any(have == sizes(b) for b in BACKBONES.values()):
+        keys = ("embed_dim", "depth", "num_heads", "mlp_ratio")
+        fix = " ".join(f"--config.model.{k}={w}" for k, h, w in zip(keys, have, want, strict=True) if h != w)
+        raise ValueError(
+            f"config.model.backbone={m.backbone!r} has embed_dim {want[0]}, depth {want[1]}, num_heads {want[2]}, "
+            f"mlp_ratio {want[3]}, but the config has another backbone's sizes {have}: also set {fix}"
+        )
+
+
 def build_model(m: ml_collections.ConfigDict, img_size: Sequence[int], num_classes: int, num_cameras: int) -> TMSPR:
     """Build :class:`TMSPR` from the ``config.model`` node ``m`` (its keys and defaults: tmspr_jax/config.py).
 
@@ -357,6 +390,7 @@ def build_model(m: ml_collections.ConfigDict, img_size: Sequence[int], num_class
     ):
         if m[key] not in allowed:
             raise ValueError(f"config.model.{key}={m[key]!r}: expected one of {allowed}")
+    check_backbone_sizes(m)
     perception, recovery = bool(m.perception), bool(m.recovery)
     if recovery and not perception:
         raise ValueError("config.model.recovery=True needs config.model.perception=True (HSRM recovers HSPM's parts)")
@@ -389,6 +423,7 @@ def build_model(m: ml_collections.ConfigDict, img_size: Sequence[int], num_class
         multi_view=bool(m.multi_view),
         perception=perception,
         recovery=recovery,
+        backbone_type=str(m.backbone),
     )
 
 

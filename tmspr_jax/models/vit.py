@@ -7,6 +7,7 @@ raw residual stream is returned (the last block and the final norm become the mo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +38,67 @@ POS_EMBED_INITS = ("normal", "sincos")
 #   'block': the block's input only; the whole block is recomputed in the backward pass.
 REMAT_MODES = ("none", "dots", "block")
 QKV, ATTN_OUT, MLP_HIDDEN = "qkv", "attn_out", "mlp_hidden"  # checkpoint names of the tensors 'dots' keeps
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """One backbone of the reference's model factory (``MODEL.TRANSFORMER_TYPE``): its sizes and shape rules.
+
+    ``config.model.embed_dim / depth / num_heads / mlp_ratio`` give the sizes (the factory's are below); the rules
+    hold at any size: the qkv projection's bias and the attention scale, ``head_dim ** -0.5`` or, for the old timm
+    ViT-S, ``embed_dim ** -0.5`` (its factory sets ``qk_scale = 768 ** -0.5``, which is that at its width).
+    """
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    qkv_bias: bool = True
+    width_scale: bool = False  # attention scale embed_dim ** -0.5 instead of head_dim ** -0.5
+    imagenet: str = ""  # the ImageNet weights the reference starts it from
+
+    def attention_scale(self, embed_dim: int, num_heads: int) -> float:
+        """The attention scores' scale at width ``embed_dim`` with ``num_heads`` heads."""
+        return float(embed_dim**-0.5 if self.width_scale else (embed_dim // num_heads) ** -0.5)
+
+
+# The reference's four names; deit_base is vit_base's network started from DeiT's weights (the factory maps it to
+# vit_base_patch16_224_TransReID). The reference's T-MSPR heads are hard-coded to width 768, so its deit_small model
+# does not build; here every head is sized from the backbone.
+BACKBONES = {
+    "vit_base_patch16_224_TransReID": Backbone(
+        768, 12, 12, 4.0, imagenet="jx_vit_base_p16_224-80ecf9dd.pth (timm vit_base_patch16_224.orig_in21k_ft_in1k)"
+    ),
+    "deit_base_patch16_224_TransReID": Backbone(
+        768, 12, 12, 4.0, imagenet="deit_base_distilled_patch16_224-df68dfff.pth or deit_base_patch16_224-b5f2ef4d.pth"
+    ),
+    "vit_small_patch16_224_TransReID": Backbone(
+        768, 8, 8, 3.0, qkv_bias=False, width_scale=True, imagenet="vit_small_p16_224-15ec54c9.pth (timm's first ViT-S)"
+    ),
+    "deit_small_patch16_224_TransReID": Backbone(
+        384, 12, 6, 4.0, imagenet="deit_small_distilled_patch16_224-649709d9.pth or deit_small_patch16_224-cd65a155.pth"
+    ),
+}
+DEFAULT_BACKBONE = "vit_base_patch16_224_TransReID"
+
+
+def backbone(name: str) -> Backbone:
+    """The :class:`Backbone` named by ``config.model.backbone``; another name is one error listing the four."""
+    if name not in BACKBONES:
+        raise ValueError(f"model.backbone={name!r}: expected one of {list(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def backbone_settings(name: str) -> dict[str, Any]:
+    """``config.model`` keys for the backbone ``name`` at the reference's sizes: ``c.model.update(...)``."""
+    spec = backbone(name)
+    return dict(
+        backbone=name,
+        embed_dim=spec.embed_dim,
+        depth=spec.depth,
+        num_heads=spec.num_heads,
+        mlp_ratio=spec.mlp_ratio,
+    )
 
 
 def sie_table_rows(num_cameras: int, num_views: int) -> int:
@@ -93,7 +155,8 @@ def drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (bias) laid out as (3, heads, head_dim).
+    """Multi-head self-attention with a fused qkv projection (bias unless ``qkv_bias=False``) laid out as (3, heads,
+    head_dim).
 
     Scores go through :func:`tmspr_jax.models.attention.attend`; the softmax is taken in float32. The qkv projection's
     output and the attention's output are named (``QKV``, ``ATTN_OUT``) for the memory modes' checkpoint policy.
@@ -103,19 +166,26 @@ class Attention(nn.Module):
     num_heads: int
     dtype: Dtype = jnp.float32
     implementation: str = "auto"  # ATTENTION_IMPLEMENTATIONS
+    qkv_bias: bool = True  # False: the old timm ViT-S (Backbone.qkv_bias)
+    scale: float | None = None  # the scores' scale; None: head_dim ** -0.5 (Backbone.attention_scale)
 
     def setup(self) -> None:
         if self.dim % self.num_heads:
             raise ValueError(f"embed_dim {self.dim} is not divisible by num_heads {self.num_heads}")
-        dense = lambda feats: nn.Dense(
+        dense = lambda feats, bias=True: nn.Dense(
             feats,
+            use_bias=bias,
             dtype=self.dtype,
             param_dtype=jnp.float32,
             kernel_init=_normal02,
             bias_init=nn.initializers.zeros,
         )
-        self.qkv = dense(3 * self.dim)
+        self.qkv = dense(3 * self.dim, self.qkv_bias)
         self.proj = dense(self.dim)
+
+    @property
+    def score_scale(self) -> float:
+        return float((self.dim // self.num_heads) ** -0.5 if self.scale is None else self.scale)
 
     def __call__(self, x: jax.Array, key_bias: jax.Array | None = None) -> jax.Array:
         """``key_bias [B, N]`` (optional) is added to every query's attention scores for each key token."""
@@ -124,7 +194,7 @@ class Attention(nn.Module):
         qkv = checkpoint_name(self.qkv(x), QKV).reshape(b, n, 3, self.num_heads, hd)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, hd]
         bias = None if key_bias is None else key_bias.astype(jnp.float32)[:, None, None, :]
-        out = attend(q, k, v, bias, self.dtype, self.implementation)
+        out = attend(q, k, v, bias, self.dtype, self.implementation, self.score_scale)
         return self.proj(checkpoint_name(out.reshape(b, n, d), ATTN_OUT))
 
 
@@ -158,10 +228,12 @@ class Block(nn.Module):
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
     attention: str = "auto"  # ATTENTION_IMPLEMENTATIONS
+    qkv_bias: bool = True
+    scale: float | None = None  # attention scale (None: head_dim ** -0.5)
 
     def setup(self) -> None:
         self.norm1 = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
-        self.attn = Attention(self.dim, self.num_heads, self.dtype, self.attention)
+        self.attn = Attention(self.dim, self.num_heads, self.dtype, self.attention, self.qkv_bias, self.scale)
         self.norm2 = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)
         self.mlp = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype)
 
@@ -209,12 +281,13 @@ class Block(nn.Module):
         # key and value, but only the cls token's query (the only output kept).
         kv = checkpoint_name(jnp.dot(cg, kernel[:, d:].astype(self.dtype)), QKV).reshape(b, n, 2, heads, hd)
         zq = jnp.dot(cg[:, 0], kernel[:, :d].astype(self.dtype)).astype(jnp.float32).reshape(b, heads, hd)
-        c = (ln["bias"] @ kernel + qkv["bias"]).reshape(3, heads, hd)
+        c = ln["bias"] @ kernel + (qkv["bias"] if "bias" in qkv else 0.0)
+        c = c.reshape(3, heads, hd)
         # The cls token's query, per variant (its scale may differ from 1 in general).
         q = r[..., 0, None, None] * zq[None] + c[0]  # [P, B, H, hd]
         qk = jnp.einsum("pbhd,bnhd->pbhn", q.astype(self.dtype), kv[:, :, 0]).astype(jnp.float32)
         qc = jnp.einsum("pbhd,hd->pbh", q, c[1])
-        scores = (r[:, :, None, :] * qk + qc[..., None]) * (hd**-0.5)  # [P, B, H, N]
+        scores = (r[:, :, None, :] * qk + qc[..., None]) * self.attn.score_scale  # [P, B, H, N]
         if key_bias is not None:
             scores = scores + key_bias.astype(jnp.float32)[:, :, None, :]
         probs = jax.nn.softmax(scores, axis=-1)
@@ -271,6 +344,8 @@ class VisionTransformer(nn.Module):
     remat: str = "none"  # one of REMAT_MODES
     attention: str = "auto"  # one of ATTENTION_IMPLEMENTATIONS
     pos_embed_init: str = "normal"  # one of POS_EMBED_INITS
+    qkv_bias: bool = True  # Backbone.qkv_bias
+    attn_scale: float | None = None  # Backbone.attention_scale (None: head_dim ** -0.5)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -308,7 +383,8 @@ class VisionTransformer(nn.Module):
         n_blocks = self.depth - 1 if self.local_feature else self.depth
         cls = block_class(self.remat)
         self.blocks = [
-            cls(d, self.num_heads, self.mlp_ratio, rates[i], self.dtype, self.attention) for i in range(n_blocks)
+            cls(d, self.num_heads, self.mlp_ratio, rates[i], self.dtype, self.attention, self.qkv_bias, self.attn_scale)
+            for i in range(n_blocks)
         ]
         if not self.local_feature:
             self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tmspr_jax.models.vit import drop_path_rates, patch_grid
+from tmspr_jax.models.vit import backbone, drop_path_rates, patch_grid
 
 
 class DropPath(nn.Module):
@@ -32,11 +32,11 @@ class DropPath(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_scale: float | None = None):
         super().__init__()
         self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.scale = qk_scale or (dim // num_heads) ** -0.5  # the reference: qk_scale or head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
@@ -59,10 +59,18 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        drop_path: float,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, qkv_bias, qk_scale)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -85,7 +93,20 @@ class TransReIDBase(nn.Module):
     """The backbone in JPM mode: blocks 0..depth-2, raw residual stream out (no final norm)."""
 
     def __init__(
-        self, img_size, patch, stride, dim, depth, num_heads, mlp_ratio, drop_path, num_cameras, num_views, sie_coe
+        self,
+        img_size,
+        patch,
+        stride,
+        dim,
+        depth,
+        num_heads,
+        mlp_ratio,
+        drop_path,
+        num_cameras,
+        num_views,
+        sie_coe,
+        qkv_bias=True,
+        qk_scale=None,
     ):
         super().__init__()
         gh, gw = patch_grid(img_size, patch, stride)
@@ -100,7 +121,9 @@ class TransReIDBase(nn.Module):
         elif num_views > 1:
             self.sie_embed = nn.Parameter(torch.zeros(num_views, 1, dim))
         dpr = drop_path_rates(drop_path, depth)
-        self.blocks = nn.ModuleList([Block(dim, num_heads, mlp_ratio, dpr[i]) for i in range(depth - 1)])
+        self.blocks = nn.ModuleList(
+            [Block(dim, num_heads, mlp_ratio, dpr[i], qkv_bias, qk_scale) for i in range(depth - 1)]
+        )
 
     def forward(self, x, cam_label, view_label=None):
         b = x.shape[0]
@@ -157,6 +180,8 @@ class TorchTMSPR(nn.Module):
         shuffle_groups: int = 2,
         divide_length: int = 6,
         neck_feat: str = "before",
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
     ):
         super().__init__()
         d = embed_dim
@@ -165,11 +190,24 @@ class TorchTMSPR(nn.Module):
         self.rearrange, self.shift_num, self.shuffle_groups = re_arrange, shift_num, shuffle_groups
         self.divide_length, self.neck_feat = divide_length, neck_feat
         self.base = TransReIDBase(
-            img_size, patch_size, stride, d, depth, num_heads, mlp_ratio, drop_path, num_cameras, num_views, sie_coe
+            img_size,
+            patch_size,
+            stride,
+            d,
+            depth,
+            num_heads,
+            mlp_ratio,
+            drop_path,
+            num_cameras,
+            num_views,
+            sie_coe,
+            qkv_bias,
+            qk_scale,
         )
         last = drop_path_rates(drop_path, depth)[-1]
-        self.b1 = nn.Sequential(Block(d, num_heads, mlp_ratio, last), nn.LayerNorm(d, eps=1e-6))
-        self.b2 = nn.Sequential(Block(d, num_heads, mlp_ratio, last), nn.LayerNorm(d, eps=1e-6))
+        head = lambda: Block(d, num_heads, mlp_ratio, last, qkv_bias, qk_scale)
+        self.b1 = nn.Sequential(head(), nn.LayerNorm(d, eps=1e-6))
+        self.b2 = nn.Sequential(head(), nn.LayerNorm(d, eps=1e-6))
         self.linear_layer = nn.Linear(d, 6, bias=False)
         for name in (
             "classifier",
@@ -333,17 +371,32 @@ class TorchTransReID(nn.Module):
         shuffle_groups: int = 2,
         divide_length: int = 4,
         neck_feat: str = "before",
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
     ):
         super().__init__()
         d = embed_dim
         self.rearrange, self.shift_num, self.shuffle_groups = re_arrange, shift_num, shuffle_groups
         self.divide_length, self.neck_feat = divide_length, neck_feat
         self.base = TransReIDBase(
-            img_size, patch_size, stride, d, depth, num_heads, mlp_ratio, drop_path, num_cameras, num_views, sie_coe
+            img_size,
+            patch_size,
+            stride,
+            d,
+            depth,
+            num_heads,
+            mlp_ratio,
+            drop_path,
+            num_cameras,
+            num_views,
+            sie_coe,
+            qkv_bias,
+            qk_scale,
         )
         last = drop_path_rates(drop_path, depth)[-1]
-        self.b1 = nn.Sequential(Block(d, num_heads, mlp_ratio, last), nn.LayerNorm(d, eps=1e-6))
-        self.b2 = nn.Sequential(Block(d, num_heads, mlp_ratio, last), nn.LayerNorm(d, eps=1e-6))
+        head = lambda: Block(d, num_heads, mlp_ratio, last, qkv_bias, qk_scale)
+        self.b1 = nn.Sequential(head(), nn.LayerNorm(d, eps=1e-6))
+        self.b2 = nn.Sequential(head(), nn.LayerNorm(d, eps=1e-6))
         for name in ("classifier", "classifier_1", "classifier_2", "classifier_3", "classifier_4"):
             setattr(self, name, nn.Linear(d, num_classes, bias=False))
         for name in ("bottleneck", "bottleneck_1", "bottleneck_2", "bottleneck_3", "bottleneck_4"):
@@ -391,6 +444,8 @@ def build_torch_model(
             f"multi_view, perception, recovery = {on}"
         )
     cls = TorchTMSPR if all(on) else TorchTransReID
+    spec = backbone(str(model_cfg.backbone))
+    d = int(model_cfg.embed_dim)
     return cls(
         num_classes=int(num_classes),
         img_size=tuple(int(s) for s in img_size),
@@ -409,6 +464,9 @@ def build_torch_model(
         shuffle_groups=int(model_cfg.shuffle_groups),
         divide_length=int(model_cfg.divide_length),
         neck_feat=str(model_cfg.neck_feat),
+        qkv_bias=spec.qkv_bias,
+        # the factory's qk_scale: 768 ** -0.5 for vit_small (embed_dim ** -0.5 at any width), else head_dim ** -0.5
+        qk_scale=d**-0.5 if spec.width_scale else None,
     )
 
 
