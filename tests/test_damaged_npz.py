@@ -123,3 +123,20 @@ def test_a_damaged_default_targets_file_is_made_again_a_given_one_is_named(tmp_p
     c.parsing.path = str(given)
     with pytest.raises(DamagedFileError, match="given.npz: cannot read this parsing-targets file"):
         ensure.ensure_parsing_targets(c, grid)
+
+
+@pytest.mark.parametrize("ext", [".png", ".npy"])
+def test_a_truncated_parsing_map_is_named(tmp_path, ext):
+    from PIL import Image
+
+    path = str(tmp_path / f"a{ext}")
+    if ext == ".png":
+        Image.fromarray(np.random.default_rng(0).integers(0, 20, (64, 32), dtype=np.uint8), mode="L").save(path)
+    else:
+        np.save(path, np.zeros((64, 32, 20), np.float32))
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(DamagedFileError) as e:
+        parsing.read_map(path)
+    _one_line(e, path)

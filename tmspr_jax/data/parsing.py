@@ -36,7 +36,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from tmspr_jax.utils import pair, patch_grid, read_npz
+from tmspr_jax.utils import DamagedFileError, pair, patch_grid, read_npz
 
 LIP_CLASSES: tuple[str, ...] = (
     "Background",
@@ -150,17 +150,29 @@ def read_map(path: str) -> np.ndarray:
     """Reads one SCHP output (``.png`` label map or ``.npy`` logits) and merges it: ``[h, w, 6]`` float32."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".png":
-        with Image.open(path) as im:
-            # 'P' (SCHP's palette PNG) and 'L' both store the class index per pixel; converting would turn a
-            # palette into grey levels, so the raw indices are read instead.
-            if im.mode not in ("P", "L", "I", "I;16"):
-                raise ValueError(
-                    f"{path}: expected a single-channel label PNG (mode 'P' or 'L') holding LIP class ids, "
-                    f"got mode {im.mode!r} (a colour visualisation?)"
-                )
-            labels = np.asarray(im).astype(np.int32)
+        try:
+            with Image.open(path) as im:
+                # 'P' (SCHP's palette PNG) and 'L' both store the class index per pixel; converting would turn a
+                # palette into grey levels, so the raw indices are read instead.
+                if im.mode not in ("P", "L", "I", "I;16"):
+                    raise ValueError(
+                        f"{path}: expected a single-channel label PNG (mode 'P' or 'L') holding LIP class ids, "
+                        f"got mode {im.mode!r} (a colour visualisation?)"
+                    )
+                labels = np.asarray(im).astype(np.int32)
+        except (OSError, SyntaxError) as e:  # PIL: truncated or not an image; its message does not name the file
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise DamagedFileError(
+                f"{path}: cannot read this label map ({e}); the file is truncated or damaged"
+            ) from None
     elif ext == ".npy":
-        labels = np.load(path, allow_pickle=False)
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except (EOFError, ValueError) as e:  # truncated: numpy's message does not name the file
+            raise DamagedFileError(
+                f"{path}: cannot read these logits ({e}); the file is truncated or damaged"
+            ) from None
     else:
         raise ValueError(f"{path}: expected a .png label map or a .npy logits file")
     try:
