@@ -117,9 +117,12 @@ def _from_folder(
     kind = meta.get("kind")
     if kind not in KINDS:
         raise WeightsError(f"{path}/{META_FILE}: kind={kind!r}, expected one of {KINDS}")
-    # Geometry must match whatever the kind: these shapes are never re-initialised.
-    for key in ("embed_dim", "depth", "patch_size", "grid"):
-        if meta.get(key) != want[key]:
+    # Geometry and the backbone's rules must match whatever the kind: these are never re-initialised (folders written
+    # before the rules were recorded lack qkv_bias and attn_scale: ViT-B's, checked by the arrays' shapes).
+    for key in ("embed_dim", "depth", "patch_size", "grid", "qkv_bias", "attn_scale"):
+        if key in ("qkv_bias", "attn_scale") and key not in meta:
+            continue
+        if meta.get(key) != want[key] and not (key == "attn_scale" and abs(meta[key] - want[key]) <= 1e-6 * want[key]):
             hint = (
                 " (re-convert the original checkpoint with this config, or use --resize_pos when converting)"
                 if key == "grid"

@@ -189,8 +189,11 @@ def timm_block_count(state: dict[str, Any]) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def expected_timm_shapes(embed_dim: int, depth: int, patch: int, mlp_hidden: int) -> dict[str, tuple[int, ...] | None]:
-    """Shape of every timm key the converter needs (``pos_embed``: None, its length is checked separately)."""
+def expected_timm_shapes(
+    embed_dim: int, depth: int, patch: int, mlp_hidden: int, qkv_bias: bool = True
+) -> dict[str, tuple[int, ...] | None]:
+    """Shape of every timm key the converter needs (``pos_embed``: None, its length is checked separately); without
+    ``qkv_bias`` (the old timm ViT-S) there is no ``attn.qkv.bias``."""
     d, m = embed_dim, mlp_hidden
     shapes: dict[str, tuple[int, ...] | None] = {
         "cls_token": (1, 1, d),
@@ -214,6 +217,8 @@ def expected_timm_shapes(embed_dim: int, depth: int, patch: int, mlp_hidden: int
         "mlp.fc2.weight": (d, m),
         "mlp.fc2.bias": (d,),
     }
+    if not qkv_bias:
+        del block["attn.qkv.bias"]
     for i in range(depth):
         shapes.update({f"blocks.{i}.{k}": s for k, s in block.items()})
     return shapes
@@ -232,12 +237,14 @@ def timm_to_reference(
     report = ConversionReport(source=source)
     d, depth, patch = int(model.embed_dim), int(model.depth), int(model.patch_size)
     mlp_hidden = int(d * model.mlp_ratio)
+    qkv_bias = bool(model.qkv_bias)
     n_blocks = timm_block_count(state)
     if n_blocks != depth:
         raise CheckpointError(
             f"{source!r}: the checkpoint has {n_blocks} transformer blocks, config.model.depth={depth}; they must match"
+            + backbone_hint(state, n_blocks)
         )
-    expected = expected_timm_shapes(d, depth, patch, mlp_hidden)
+    expected = expected_timm_shapes(d, depth, patch, mlp_hidden, qkv_bias)
     missing = sorted(k for k in expected if k not in state)
     unknown = sorted(k for k in state if k not in expected and k not in _DROPPED)
     wrong = [
@@ -255,7 +262,8 @@ def timm_to_reference(
     if problems:
         raise CheckpointError(
             f"{source!r} is not a ViT with embed_dim={d}, depth={depth}, patch={patch}, "
-            f"mlp hidden={mlp_hidden} in timm naming: " + " | ".join(problems)
+            f"mlp hidden={mlp_hidden}, {'a' if qkv_bias else 'no'} qkv bias (config.model.backbone="
+            f"{model.backbone_type}) in timm naming: " + " | ".join(problems) + backbone_hint(state, n_blocks)
         )
     for k in sorted(state):
         if k in _DROPPED:
@@ -277,6 +285,7 @@ def timm_to_reference(
         )
 
     f32 = lambda k: np.asarray(state[k], np.float32)
+    block_params = [p for p in _BLOCK_PARAMS if qkv_bias or p != "attn.qkv.bias"]
     ref: dict[str, np.ndarray] = {
         "base.cls_token": f32("cls_token"),
         "base.pos_embed": pos.astype(np.float32),
@@ -285,12 +294,12 @@ def timm_to_reference(
         "base.patch_embed.proj.bias": f32("patch_embed.proj.bias"),
     }
     for i in range(depth - 1):
-        for p in _BLOCK_PARAMS:
+        for p in block_params:
             ref[f"base.blocks.{i}.{p}"] = f32(f"blocks.{i}.{p}")
     # b1 and b2 both start as copies of the pretrained last block + final norm; the backbone runs depth-1 blocks.
     last = depth - 1
     for branch in ("b1", "b2"):
-        for p in _BLOCK_PARAMS:
+        for p in block_params:
             ref[f"{branch}.0.{p}"] = f32(f"blocks.{last}.{p}").copy()
         ref[f"{branch}.1.weight"] = f32("norm.weight").copy()
         ref[f"{branch}.1.bias"] = f32("norm.bias").copy()
@@ -305,6 +314,18 @@ def timm_to_reference(
         report.initialise(k, _init_reason(k))
     ref.update(heads)
     return ref, report
+
+
+def backbone_hint(state: dict[str, Any], n_blocks: int) -> str:
+    """Which of the reference's backbones (models.vit.BACKBONES) the file's width, depth and qkv bias are, if any."""
+    from tmspr_jax.models.vit import BACKBONES
+
+    width = int(np.shape(state["cls_token"])[-1]) if "cls_token" in state else -1
+    bias = "blocks.0.attn.qkv.bias" in state
+    names = [n for n, b in BACKBONES.items() if (b.embed_dim, b.depth, b.qkv_bias) == (width, n_blocks, bias)]
+    if not names:
+        return ""
+    return f" (the file is a {' / '.join(names)}: convert it with a config of that model.backbone and its sizes)"
 
 
 def _square_grid(pos: np.ndarray, num_prefix: int, source: str) -> tuple[int, int]:

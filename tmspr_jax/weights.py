@@ -3,6 +3,7 @@
 Layout of a weights folder ``DIR``::
 
     DIR/meta.json      num_classes, num_cameras, img_size, stride, patch_size, embed_dim, depth, num_heads, grid,
+                       backbone, qkv_bias, attn_scale,
                        kind ('imagenet' | 'tmspr' | 'transreid'), source, conversion summary
     DIR/variables/     orbax StandardCheckpointer checkpoint of {'params', 'batch_stats'}
 
@@ -102,6 +103,10 @@ def model_meta(model: Any) -> dict[str, Any]:
         "num_heads": int(model.num_heads),
         "mlp_ratio": float(model.mlp_ratio),
         "grid": [int(g) for g in model.grid],
+        # the backbone's shape rules (models.vit.BACKBONES): a qkv bias or not, the attention scale
+        "backbone": str(model.backbone_type),
+        "qkv_bias": bool(model.qkv_bias),
+        "attn_scale": float(model.attn_scale),
     }
 
 
@@ -112,6 +117,8 @@ SIZE_KEYS = {
     "num_heads": "model.num_heads",
     "mlp_ratio": "model.mlp_ratio",
     "patch_size": "model.patch_size",
+    "qkv_bias": "model.backbone",
+    "attn_scale": "model.backbone",
     "grid": "img_size and model.stride",
     "num_classes": "the identities of data.train",
     "num_cameras": "the cameras of data.train with model.sie_camera",
@@ -136,6 +143,8 @@ def check_model_size(meta: Mapping[str, Any], model: Any, where: str) -> None:
             same = sie_table_rows(int(have or 0), views) == sie_table_rows(want[key], views)
         elif isinstance(want[key], list):
             same = [int(v) for v in have] == want[key]
+        elif key == "attn_scale":  # written through JSON: equal to float rounding
+            same = abs(float(have) - want[key]) <= 1e-6 * want[key]
         else:
             same = float(have) == float(want[key])
         if not same:
