@@ -55,3 +55,17 @@ def test_out_of_the_wrong_kind_is_refused_before_any_work(tmp_path):
         search.search_to_dir(
             demo_config(), str(tmp_path / "none"), str(tmp_path), str(tmp_path), str(tmp_path / "file")
         )
+
+
+@pytest.mark.parametrize("where", ["gallery", "gallery/sub", "query"])
+def test_out_inside_the_gallery_or_query_folder_is_refused(tmp_path, where):
+    _images(tmp_path / "gallery", ["g0.jpg"])
+    _images(tmp_path / "query", ["q0.jpg"])
+    with pytest.raises(ValueError, match=f"is inside --{where.split('/')[0]} "):
+        search.search_to_dir(
+            demo_config(),
+            str(tmp_path / "none"),
+            str(tmp_path / "gallery"),
+            str(tmp_path / "query"),
+            str(tmp_path / where),
+        )

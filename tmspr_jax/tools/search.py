@@ -13,7 +13,8 @@ distance, framed green/red when both names are Market/Duke release names (same/o
 to the gallery folder). The strips a ``results.json`` lists are the search's own: a search into a used ``--out`` first
 removes the previous search's (those its ``results.json`` lists) and touches no other file, so the folder never shows
 an earlier search's pictures beside the new results. ``results.json`` is written before the strips, so a search
-stopped midway still lists what it wrote. ``--out`` must be a folder (checked before any work).
+stopped midway still lists what it wrote. ``--out`` must be a folder outside the gallery and query folders (checked
+before any work).
 
 The gallery's features are cached beside it (``<gallery>/.tmspr_features/<model key>.npz``, or ``--cache``) and reused
 while the checkpoint's files, the feature settings of the config and the gallery's files (names, sizes, modification
@@ -326,6 +327,14 @@ def search_to_dir(
 ) -> tuple[Gallery, GalleryIndex, Any, list[str]]:
     """The command without its printing: returns the gallery, its index, ``(model, variables)`` and the PNGs."""
     check_output_path(out_dir, "folder")
+    out_real = os.path.realpath(out_dir)
+    for flag, spec in (("gallery", gallery), ("query", query)):
+        folder = os.path.realpath(spec)
+        if os.path.isdir(folder) and (out_real == folder or out_real.startswith(folder + os.sep)):
+            raise ValueError(
+                f"--out {out_dir!r} is inside --{flag} {spec!r}: its pictures would be read as {flag} images by the "
+                "next search; give a folder outside it"
+            )
     mv = extract.load_model(config, checkpoint)
     g = gallery_features(
         config,
