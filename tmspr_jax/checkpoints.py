@@ -258,6 +258,10 @@ def check_model_size(
 
 
 def _as_dict(tree: Any) -> Any:
+    """A state tree (or orbax's metadata of one) as nested dicts; an array's metadata (a dataclass with a shape) is a
+    leaf."""
+    if hasattr(tree, "shape"):
+        return tree
     if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
         return {f.name: _as_dict(getattr(tree, f.name)) for f in dataclasses.fields(tree)}
     if isinstance(tree, Mapping):
