@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
+import re
+import shlex
 import shutil
 import signal
 import struct
@@ -205,19 +206,39 @@ def test_resumed_run_logs_no_step_twice(tmp_path, data_root):  # noqa: F811
     assert 3 in starts
 
 
-def test_full_disk_during_an_async_save_stops_the_run_with_one_line(tmp_path, data_root):  # noqa: F811
-    cfg = _config(data_root, eval_period=2)  # epoch 1: a checkpoint but no evaluation
-    workdir = str(tmp_path / "run")
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
-    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))  # the checkpoint's arrays do not fit
-    try:
-        with pytest.raises(checkpoints.CheckpointSaveError, match=r"A checkpoint save in .* failed .*training stopped"):
-            train.train_and_evaluate(cfg, workdir)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
-    assert not os.path.exists(os.path.join(workdir, "results.json"))  # no epoch claimed without its checkpoint
+_FULL_DISK_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+from tiny import train_config
+
+
+def get_config():
+    c = train_config({root!r})
+    c.train.eval_period = 2  # epoch 1: a checkpoint but no evaluation
+    return c
+"""
+
+
+def test_full_disk_during_an_async_save_stops_the_run_with_one_line(tmp_path, data_root):
+    """The file size limit (16 KiB: the checkpoint's arrays do not fit) applies to the run's own process only, not to
+    pytest's capture files or logs; its stderr is a pipe, which the limit does not cover."""
+    config_file = tmp_path / "full_disk.py"
+    config_file.write_text(_FULL_DISK_CONFIG.format(tests=TESTS, root=data_root))
+    workdir = tmp_path / "run"
+    main = shlex.join([sys.executable, "-m", "tmspr_jax.main", f"--config={config_file}", f"--workdir={workdir}"])
+    out = subprocess.run(
+        # SIGXFSZ ignored: a write past the limit fails with EFBIG instead of ending the process
+        ["bash", "-c", f"ulimit -f 16 && trap '' XFSZ && exec {main}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1"),
+    )
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert len(errors) == 1 and re.search(r"A checkpoint save in .* failed .*training stopped", errors[0]), errors
+    assert not os.path.exists(workdir / "results.json")  # no epoch claimed without its checkpoint
 
 
 # ---------------------------------------------------------------------------------------------------- data, export
