@@ -14,13 +14,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 from convert_weights.mapping import reference_to_variables, variables_to_reference
 from convert_weights.readers import CheckpointError, is_weight_file, read_checkpoint
 from convert_weights.timm import is_timm_vit, is_vit_jax, timm_to_reference, vit_jax_to_timm
 from convert_weights.tmspr import BOTTLENECKS, CLASSIFIERS, default_counts, init_heads, sie_rows, tmspr_to_reference
-from tmspr_jax.models import build_model
-from tmspr_jax.weights import KINDS, META_FILE, WeightsError, load_variables, model_meta
+from tmspr_jax.models import build_model, init_variables
+from tmspr_jax.weights import (
+    KINDS,
+    META_FILE,
+    PRETRAINED_HEADS,
+    WeightsError,
+    fine_tune_start,
+    load_variables,
+    model_meta,
+)
 
 MODES = ("timm", "tmspr", "auto")
 
@@ -95,9 +104,18 @@ def load_pretrained(
     ``path``: an ImageNet ViT ``.pth``/``.npz``/``.safetensors`` (converted on the fly, heads initialised from
     ``rng`` as the reference does), a trained T-MSPR/TransReID ``.pth`` (counts checked), or a converted folder. A
     folder of kind ``'imagenet'`` keeps its backbone, b1 and b2 and gets fresh heads for these counts; other kinds
-    must match ``num_classes``, ``num_cameras`` and the grid, else :class:`WeightsError` names both values.
+    must match ``num_classes``, ``num_cameras`` and the grid, else :class:`WeightsError` names both values, unless
+    ``model_cfg.pretrained_heads='reinit'``: then a trained model of other identities or cameras starts a fine-tuning
+    run (:func:`fine_tune`).
     """
     img_size = tuple(int(s) for s in img_size)
+    heads = str(model_cfg.pretrained_heads)
+    if heads not in PRETRAINED_HEADS:
+        raise ValueError(f"config.model.pretrained_heads={heads!r}: expected one of {PRETRAINED_HEADS}")
+    if heads == "reinit" and (os.path.isdir(path) or is_weight_file(path)):
+        trained = fine_tune(path, model_cfg, img_size, int(num_classes), int(num_cameras), rng)
+        if trained is not None:
+            return trained
     if os.path.isdir(path):
         return _from_folder(path, model_cfg, img_size, int(num_classes), int(num_cameras), rng)
     if is_weight_file(path):
@@ -106,6 +124,57 @@ def load_pretrained(
     if not os.path.exists(path):
         raise FileNotFoundError(f"pretrained weights not found: {path!r}")
     raise WeightsError(f"{path!r}: expected a .pth/.npz/.safetensors file or a converted-weights folder")
+
+
+def fine_tune(
+    path: str, model_cfg: Any, img_size: tuple[int, int], num_classes: int, num_cameras: int, rng: jax.Array
+) -> dict | None:
+    """A trained T-MSPR / TransReID model (``.pth`` or converted folder, any identities and cameras) as the start of
+    a run on ``num_classes`` identities and ``num_cameras`` cameras: backbone, b1, b2, part head and BNNecks kept,
+    classifiers (and the SIE table when the cameras differ) re-initialised as the reference initialises them; one
+    line printed saying which. None for ImageNet weights (nothing trained to keep: the ordinary path applies)."""
+    if os.path.isdir(path):
+        variables, meta = load_variables(path)
+        if meta.get("kind") == "imagenet":
+            return None
+        source = build_model(model_cfg, img_size, int(meta["num_classes"]), int(meta["num_cameras"] or 0))
+        _check_geometry(path, meta, model_meta(source))
+    else:
+        variables, meta, _ = convert_file(path, model_cfg, img_size, rng)  # the checkpoint's own counts
+        if meta["kind"] == "imagenet":
+            return None
+    model = build_model(model_cfg, img_size, num_classes, num_cameras)
+    fresh_rng, _ = jax.random.split(rng)
+    fresh = jax.tree_util.tree_map(np.asarray, init_variables(model, fresh_rng))
+    out, kept, reinit = fine_tune_start(variables, fresh, path)
+    necks = sum(k.startswith("bottleneck") for k in kept)
+    sie = ""
+    if "backbone/sie_embed" in reinit:
+        sie = f", SIE camera table ({meta['num_cameras'] or 0} -> {model.num_cameras} cameras)"
+    print(
+        f"Fine-tuning from {path} ({meta['kind']}): kept backbone, b1, b2, "
+        f"{'part head, ' if 'part_head' in kept else ''}{necks} BNNecks; re-initialised "
+        f"{sum(k.startswith('classifier') for k in reinit)} classifiers ({meta['num_classes']} -> {num_classes} "
+        f"identities){sie}",
+        flush=True,
+    )
+    return out
+
+
+def _check_geometry(path: str, meta: dict, want: dict) -> None:
+    """Geometry and the backbone's rules of a converted folder against the config's model: never re-initialised."""
+    for key in ("embed_dim", "depth", "patch_size", "grid", "qkv_bias", "attn_scale"):
+        if key in ("qkv_bias", "attn_scale") and key not in meta:
+            continue  # folders written before the rules were recorded: ViT-B's, checked by the arrays' shapes
+        if meta.get(key) != want[key] and not (key == "attn_scale" and abs(meta[key] - want[key]) <= 1e-6 * want[key]):
+            hint = (
+                " (re-convert the original checkpoint with this config, or use --resize_pos when converting)"
+                if key == "grid"
+                else ""
+            )
+            raise WeightsError(
+                f"{path}/{META_FILE}: {key}={meta.get(key)} but the config needs {key}={want[key]}{hint}"
+            )
 
 
 def _from_folder(
@@ -117,20 +186,7 @@ def _from_folder(
     kind = meta.get("kind")
     if kind not in KINDS:
         raise WeightsError(f"{path}/{META_FILE}: kind={kind!r}, expected one of {KINDS}")
-    # Geometry and the backbone's rules must match whatever the kind: these are never re-initialised (folders written
-    # before the rules were recorded lack qkv_bias and attn_scale: ViT-B's, checked by the arrays' shapes).
-    for key in ("embed_dim", "depth", "patch_size", "grid", "qkv_bias", "attn_scale"):
-        if key in ("qkv_bias", "attn_scale") and key not in meta:
-            continue
-        if meta.get(key) != want[key] and not (key == "attn_scale" and abs(meta[key] - want[key]) <= 1e-6 * want[key]):
-            hint = (
-                " (re-convert the original checkpoint with this config, or use --resize_pos when converting)"
-                if key == "grid"
-                else ""
-            )
-            raise WeightsError(
-                f"{path}/{META_FILE}: {key}={meta.get(key)} but the config needs {key}={want[key]}{hint}"
-            )
+    _check_geometry(path, meta, want)  # whatever the kind
     if kind != "imagenet":
         for key, asked in (("num_classes", num_classes), ("num_cameras", num_cameras)):
             have = meta.get(key)
@@ -139,10 +195,14 @@ def _from_folder(
                 if have_rows != sie_rows(model):
                     raise WeightsError(
                         f"{path}/{META_FILE}: trained with num_cameras={have} but {asked} were asked "
-                        "for (the camera embedding cannot be reused)"
+                        "for (the camera embedding cannot be reused; --config.model.pretrained_heads=reinit "
+                        "re-initialises it)"
                     )
             elif have != asked:
-                raise WeightsError(f"{path}/{META_FILE}: trained with {key}={have} but {key}={asked} was asked for")
+                raise WeightsError(
+                    f"{path}/{META_FILE}: trained with {key}={have} but {key}={asked} was asked for (to fine-tune "
+                    "it on these identities: --config.model.pretrained_heads=reinit)"
+                )
         return variables
     # ImageNet-only folder: keep backbone/b1/b2, re-initialise everything the counts shape.
     ref = variables_to_reference(variables)

@@ -80,6 +80,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.perception = True  # HSPM: part head, part features, segmentation loss (False: no parsing targets needed)
     m.recovery = True  # HSRM: recovered-part feature and reconstruction loss (needs perception)
     m.pretrained = ""  # ImageNet ViT: .pth / .npz / .safetensors / converted orbax folder
+    # A trained T-MSPR / TransReID model as `pretrained` for data of other identities or cameras: 'strict' refuses
+    # it; 'reinit' keeps its backbone, b1/b2, part head and BNNecks and re-initialises the classifiers (and the SIE
+    # camera table when the camera count differs): fine-tuning on new identities (convert_weights.convert.fine_tune).
+    m.pretrained_heads = "strict"
     # Start of the position embedding when it is not loaded: 'normal' (the reference's N(0, 0.02)) or 'sincos'
     # (2-D sine-cosine codes, for training from scratch; see tmspr_jax.models.vit.sincos_embedding).
     m.pos_embed_init = "normal"

@@ -152,3 +152,53 @@ def check_model_size(meta: Mapping[str, Any], model: Any, where: str) -> None:
                 f"{where}: {key}={have} in the checkpoint but {key}={want[key]} for the config "
                 f"(from {source}): a checkpoint of another model size"
             )
+
+
+# What ``config.model.pretrained_heads`` does with a trained model of other identities or cameras (see fine_tune_start)
+PRETRAINED_HEADS = ("strict", "reinit")
+
+
+def fine_tune_start(source: Mapping[str, Any], fresh: Mapping[str, Any], where: str) -> tuple[dict, list, list]:
+    """The variables a fine-tuning run starts from, and what was kept and re-initialised (module names).
+
+    ``source``: a trained model's ``{'params', 'batch_stats'}`` (other identities or cameras); ``fresh``: the new
+    model's initialisation. Kept from ``source``: the backbone, b1, b2, the part head and every BNNeck (parameters
+    and running statistics); from ``fresh``: every classifier (new identities), and the SIE camera table when its
+    rows differ (other cameras). Any other difference is one :class:`WeightsError` naming the parameter.
+    """
+    src, new = source["params"], fresh["params"]
+    extra = sorted(set(src) - set(new))
+    missing = sorted(k for k in set(new) - set(src) if not k.startswith("classifier"))
+    if extra or missing:
+        raise WeightsError(
+            f"{where}: not the same model apart from its classifiers: modules only in the checkpoint {extra}, only in "
+            f"the config's model {missing} (model.multi_view / perception / recovery must match the checkpoint's)"
+        )
+    params: dict[str, Any] = {}
+    kept: list[str] = []
+    reinit: list[str] = []
+    for name, sub in new.items():
+        if name.startswith("classifier"):
+            params[name] = sub
+            reinit.append(name)
+            continue
+        params[name] = dict(src[name])
+        kept.append(name)
+    backbone = params["backbone"]
+    have, want = src["backbone"].get("sie_embed"), new["backbone"].get("sie_embed")
+    if (have is None) != (want is None) or (have is not None and np.shape(have) != np.shape(want)):
+        backbone.pop("sie_embed", None)
+        if want is not None:
+            backbone["sie_embed"] = want
+        reinit.append("backbone/sie_embed")
+    out = {"params": params, "batch_stats": source["batch_stats"]}
+    flat_out = dict(jax.tree_util.tree_flatten_with_path(out)[0])
+    flat_new = dict(jax.tree_util.tree_flatten_with_path({"params": new, "batch_stats": fresh["batch_stats"]})[0])
+    wrong = [
+        f"{jax.tree_util.keystr(k)}: {np.shape(flat_out.get(k))} in the checkpoint, {np.shape(v)} in the model"
+        for k, v in flat_new.items()
+        if k not in flat_out or np.shape(flat_out[k]) != np.shape(v)
+    ]
+    if wrong or len(flat_out) != len(flat_new):
+        raise WeightsError(f"{where}: kept parameters of another shape: {'; '.join(wrong[:3]) or 'other leaves'}")
+    return out, kept, reinit
