@@ -275,7 +275,7 @@ def write_label_maps(raw: Path, maps: Path) -> None:
         Image.fromarray(labels).save(maps / rel)
 
 
-def test_train_evaluate_extract_search_and_sheet_on_a_custom_set(tmp_path):
+def test_train_evaluate_extract_and_sheet_on_a_custom_set(tmp_path):
     raw = make_folders(tmp_path / "raw")
     data_dir = tmp_path / "tfds"
     prepare("shop", raw, data_dir)
@@ -289,6 +289,9 @@ def test_train_evaluate_extract_search_and_sheet_on_a_custom_set(tmp_path):
         "data.data_dir": str(data_dir),
         "parsing.maps_dir": str(tmp_path / "maps"),  # targets made on first use, stored under parsing/custom/shop/
         "train.epochs": 1,
+        "train.max_steps_per_epoch": 1,
+        "eval.max_rank": 5,
+        "eval.bootstrap_samples": 0,
         "model.dtype": "float32",
     }
     cfg = tiny.run_config(str(tmp_path), overrides)

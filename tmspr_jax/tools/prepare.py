@@ -12,7 +12,7 @@ is ``{"train": {"ids", "images", "cameras"} | null, "query": ..., "gallery": ...
 
 After the table come notes on the training images: identities with fewer images than ``--num_instances`` (K of the
 PK sampler, which draws K of their images with replacement) and images under 4 px on a side (kept; as occluders
-their crop is 1 px along a short side, see :func:`tmspr_jax.data.views.covering_view`).
+a side under 4 px gets a 1-px crop, see :func:`tmspr_jax.data.views.covering_view`).
 ``--overwrite`` builds the new copy beside the old one and swaps them when it is complete.
 """
 
@@ -92,7 +92,7 @@ def training_notes(split: sources.ReIDSplit, num_instances: int) -> list[str]:
     if tiny:
         notes.append(
             f"{len(tiny)} training image(s) under {MIN_SIDE} px on a side ({_examples(tiny)}): kept; as occluders of "
-            "the covering view their crop is 1 px along the short side, stretched to the pasted strip"
+            "the covering view a side under 4 px gets a 1-px crop, stretched to the pasted strip"
         )
     return notes
 

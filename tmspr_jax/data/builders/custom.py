@@ -40,6 +40,7 @@ from concurrent import futures
 from pathlib import Path
 
 import tensorflow_datasets as tfds
+from absl import logging
 from PIL import Image
 
 from tmspr_jax.data.builders import base
@@ -346,6 +347,16 @@ class Custom(base.ReIDBuilder, skip_registration=True):
                 "which tells no cameras apart"
             )
         return notes
+
+
+class _NoConfigWarning:
+    """Drops tfds' warning that a config is not one of the class's: every custom set's config is the user's own."""
+
+    def filter(self, record) -> bool:
+        return "Using custom data configuration" not in str(record.msg)
+
+
+logging.get_absl_logger().addFilter(_NoConfigWarning())
 
 
 def custom_builder(name: str, data_dir: str, camid: str = "") -> Custom:
