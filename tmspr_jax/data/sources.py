@@ -1,10 +1,10 @@
-"""Random-access reading of the prepared re-ID datasets (``tfds.data_source`` over array_record, no TensorFlow).
+"""Random-access reading of the prepared re-ID datasets (tfds data sources over array_record, no TensorFlow).
 
 ``open_split('occluded_duke', 'train', data_dir)`` gives a :class:`ReIDSplit`: ``len``, ``split[i]`` -> record
 ``{'image': bytes, 'pid': int, 'camid': int, 'file_name': str}``, and per-split NumPy arrays ``pids`` / ``camids`` /
 ``file_names`` read from the records themselves. Records are in the builders' generation order (sorted file names per
 folder; tfds shuffling is disabled), but labels are always read from the records, never inferred from that order.
-Builder names may carry a config: ``occluded_reid/half``.
+Builder names may carry a config: ``occluded_reid/half``; the user's own sets are ``custom/<name>``.
 """
 
 from __future__ import annotations
