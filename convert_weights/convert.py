@@ -27,6 +27,7 @@ from tmspr_jax.weights import (
     PRETRAINED_HEADS,
     WeightsError,
     fine_tune_start,
+    is_weights_folder,
     load_variables,
     model_meta,
 )
@@ -129,12 +130,13 @@ def load_pretrained(
 def fine_tune(
     path: str, model_cfg: Any, img_size: tuple[int, int], num_classes: int, num_cameras: int, rng: jax.Array
 ) -> dict | None:
-    """A trained T-MSPR / TransReID model (``.pth`` or converted folder, any identities and cameras) as the start of
-    a run on ``num_classes`` identities and ``num_cameras`` cameras: backbone, b1, b2, part head and BNNecks kept,
-    classifiers (and the SIE table when the cameras differ) re-initialised as the reference initialises them; one
-    line printed saying which. None for ImageNet weights (nothing trained to keep: the ordinary path applies)."""
+    """A trained T-MSPR / TransReID model (``.pth``, converted folder or training workdir, any identities and cameras)
+    as the start of a run on ``num_classes`` identities and ``num_cameras`` cameras: backbone, b1, b2, part head and
+    BNNecks kept, classifiers (and the SIE table when the cameras differ) re-initialised as the reference initialises
+    them; one line printed saying which. None for ImageNet weights (nothing trained to keep: the ordinary path
+    applies)."""
     if os.path.isdir(path):
-        variables, meta = load_variables(path)
+        variables, meta = load_variables(path) if is_weights_folder(path) else _trained_workdir(path)
         if meta.get("kind") == "imagenet":
             return None
         source = build_model(model_cfg, img_size, int(meta["num_classes"]), int(meta["num_cameras"] or 0))
@@ -159,6 +161,31 @@ def fine_tune(
         flush=True,
     )
     return out
+
+
+def _trained_workdir(path: str) -> tuple[dict, dict]:
+    """The variables of a training workdir's best checkpoint (else its latest intact one) and the model size saved
+    with it (counts read from the arrays for checkpoints saved without it)."""
+    from tmspr_jax import checkpoints
+
+    ckpt_dir = checkpoints.checkpoints_dir(path)
+    if not os.path.isdir(ckpt_dir):
+        raise WeightsError(
+            f"{path!r}: neither a converted-weights folder (with {META_FILE}) nor a training workdir "
+            "(with checkpoints/)"
+        )
+    manager = checkpoints.make_manager(path, 1, read_only=True)
+    found = checkpoints.restore_newest_intact(manager, checkpoints.candidate_steps(manager, None))
+    if found is None:
+        raise FileNotFoundError(f"No checkpoint in {ckpt_dir}.")
+    step, state, data = found
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    meta = dict(data.get(checkpoints.MODEL_KEY) or {})
+    params = variables["params"]
+    meta.setdefault("num_classes", int(np.shape(params["classifier"]["kernel"])[-1]))
+    meta.setdefault("num_cameras", int(np.shape(params["backbone"].get("sie_embed", np.zeros((0,))))[0]))
+    meta["kind"] = f"training workdir, step {step}"
+    return variables, meta
 
 
 def _check_geometry(path: str, meta: dict, want: dict) -> None:

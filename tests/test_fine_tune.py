@@ -102,8 +102,17 @@ def test_training_runs_from_a_model_of_other_identities(data_root, tmp_path, cap
     folder, _ = _trained_folder(tmp_path, cfg.model)
     cfg.model.pretrained = folder
     cfg.model.pretrained_heads = "reinit"
+    cfg.train.checkpoint_every_steps = 1  # saved after its one step
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(cfg, workdir, load_pretrained=load_pretrained, stop_after_steps=1)
     assert "re-initialised 11 classifiers (5 -> 8 identities)" in capsys.readouterr().out
     rows = [r for r in tiny.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r.get("kind", "train") == "train"]
     assert rows and math.isfinite(rows[0]["loss"])
+    # the run's workdir is itself a trained model to fine-tune from: its newest checkpoint, kept bit-equal
+    step, saved = tiny.latest_variables(workdir)
+    out = load_pretrained(workdir, cfg.model, TINY_IMG, 3, 2, jax.random.key(0))
+    assert f"Fine-tuning from {workdir} (training workdir, step {step}): " in capsys.readouterr().out
+    src = _flat(saved)
+    for k, v in _flat(out).items():
+        if not _is_reinit(k, True):
+            np.testing.assert_array_equal(v, src[k], err_msg=k)
