@@ -16,7 +16,8 @@ MLP = 4 * D
 CONFIG_PATH = os.path.join(os.path.dirname(__file__), "convert_tiny_config.py")
 
 
-def tiny_config():
+def converter_config():
+    """The config of ``CONFIG_PATH`` (what the commands under test read)."""
     from convert_tiny_config import get_config
 
     return get_config()

@@ -7,27 +7,22 @@ import re
 import ml_collections
 import numpy as np
 
+import tiny
 from tmspr_jax.config import get_base_config
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
-    """``config.model`` with the reference defaults, overridden by ``overrides``."""
-    cfg = get_base_config().model
-    for k, v in overrides.items():
-        if k not in cfg:
-            raise KeyError(f"unknown model key {k!r}")
-        cfg[k] = v
-    return cfg
+    """``config.model`` with the reference defaults (ViT-B), overridden by ``overrides``."""
+    return tiny.override(get_base_config().model, overrides)
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    """A tiny T-MSPR: width 64, depth 2, 4 heads, 64x32 images with stride 8 (7x3 = 21 patches)."""
-    base = dict(embed_dim=64, depth=2, num_heads=4, stride=(8, 8), drop_path=0.0)
-    base.update(overrides)
-    return model_config(**base)
+    """The tests' tiny model (``tiny.model_config``) at width 64 with 4 heads and stride 8 on 64x32 images (7x3 = 21
+    patches, enough for every part to win somewhere), no stochastic depth: the parity tests' model."""
+    return tiny.model_config(**{"embed_dim": 64, "num_heads": 4, "stride": (8, 8), "drop_path": 0.0, **overrides})
 
 
-TINY_IMG = (64, 32)
+TINY_IMG = tiny.TINY_IMG
 
 
 def rel_err(a, b) -> float:

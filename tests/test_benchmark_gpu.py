@@ -11,7 +11,7 @@ import sys
 import pytest
 from absl import flags
 
-from tmspr_jax.tools import benchmark_gpu
+from tmspr_jax.tools import benchmark_gpu, benchmark_gpu_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,8 +51,8 @@ def test_goals_read_the_figures():
         "ratios": {"train_bfloat16": 2.5},
         "eval": {},
     }
-    assert list(benchmark_gpu.goals(res).values()) == [True, False, None]
-    assert set(benchmark_gpu.goals(dict(res, settings={"tiny": True})).values()) == {None}
+    assert list(benchmark_gpu_report.goals(res).values()) == [True, False, None]
+    assert set(benchmark_gpu_report.goals(dict(res, settings={"tiny": True})).values()) == {None}
 
 
 def _positive(x) -> bool:

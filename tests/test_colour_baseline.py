@@ -37,7 +37,7 @@ def test_bad_settings_are_named(kwargs, match):
 
 def test_scores_a_generated_split_above_chance(tmp_path):
     from configs import demo
-    from tmspr_jax.datagen import ensure as setup
+    from tmspr_jax.datagen import ensure
 
     c = demo.get_config()
     c.data.data_dir = str(tmp_path / "tfds")
@@ -54,7 +54,7 @@ def test_scores_a_generated_split_above_chance(tmp_path):
         seed=1,
     )
     c.eval.max_rank = 10  # the gallery holds 48 images
-    setup.prepare_for_config(c)
+    ensure.prepare_for_config(c)
     results = cb.evaluate_config(c)
     # 12 identities with 4 gallery images each: random features score about 4/48 mAP; clothes colours do much better.
     assert results["mAP"] > 0.4 and results["rank1"] > 0.4, results

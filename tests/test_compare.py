@@ -312,3 +312,10 @@ def test_user_errors_name_the_file_grid_and_cameras(data, tmp_path):
         compare.run_compare(cfg, ckpt, device="cpu", show_progress=False)
     with pytest.raises(compare.CompareError, match="max_images=-1"):
         compare.open_test_splits(cfg, -1)
+
+
+def test_test_splits_of_a_synthetic_config_keep_its_generation_options(tool_run):
+    cfg, _ = tool_run  # generated with tiny.SYNTHETIC: 6 queries and 18 gallery images, not the demo's set
+    query, gallery = compare.open_test_splits(cfg)
+    assert (len(query), len(gallery)) == (6, 18)
+    assert len(compare.open_test_splits(cfg, max_images=4)[1]) == 4

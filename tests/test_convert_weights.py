@@ -18,9 +18,9 @@ from convert_fixtures import (
     CONFIG_PATH,
     HEADS,
     D,
+    converter_config,
     timm_to_vit_jax_layout,
     timm_vit_state,
-    tiny_config,
     write_all_formats,
 )
 from convert_weights.convert import convert_file
@@ -98,7 +98,7 @@ def formats(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def converted(formats):
-    cfg = tiny_config()
+    cfg = converter_config()
     _, paths = formats
     out = {}
     for fmt, p in paths.items():
@@ -162,7 +162,7 @@ def test_timm_heads_initialised_as_reference(converted):
 
 
 def test_seed_controls_head_init(formats):
-    cfg = tiny_config()
+    cfg = converter_config()
     _, paths = formats
     a = _flat(
         convert_file(
@@ -205,7 +205,7 @@ def test_vit_jax_opt_target_prefix_and_unknown_key():
 
 
 def _model():
-    cfg = tiny_config()
+    cfg = converter_config()
     return build_model(cfg.model, cfg.img_size, NUM_CLASSES, NUM_CAMERAS)
 
 
@@ -278,7 +278,7 @@ def test_npz_converts_with_torch_blocked(formats, converted, tmp_path):
 def _oracle_state(seed: int = 0, stride=(11, 11)) -> dict[str, np.ndarray]:
     from tmspr_jax.oracles.tmspr import build_torch_model, state_dict_numpy
 
-    cfg = tiny_config()
+    cfg = converter_config()
     cfg.model.stride = stride
     torch.manual_seed(seed)
     m = build_torch_model(cfg.model, cfg.img_size, NUM_CLASSES, NUM_CAMERAS)
@@ -364,7 +364,7 @@ def test_transreid_checkpoint_gets_tmspr_heads(tmp_path):
     state = _oracle_state()
     heads = tmspr_only_heads()
     trans = {k: v for k, v in state.items() if k.split(".", 1)[0] not in heads}
-    cfg = tiny_config()
+    cfg = converter_config()
     ref, report, kind, model = tmspr_to_reference(trans, cfg.model, cfg.img_size, jax.random.key(0), source="t.pth")
     assert kind == "transreid"
     assert "linear_layer.weight" in report.initialised and "classifier_cp.weight" in report.initialised
@@ -379,7 +379,7 @@ def test_transreid_checkpoint_gets_tmspr_heads(tmp_path):
 
 
 def test_tmspr_errors(tmp_path):
-    cfg = tiny_config()
+    cfg = converter_config()
     state = _oracle_state()
     # wrong grid: the checkpoint was trained with stride 12 (21x10), the config has stride 11 (22x11)
     s12 = _oracle_state(stride=(12, 12))
@@ -447,7 +447,7 @@ def test_meta_json_is_written(tmp_path, formats):
 
 def test_a_checkpoint_of_another_size_gets_a_short_error():
     """Every tensor of a D=64 checkpoint mismatches a D=32 model: the message shows the first few and a count."""
-    cfg = tiny_config()
+    cfg = converter_config()
     cfg.model.embed_dim = 32
     small = build_model(cfg.model, cfg.img_size, NUM_CLASSES, NUM_CAMERAS)
     with pytest.raises(CheckpointError) as e:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tool_data
+import tiny
 from tmspr_jax.tools import dataset_sheet as ds
 
 PIDS = (1, 2, 5, 7, 11, 60, 61)
@@ -82,7 +82,7 @@ def test_sheet_has_one_tile_per_identity(partial, tmp_path):
         ],
         capture_output=True,
         text=True,
-        cwd=tool_data.ROOT,
+        cwd=tiny.REPO,
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -99,7 +99,7 @@ def test_sheet_has_one_tile_per_identity(partial, tmp_path):
         ],
         capture_output=True,
         text=True,
-        cwd=tool_data.ROOT,
+        cwd=tiny.REPO,
         timeout=300,
     )
     assert r.returncode == 1 and "error: Dataset 'occluded_duke' is not prepared" in r.stderr, r.stderr[-2000:]

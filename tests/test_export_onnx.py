@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-import tool_data
+import tiny
 from configs import demo
 from tmspr_jax import inference, weights
 from tmspr_jax.models import build_model, init_variables
@@ -71,14 +71,14 @@ def test_command_line_onnx_export(tmp_path, monkeypatch):
         sys.executable,
         "-m",
         "tmspr_jax.tools.export",
-        f"--config={tool_data.DEMO}",
-        *tool_data.TINY_MODEL,
+        f"--config={tiny.DEMO}",
+        *tiny.model_flags(),
         "--config.model.neck_feat=after",
         f"--checkpoint={folder}",
         f"--out={out}",
         "--format=onnx",
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tiny.REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads(open(f"{out}.json").read())
     assert info["format"] == "onnx" and info["batch"] == "any" and info["feature_dim"] == 5 * 32

@@ -10,46 +10,21 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo
+import tiny
 from tmspr_jax import evaluate, experiment, weights
-from tmspr_jax.datagen import ensure as setup
+from tmspr_jax.datagen import ensure
 from tmspr_jax.models.tmspr import init_variables
 from tmspr_jax.tools import extract
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(root: str):
-    """The demo config on a small generated set with a depth-2, width-32 model on 64x32 images."""
-    c = demo.get_config()
-    c.img_size = (64, 32)
-    c.data.data_dir = os.path.join(root, "tfds")
-    c.data.manual_dir = os.path.join(root, "synthetic")
-    c.data.synthetic_options = dict(
-        num_train_ids=4,
-        images_per_id=2,
-        num_test_ids=6,
-        queries_per_id=1,
-        gallery_per_id=3,
-        height=64,
-        width=32,
-        num_occluder_images=0,
-        seed=3,
-    )
-    c.data.occluder_dir = ""
-    c.data.test_batch_size = 8
-    c.data.num_workers = 0
-    c.model.embed_dim, c.model.depth, c.model.num_heads = 32, 2, 2
-    c.eval.max_rank = 10
-    return c
+ROOT = tiny.REPO
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A generated dataset and a converted-weights folder of a randomly initialised model for it."""
     root = str(tmp_path_factory.mktemp("extract"))
-    cfg = tiny_config(root)
-    setup.prepare_for_config(cfg)
+    cfg = tiny.run_config(root)  # test batches of 8: several per split
+    ensure.prepare_for_config(cfg)
     exp = experiment.setup_experiment(cfg)
     ckpt = os.path.join(root, "weights")
     weights.save_variables(ckpt, init_variables(exp.model, jax.random.PRNGKey(0)), weights.model_meta(exp.model))
@@ -109,19 +84,7 @@ def test_extracted_features_are_the_evaluations(prepared, tmp_path):
 
 def test_command_line_extract_then_visualize(prepared, tmp_path):
     cfg, ckpt = prepared
-    overrides = [
-        f"--config={os.path.join(ROOT, 'configs', 'demo.py')}",
-        f"--config.data.data_dir={cfg.data.data_dir}",
-        f"--config.data.manual_dir={cfg.data.manual_dir}",
-        "--config.data.synthetic=False",  # prepared by the fixture with its own options: do not regenerate
-        "--config.img_size=(64, 32)",
-        "--config.data.occluder_dir=",
-        "--config.data.num_workers=0",
-        "--config.model.embed_dim=32",
-        "--config.model.depth=2",
-        "--config.model.num_heads=2",
-        "--config.data.test_batch_size=8",
-    ]
+    overrides = tiny.cli_flags(cfg)
     out = tmp_path / "f.npz"
     cmd = [sys.executable, "-m", "tmspr_jax.tools.extract", *overrides, f"--checkpoint={ckpt}", f"--out={out}"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tool_data
+import tiny
 from tmspr_jax import experiment, inference
 from tmspr_jax.tools import extract
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tool_data.shared(tmp_path_factory)
 
 
 def test_list_images_folder_list_file_and_errors(tmp_path):
@@ -75,8 +70,8 @@ def test_images_of_any_mode_become_8bit_rgb_or_are_refused(tmp_path):
         extract.read_image(str(tmp_path / "broken.jpg"))
 
 
-def test_image_features_equal_the_evaluations(tiny, tmp_path):
-    cfg, ckpt = tiny
+def test_image_features_equal_the_evaluations(tool_run, tmp_path):
+    cfg, ckpt = tool_run
     model, variables = extract.load_model(cfg, ckpt)
     exp = experiment.setup_experiment(cfg)
     query, _ = experiment.extract_test_features(exp, variables)  # one batch per split: test_batch_size >= its size
@@ -107,8 +102,8 @@ def test_image_features_equal_the_evaluations(tiny, tmp_path):
         extract.extract_images(model.clone(num_cameras=2), variables, paths, cfg)
 
 
-def test_command_line_images(tiny, tmp_path):
-    cfg, ckpt = tiny
+def test_command_line_images(tool_run, tmp_path):
+    cfg, ckpt = tool_run
     folder = tmp_path / "mine"
     folder.mkdir()
     src = sorted(os.listdir(os.path.join(cfg.data.manual_dir, "query")))[:3]
@@ -120,13 +115,13 @@ def test_command_line_images(tiny, tmp_path):
         sys.executable,
         "-m",
         "tmspr_jax.tools.extract",
-        *tool_data.cli_overrides(cfg),
+        *tiny.cli_flags(cfg),
         f"--checkpoint={ckpt}",
         f"--images={folder}",
         f"--out={out}",
         "--camid=1",
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tiny.REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "3 image features" in r.stdout and "cameras from 0 release names" in r.stdout
     f = extract.load_image_features(str(out))
@@ -135,6 +130,6 @@ def test_command_line_images(tiny, tmp_path):
     assert np.isfinite(f["features"]).all()
 
     (folder / "person_3.jpg").write_bytes(b"garbage")
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tiny.REPO, timeout=300)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and last.startswith(f"error: {folder / 'person_3.jpg'}: not a readable image"), last

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_train import data_root, latest_variables, read_jsonl, tiny_config  # noqa: F401  (data_root: a fixture)
+import tiny
 from tmspr_jax import checkpoints, experiment, train, weights
 from tmspr_jax.data import sources
 from tmspr_jax.models import build_model, init_variables
@@ -30,14 +30,14 @@ TESTS = os.path.join(REPO, "tests")
 
 
 def _config(root: str, **train_overrides):
-    c = tiny_config(root)  # 2 epochs of 2 steps, an evaluation after each
+    c = tiny.train_config(root)  # 2 epochs of 2 steps, an evaluation after each
     for k, v in train_overrides.items():
         c.train[k] = v
     return c
 
 
 @pytest.fixture(scope="module")
-def trained(data_root, tmp_path_factory) -> tuple[str, dict]:  # noqa: F811
+def trained(data_root, tmp_path_factory) -> tuple[str, dict]:
     """A finished run: checkpoints at steps 2 and 4 (both evaluated), and its results."""
     workdir = str(tmp_path_factory.mktemp("trained") / "run")
     results = train.train_and_evaluate(_config(data_root), workdir)
@@ -74,7 +74,7 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_n
     trained,
     tmp_path,
     caplog,
-    data_root,  # noqa: F811
+    data_root,
 ):
     workdir = _copy(trained, tmp_path)
     _damage(os.path.join(workdir, "checkpoints", "4"), "flip")  # same size, other bytes
@@ -84,8 +84,8 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_n
     assert len(warnings) == 1 and os.path.join("checkpoints", "4") in warnings[0] and "using step 2" in warnings[0]
     assert os.path.isdir(os.path.join(workdir, "checkpoints_damaged", "4"))
     # Epoch 2 ran again from step 2, so it ends where the undamaged run ended.
-    step, variables = latest_variables(workdir)
-    _, want = latest_variables(trained[0])
+    step, variables = tiny.latest_variables(workdir)
+    _, want = tiny.latest_variables(trained[0])
     assert step == 4 and results["mAP"] == pytest.approx(trained[1]["mAP"])
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -115,7 +115,7 @@ def test_every_checkpoint_damaged_is_one_error(trained, tmp_path):
     assert "checkpoints/2/state" in str(e.value) and "checkpoints/4/state" in str(e.value)
 
 
-def test_checkpoint_of_another_model_size_is_refused_before_anything_runs(trained, tmp_path, data_root):  # noqa: F811
+def test_checkpoint_of_another_model_size_is_refused_before_anything_runs(trained, tmp_path, data_root):
     cfg = _config(data_root)
     cfg.model.depth = 3
     cfg.init_checkpoint = trained[0]
@@ -145,7 +145,7 @@ def test_checkpoint_of_another_model_size_is_refused_before_anything_runs(traine
 def test_eval_without_an_evaluated_checkpoint_uses_the_latest_and_a_step_can_be_chosen(
     trained,
     tmp_path,
-    data_root,  # noqa: F811
+    data_root,
 ):
     cfg = _config(data_root, eval_period=10)
     stopped = str(tmp_path / "stopped")
@@ -167,7 +167,7 @@ def test_eval_without_an_evaluated_checkpoint_uses_the_latest_and_a_step_can_be_
         experiment.load_checkpoint_variables(trained[0], exp, step=3)
 
 
-def test_finished_run_started_again_returns_its_trained_results(trained, tmp_path, data_root):  # noqa: F811
+def test_finished_run_started_again_returns_its_trained_results(trained, tmp_path, data_root):
     workdir = _copy(trained, tmp_path)
     again = train.train_and_evaluate(_config(data_root), workdir)
     assert again["mAP"] == pytest.approx(trained[1]["mAP"]) and again["epoch"] == 2
@@ -193,12 +193,12 @@ def _tb_events(folder: str) -> list:
     return events
 
 
-def test_resumed_run_logs_no_step_twice(tmp_path, data_root):  # noqa: F811
+def test_resumed_run_logs_no_step_twice(tmp_path, data_root):
     cfg = _config(data_root)
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(cfg, workdir, stop_after_steps=3)  # logged 1, 2, 3; the checkpoint is step 2
     train.train_and_evaluate(cfg, workdir)
-    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    rows = tiny.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4]
     # TensorBoard is told to discard the first run's events after step 2 (its purge mechanism).
@@ -244,7 +244,7 @@ def test_full_disk_during_an_async_save_stops_the_run_with_one_line(tmp_path, da
 # ---------------------------------------------------------------------------------------------------- data, export
 
 
-def test_damaged_prepared_dataset_names_its_files_and_the_prepare_command(tmp_path, data_root):  # noqa: F811
+def test_damaged_prepared_dataset_names_its_files_and_the_prepare_command(tmp_path, data_root):
     tfds_dir = str(tmp_path / "tfds")
     shutil.copytree(os.path.join(data_root, "tfds"), tfds_dir)
     folder = os.path.join(tfds_dir, "synthetic_occluded", "1.0.0")
@@ -259,7 +259,7 @@ def test_damaged_prepared_dataset_names_its_files_and_the_prepare_command(tmp_pa
 
 
 def test_exported_program_gives_nan_rows_for_camera_ids_outside_its_table():
-    cfg = tiny_config("/unused").model
+    cfg = tiny.model_config()
     model = build_model(cfg, (64, 32), num_classes=5, num_cameras=3)
     variables = init_variables(model, jax.random.PRNGKey(0))
     exported = ex.export_features_fn(model, variables, (64, 32))
@@ -276,11 +276,11 @@ def test_exported_program_gives_nan_rows_for_camera_ids_outside_its_table():
 _CONFIG_FILE = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_train import tiny_config
+from tiny import train_config
 
 
 def get_config():
-    c = tiny_config({root!r})
+    c = train_config({root!r})
     c.data.num_workers = 1
     c.train.epochs = 40
     c.train.max_steps_per_epoch = 4
@@ -309,7 +309,7 @@ def _alive(pid: int) -> bool:
 def _start_trainer(tmp_path, root: str) -> tuple[subprocess.Popen, str, list[int]]:
     """Starts ``python -m tmspr_jax.main`` with one grain worker; returns once a step is logged, with the workers.
     Its stderr goes to ``tmp_path/stderr.txt`` (a pipe nobody reads could fill and stall it)."""
-    config_file = tmp_path / "tiny.py"
+    config_file = tmp_path / "tiny_run.py"
     config_file.write_text(_CONFIG_FILE.format(tests=TESTS, root=root))
     workdir = str(tmp_path / "run")
     with open(tmp_path / "stderr.txt", "w") as err:
@@ -339,7 +339,7 @@ def _wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-def test_sigterm_finishes_the_step_saves_and_exits_with_one_line(tmp_path, data_root):  # noqa: F811
+def test_sigterm_finishes_the_step_saves_and_exits_with_one_line(tmp_path, data_root):
     proc, workdir, workers = _start_trainer(tmp_path, data_root)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
@@ -347,13 +347,13 @@ def test_sigterm_finishes_the_step_saves_and_exits_with_one_line(tmp_path, data_
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("Stopped by SIGTERM")]
     assert len(lines) == 1 and "run the same command to resume" in lines[0] and "Traceback" not in err
-    step, _ = latest_variables(workdir)
-    logged = [r["step"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["kind"] == "train"]
+    step, _ = tiny.latest_variables(workdir)
+    logged = [r["step"] for r in tiny.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["kind"] == "train"]
     assert f"after step {step}:" in lines[0] and logged[-1] == step  # every logged step is in the checkpoint
     assert not _wait_gone(workers)
 
 
-def test_grain_workers_never_outlive_a_killed_trainer(tmp_path, data_root):  # noqa: F811
+def test_grain_workers_never_outlive_a_killed_trainer(tmp_path, data_root):
     proc, _, workers = _start_trainer(tmp_path, data_root)
     proc.kill()  # kill -9: no cleanup runs in the trainer
     proc.wait(timeout=60)

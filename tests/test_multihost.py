@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from test_train import data_root, read_jsonl, tiny_config  # noqa: F401  (data_root is a fixture)
+import tiny
 from tmspr_jax import sharding, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,11 +21,11 @@ TESTS = os.path.join(REPO, "tests")
 _CONFIG_FILE = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_train import tiny_config
+from tiny import train_config
 
 
 def get_config():
-    c = tiny_config({root!r})
+    c = train_config({root!r})
     c.train.epochs = 1
     c.train.max_steps_per_epoch = 3
     return c
@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 
 def _config(root: str):
-    c = tiny_config(root)
+    c = tiny.train_config(root)
     c.train.epochs = 1
     c.train.max_steps_per_epoch = 3
     return c
@@ -64,8 +64,8 @@ def test_environment_settings_for_each_launcher():
     assert get({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOB_COMPLETION_INDEX": "0"}) == {}
 
 
-def test_two_processes_on_localhost_give_the_single_process_losses(data_root, tmp_path):  # noqa: F811
-    config_file = tmp_path / "tiny.py"
+def test_two_processes_on_localhost_give_the_single_process_losses(data_root, tmp_path):
+    config_file = tmp_path / "tiny_run.py"
     config_file.write_text(_CONFIG_FILE.format(tests=TESTS, root=data_root))
     two = tmp_path / "two"
     port = _free_port()
@@ -105,7 +105,7 @@ def test_two_processes_on_localhost_give_the_single_process_losses(data_root, tm
     train.train_and_evaluate(_config(data_root), one)
     losses = {}
     for name, workdir in (("one", one), ("two", str(two))):
-        rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        rows = tiny.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
         losses[name] = [r["loss"] for r in rows if r["kind"] == "train"]
     assert len(losses["one"]) == len(losses["two"]) == 3
     # Same global batch, split over two processes: equal up to float32 rounding of the reductions (measured: 3.9e-6

@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tool_data
+import tiny
 from tmspr_jax import evaluate
 from tmspr_jax.config import get_base_config
 from tmspr_jax.tools import extract, search, visualize
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tool_data.shared(tmp_path_factory)
 
 
 def test_index_ranks_as_the_evaluation_distances():
@@ -38,8 +33,8 @@ def test_index_ranks_as_the_evaluation_distances():
         index.search(q[:, :5], 3)
 
 
-def test_search_cache_strips_and_json(tiny, tmp_path):
-    cfg, ckpt = tiny
+def test_search_cache_strips_and_json(tool_run, tmp_path):
+    cfg, ckpt = tool_run
     gallery = tmp_path / "gallery"
     gallery.mkdir()
     src = os.path.join(cfg.data.manual_dir, "bounding_box_test")
@@ -95,15 +90,15 @@ def test_search_cache_strips_and_json(tiny, tmp_path):
     assert len(own) == 1 and first.name not in [x["file"] for x in listed] and len(listed) == 3
 
 
-def test_command_line_search_and_benchmark(tiny, tmp_path):
-    cfg, ckpt = tiny
+def test_command_line_search_and_benchmark(tool_run, tmp_path):
+    cfg, ckpt = tool_run
     gallery = os.path.join(cfg.data.manual_dir, "bounding_box_test")
     query = sorted(os.listdir(os.path.join(cfg.data.manual_dir, "query")))[0]
     cmd = [
         sys.executable,
         "-m",
         "tmspr_jax.tools.search",
-        *tool_data.cli_overrides(cfg),
+        *tiny.cli_flags(cfg),
         f"--checkpoint={ckpt}",
         f"--gallery={gallery}",
         f"--query={os.path.join(cfg.data.manual_dir, 'query', query)}",
@@ -111,7 +106,7 @@ def test_command_line_search_and_benchmark(tiny, tmp_path):
         "--topk=4",
         f"--cache={tmp_path / 'c.npz'}",
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tiny.REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1 queries ranked against 18 gallery images (features extracted and cached)" in r.stdout
     listed = json.loads((tmp_path / "o" / "results.json").read_text())[0]["results"]
@@ -120,13 +115,18 @@ def test_command_line_search_and_benchmark(tiny, tmp_path):
         [sys.executable, "-m", "tmspr_jax.tools.search", "--benchmark=2000", "--benchmark_dim=64"],
         capture_output=True,
         text=True,
-        cwd=tool_data.ROOT,
+        cwd=tiny.REPO,
         timeout=300,
     )
     assert r.returncode == 0 and "gallery 2000 x 64 float32" in r.stdout and "one query:" in r.stdout, r.stderr[-2000:]
     r = subprocess.run(
         cmd[:-5] + [f"--gallery={tmp_path / 'none'}", "--query=x.jpg", "--out=o"],
         capture_output=True,
+        text=True,
+        cwd=tiny.REPO,
+        timeout=300,
+    )
+    assert r.returncode == 1 and "error: --images" in r.stderr.strip().splitlines()[-1]
 
 
 def test_topk_below_one_is_refused_whether_or_not_the_queries_are_in_the_gallery(tmp_path):
@@ -147,8 +147,3 @@ def test_topk_below_one_is_refused_whether_or_not_the_queries_are_in_the_gallery
     )
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert out.returncode == 1 and len(errors) == 1 and "--topk=0" in errors[0], out.stderr
-        text=True,
-        cwd=tool_data.ROOT,
-        timeout=300,
-    )
-    assert r.returncode == 1 and "error: --images" in r.stderr.strip().splitlines()[-1]

@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tool_data
+import tiny
 from tmspr_jax.config import get_base_config
 from tmspr_jax.tools import extract
 from tmspr_jax.tools import visualize as vis
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tool_data.shared(tmp_path_factory)
 
 
 def _features(rng, feats_q, feats_g):
@@ -119,8 +114,8 @@ def test_part_map_picture_frames_and_heat():
         vis.render_part_maps(images, att, visible[:1])
 
 
-def test_part_maps_of_the_model_and_command_lines(tiny, tmp_path):
-    cfg, ckpt = tiny
+def test_part_maps_of_the_model_and_command_lines(tool_run, tmp_path):
+    cfg, ckpt = tool_run
     query = os.path.join(cfg.data.manual_dir, "query")
     out, flags_ = vis.part_maps_to_file(cfg, ckpt, query, str(tmp_path / "pm.png"), num_images=4)
     model, variables = extract.load_model(cfg, ckpt)
@@ -144,14 +139,14 @@ def test_part_maps_of_the_model_and_command_lines(tiny, tmp_path):
         sys.executable,
         "-m",
         "tmspr_jax.tools.visualize",
-        *tool_data.cli_overrides(cfg),
+        *tiny.cli_flags(cfg),
         "--part_maps",
         f"--checkpoint={ckpt}",
         f"--images={query}",
         f"--out={tmp_path / 'pm'}",
         "--num_queries=2",
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tiny.REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "part maps of 2 images" in r.stdout and (tmp_path / "pm" / "part_maps.png").exists()
 
@@ -167,14 +162,14 @@ def test_part_maps_of_the_model_and_command_lines(tiny, tmp_path):
         sys.executable,
         "-m",
         "tmspr_jax.tools.visualize",
-        *tool_data.cli_overrides(cfg)[:4],
+        *tiny.cli_flags(cfg)[:4],
         f"--features={done.path}",
         f"--compare={other}",
         f"--out={tmp_path / 'cmp'}",
         "--topk=5",
         "--num_queries=3",
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tool_data.ROOT, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tiny.REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "3 comparisons (a above b)" in r.stdout
     summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from convert_fixtures import D, timm_to_vit_jax_layout, timm_vit_state, tiny_config
+from convert_fixtures import D, converter_config, timm_to_vit_jax_layout, timm_vit_state
 from convert_weights.convert import convert_file, load_pretrained
 from convert_weights.mapping import variables_to_reference
 from tmspr_jax.weights import WeightsError, is_weights_folder, load_variables, save_variables
@@ -98,7 +98,7 @@ json.dump({{'kind': 'tmspr'}}, open(os.path.join({str(out)!r}, 'meta.json'), 'w'
 
 
 def test_load_pretrained_from_file_and_imagenet_folder(npz_path, tmp_path):
-    cfg = tiny_config()
+    cfg = converter_config()
     direct = load_pretrained(npz_path, cfg.model, cfg.img_size, 6, 4, jax.random.key(0))
     assert direct["params"]["classifier"]["kernel"].shape == (D, 6)
     assert direct["params"]["backbone"]["sie_embed"].shape == (4, 1, D)
@@ -114,7 +114,7 @@ def test_load_pretrained_from_file_and_imagenet_folder(npz_path, tmp_path):
 
 
 def test_load_pretrained_trained_folder_checks_counts_and_grid(npz_path, tmp_path):
-    cfg = tiny_config()
+    cfg = converter_config()
     variables, meta, _ = convert_file(
         npz_path, cfg.model, cfg.img_size, jax.random.key(0), num_classes=6, num_cameras=4
     )
@@ -128,14 +128,14 @@ def test_load_pretrained_trained_folder_checks_counts_and_grid(npz_path, tmp_pat
         load_pretrained(str(tmp_path / "t"), cfg.model, cfg.img_size, 9, 4, jax.random.key(0))
     with pytest.raises(WeightsError, match="num_cameras=4 but 8"):
         load_pretrained(str(tmp_path / "t"), cfg.model, cfg.img_size, 6, 8, jax.random.key(0))
-    cfg12 = tiny_config()
+    cfg12 = converter_config()
     cfg12.model.stride = (12, 12)
     with pytest.raises(WeightsError, match=r"grid=\[22, 11\].*grid=\[21, 10\]"):
         load_pretrained(str(tmp_path / "t"), cfg12.model, cfg12.img_size, 6, 4, jax.random.key(0))
 
 
 def test_load_pretrained_bad_paths(tmp_path):
-    cfg = tiny_config()
+    cfg = converter_config()
     with pytest.raises(FileNotFoundError, match="nope.npz"):
         load_pretrained(str(tmp_path / "nope.npz"), cfg.model, cfg.img_size, 2, 2, jax.random.key(0))
     (tmp_path / "meta.json").write_text(json.dumps({"kind": "x"}))
@@ -151,7 +151,7 @@ def test_training_reads_pretrained_weights_through_the_loader_it_is_given(npz_pa
     from tmspr_jax import experiment
     from tmspr_jax.models import build_model
 
-    cfg = tiny_config()
+    cfg = converter_config()
     cfg.model.pretrained = npz_path
     exp = types.SimpleNamespace(
         config=cfg, model=build_model(cfg.model, cfg.img_size, 6, 4), num_classes=6, num_cameras=4

@@ -80,9 +80,9 @@ def _main() -> None:
     f = flags.FLAGS
     config = cli.config_or_demo(f.config)
     if f.prepare:
-        from tmspr_jax.datagen import ensure as setup
+        from tmspr_jax.datagen import ensure
 
-        setup.prepare_for_config(config)
+        ensure.prepare_for_config(config)
     results = evaluate_config(config, f.stripes, f.bins, f.centre)
     print(
         f"colour-histogram baseline ({f.stripes} stripes x {f.bins**3} colours, central {f.centre:.0%}) on "

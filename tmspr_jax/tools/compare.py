@@ -197,13 +197,13 @@ def open_test_splits(config: ml_collections.ConfigDict, max_images: int = 0) -> 
     """Query and gallery of ``config.data.test`` (built from ``data.manual_dir`` on first use), capped at
     ``max_images`` records each when > 0."""
     from tmspr_jax.data import sources
-    from tmspr_jax.datagen import ensure as setup
+    from tmspr_jax.datagen import ensure
 
     d = config.data
     if max_images < 0:
         raise CompareError(f"--max_images={max_images}: expected >= 0 (0 = all images)")
     if d.synthetic and d.manual_dir:
-        setup.ensure_synthetic_dataset(d.manual_dir)
+        ensure.ensure_synthetic_dataset(d.manual_dir, d.synthetic_options.to_dict())
     try:
         splits = [
             sources.open_split(d.test, s, d.data_dir, manual_dir=d.manual_dir or None) for s in ("query", "gallery")

@@ -125,9 +125,9 @@ def _main() -> None:
     ours = dataset in (str(d.train), str(d.test))
     manual_dir = f.manual_dir or (str(d.manual_dir) if ours and d.manual_dir else "")
     if ours and d.synthetic and manual_dir:
-        from tmspr_jax.datagen import ensure as setup
+        from tmspr_jax.datagen import ensure
 
-        setup.ensure_synthetic_dataset(manual_dir, d.synthetic_options.to_dict())
+        ensure.ensure_synthetic_dataset(manual_dir, d.synthetic_options.to_dict())
     path, stats = sheet_to_file(
         dataset,
         f.split,
