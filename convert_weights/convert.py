@@ -21,10 +21,10 @@ from convert_weights.readers import CheckpointError, is_weight_file, read_checkp
 from convert_weights.timm import is_timm_vit, is_vit_jax, timm_to_reference, vit_jax_to_timm
 from convert_weights.tmspr import BOTTLENECKS, CLASSIFIERS, default_counts, init_heads, sie_rows, tmspr_to_reference
 from tmspr_jax.models import build_model, init_variables
+from tmspr_jax.models.tmspr import PRETRAINED_HEADS
 from tmspr_jax.weights import (
     KINDS,
     META_FILE,
-    PRETRAINED_HEADS,
     WeightsError,
     fine_tune_start,
     is_weights_folder,

@@ -69,8 +69,12 @@ def test_strict_keeps_the_clear_refusal(tmp_path):
     with pytest.raises(weights.WeightsError, match=r"num_classes=5 but num_classes=9 .*pretrained_heads=reinit"):
         load_pretrained(folder, cfg, TINY_IMG, 9, SRC_CAMS, jax.random.key(0))
     cfg.pretrained_heads = "keep"
-    with pytest.raises(ValueError, match=r"pretrained_heads='keep': expected one of \('strict', 'reinit'\)"):
-        load_pretrained(folder, cfg, TINY_IMG, 9, SRC_CAMS, jax.random.key(0))
+    for call in (  # refused when the model is built, before any data is read, and by the loader
+        lambda: build_model(cfg, TINY_IMG, 9, SRC_CAMS),
+        lambda: load_pretrained(folder, cfg, TINY_IMG, 9, SRC_CAMS, jax.random.key(0)),
+    ):
+        with pytest.raises(ValueError, match=r"pretrained_heads='keep': expected one of \('strict', 'reinit'\)"):
+            call()
 
 
 def test_another_model_is_not_fine_tuned(tmp_path):

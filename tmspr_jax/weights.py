@@ -154,10 +154,6 @@ def check_model_size(meta: Mapping[str, Any], model: Any, where: str) -> None:
             )
 
 
-# What ``config.model.pretrained_heads`` does with a trained model of other identities or cameras (see fine_tune_start)
-PRETRAINED_HEADS = ("strict", "reinit")
-
-
 def fine_tune_start(source: Mapping[str, Any], fresh: Mapping[str, Any], where: str) -> tuple[dict, list, list]:
     """The variables a fine-tuning run starts from, and what was kept and re-initialised (module names).
 

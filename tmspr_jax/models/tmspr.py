@@ -350,6 +350,11 @@ class TMSPR(nn.Module):
         return part_attention(logits, self.part_norm, valid), visibility(logits)[..., 0]
 
 
+# What model.pretrained_heads does with a trained model of other identities or cameras: 'strict' refuses it, 'reinit'
+# re-initialises its classifiers (and SIE table) for fine-tuning (tmspr_jax.weights.fine_tune_start).
+PRETRAINED_HEADS = ("strict", "reinit")
+
+
 def check_backbone_sizes(m: ml_collections.ConfigDict) -> None:
     """``model.backbone`` with the sizes of ANOTHER of the reference's backbones (e.g. ``--config.model.backbone=
     vit_small_patch16_224_TransReID`` on a ViT-B config) is one error naming the keys to set; the backbone's own
@@ -387,6 +392,7 @@ def build_model(m: ml_collections.ConfigDict, img_size: Sequence[int], num_class
         ("pos_embed_init", POS_EMBED_INITS),
         ("remat", REMAT_MODES),
         ("attention", ATTENTION_IMPLEMENTATIONS),
+        ("pretrained_heads", PRETRAINED_HEADS),
     ):
         if m[key] not in allowed:
             raise ValueError(f"config.model.{key}={m[key]!r}: expected one of {allowed}")
