@@ -94,9 +94,10 @@ def test_tiny_oracle_parity_per_backbone(name):
     print(f"{name}: eval feature {errs[0]:.1e}, logits {max(errs[1:]):.1e}")
 
 
-def test_memory_modes_keep_the_backbone_rules():
-    """Loss and gradients of every memory mode equal those of no rematerialisation (as tests/test_tmspr.py does for
-    the default backbone), through b1/b2's cls-only path with no qkv bias and the width scale (vit_small's rules)."""
+def test_the_default_memory_mode_keeps_the_backbone_rules():
+    """Loss and gradients of the default memory mode equal those of no rematerialisation (as tests/test_tmspr.py does
+    for the default backbone), through b1/b2's cls-only path with no qkv bias and the width scale (vit_small's rules):
+    the scale reaches softmax_attention's custom backward pass and the residuals 'dots' keeps."""
     name = "vit_small_patch16_224_TransReID"
     cfg = _config(name, drop_path=0.0)
     v = init_variables(build_model(cfg, TINY_IMG, C, CAMS), jax.random.key(3))
@@ -114,11 +115,10 @@ def test_memory_modes_keep_the_backbone_rules():
     la, ga = jax.jit(jax.value_and_grad(lambda p: loss(p, "none")))(v["params"])
     leaves_a = jax.tree_util.tree_leaves(ga)
     scale = max(float(jnp.max(jnp.abs(x))) for x in leaves_a)
-    for mode in ("dots", "block"):
-        lb, gb = jax.jit(jax.value_and_grad(lambda p, mode=mode: loss(p, mode)))(v["params"])
-        assert rel_err(lb, la) < 1e-6
-        for x, y in zip(leaves_a, jax.tree_util.tree_leaves(gb), strict=True):
-            assert float(jnp.max(jnp.abs(y - x))) / max(float(jnp.max(jnp.abs(x))), 1e-3 * scale) < 1e-3
+    lb, gb = jax.jit(jax.value_and_grad(lambda p: loss(p, "dots")))(v["params"])
+    assert rel_err(lb, la) < 1e-6
+    for x, y in zip(leaves_a, jax.tree_util.tree_leaves(gb), strict=True):
+        assert float(jnp.max(jnp.abs(y - x))) / max(float(jnp.max(jnp.abs(x))), 1e-3 * scale) < 1e-3
 
 
 def test_cls_forward_without_qkv_bias_and_with_the_width_scale():
