@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import os
 
+# The test processes run hundreds of different programs: glibc's defaults hand their freed memory back, where
+# hostmem.retain_freed_memory (applied by the commands' flag parsing, which tests call in-process) would hold every
+# process at the largest peak it ever reached. tests/test_hostmem.py sets the switch itself.
+os.environ.setdefault("TMSPR_RETAIN_FREED_MEMORY", "0")
+
 import jax
 import pytest
 

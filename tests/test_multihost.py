@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -26,8 +28,9 @@ from tiny import train_config
 
 def get_config():
     c = train_config({root!r})
-    c.train.epochs = 1
+    c.train.epochs = {epochs}
     c.train.max_steps_per_epoch = 3
+    c.train.eval_period = {epochs}
     return c
 """
 
@@ -64,10 +67,8 @@ def test_environment_settings_for_each_launcher():
     assert get({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOB_COMPLETION_INDEX": "0"}) == {}
 
 
-def test_two_processes_on_localhost_give_the_single_process_losses(data_root, tmp_path):
-    config_file = tmp_path / "tiny_run.py"
-    config_file.write_text(_CONFIG_FILE.format(tests=TESTS, root=data_root))
-    two = tmp_path / "two"
+def _launch_two(config_file, workdir, stderr=None) -> list[subprocess.Popen]:
+    """Two ``python -m tmspr_jax.main`` processes of one job on 127.0.0.1, one CPU device each."""
     port = _free_port()
     procs = []
     for pid in range(2):
@@ -81,14 +82,22 @@ def test_two_processes_on_localhost_give_the_single_process_losses(data_root, tm
         env.pop("XLA_FLAGS", None)  # one CPU device per process
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "tmspr_jax.main", f"--config={config_file}", f"--workdir={two}"],
+                [sys.executable, "-m", "tmspr_jax.main", f"--config={config_file}", f"--workdir={workdir}"],
                 cwd=REPO,
                 env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stdout=subprocess.DEVNULL if stderr else subprocess.PIPE,
+                stderr=stderr[pid] if stderr else subprocess.PIPE,
                 text=True,
             )
         )
+    return procs
+
+
+def test_two_processes_on_localhost_give_the_single_process_losses(data_root, tmp_path):
+    config_file = tmp_path / "tiny_run.py"
+    config_file.write_text(_CONFIG_FILE.format(tests=TESTS, root=data_root, epochs=1))
+    two = tmp_path / "two"
+    procs = _launch_two(config_file, two)
     outs = []
     for p in procs:
         try:
@@ -113,3 +122,40 @@ def test_two_processes_on_localhost_give_the_single_process_losses(data_root, tm
     np.testing.assert_allclose(losses["two"], losses["one"], rtol=1e-5)
     with open(two / "results.json") as f:
         assert 0.0 <= json.load(f)["mAP"] <= 1.0
+
+
+def test_sigterm_to_both_processes_saves_one_step_and_each_exits_with_one_line(data_root, tmp_path):
+    # A scheduler preempting a job signals every process: they agree on a step (orbax's preemption sync point, the
+    # coordination service catching the signal), save it together and exit 143.
+    config_file = tmp_path / "tiny_run.py"
+    config_file.write_text(_CONFIG_FILE.format(tests=TESTS, root=data_root, epochs=40))
+    workdir = tmp_path / "run"
+    errs = [open(tmp_path / f"stderr{i}.txt", "w") for i in range(2)]
+    procs = _launch_two(config_file, workdir, stderr=errs)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 600  # compilation on a busy 2-core machine
+    try:
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            if metrics.exists() and any('"train"' in line for line in open(metrics)):
+                break
+            time.sleep(0.2)
+        assert all(p.poll() is None for p in procs), (tmp_path / "stderr0.txt").read_text()[-3000:]
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for f in errs:
+            f.close()
+    said = []
+    for i, p in enumerate(procs):
+        err = (tmp_path / f"stderr{i}.txt").read_text()
+        assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+        lines = [line for line in err.splitlines() if line.startswith("Stopped by SIGTERM")]
+        assert len(lines) == 1 and "run the same command to resume" in lines[0], err[-3000:]
+        said.append(lines[0].split(":")[0])
+    saved = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]  # a two-device state: not restored
+    assert len(saved) == 1 and said == [f"Stopped by SIGTERM after step {saved[0]}"] * 2  # both name the one step

@@ -71,7 +71,8 @@ def _run(argv: list[str]) -> None:
     from tmspr_jax.workdir import WorkdirLock
 
     # One run per workdir: process 0 holds it for the run's processes (they share it by design).
-    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    single = jax.process_count() == 1  # several: SIGTERM is JAX's coordination service's (train._StopOnSigterm)
+    lock = WorkdirLock(workdir, unwind_on_sigterm=single) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
         _work(config, workdir)
 

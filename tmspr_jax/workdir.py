@@ -38,9 +38,13 @@ class WorkdirLock:
     HEARTBEAT_S = 30.0
     STALE_S = 300.0
 
-    def __init__(self, workdir: str, flag: str = "--workdir"):
+    def __init__(self, workdir: str, flag: str = "--workdir", unwind_on_sigterm: bool = True):
+        """``unwind_on_sigterm``: until the trainer installs its own, a SIGTERM handler that unwinds the process so
+        that the lock is removed. Off in a multi-process job, where JAX's coordination service catches SIGTERM (for
+        the processes' preemption sync point) and a Python handler would take the signal from it."""
         self.workdir = workdir
         self.flag = flag
+        self.unwind_on_sigterm = unwind_on_sigterm
         self.path = os.path.join(workdir, self.FILE)
         self._mine: dict | None = None
         self._stop = threading.Event()
@@ -110,7 +114,7 @@ class WorkdirLock:
         self._thread.start()
         # SIGTERM before the trainer installs its own handler (reading data, compiling) would end the process
         # without unwinding: make it unwind, so that the lock is removed.
-        if threading.current_thread() is threading.main_thread():
+        if self.unwind_on_sigterm and threading.current_thread() is threading.main_thread():
             if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
                 self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
