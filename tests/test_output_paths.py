@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tmspr_jax.config import demo_config
-from tmspr_jax.tools import export, extract
+from tmspr_jax.tools import dataset_sheet, export, extract
 from tmspr_jax.utils import check_output_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,3 +73,20 @@ def test_visualize_refuses_a_file_as_out_before_reading_the_features(tmp_path):
     r = subprocess.run(cmd + [f"--out={tmp_path / 'file'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.startswith("error: --out ") and "is a file; expected a folder" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_sheet_colour_baseline_and_compare_refuse_a_folder_as_out_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="is a folder; expected the path of the file"):  # no such dataset: not opened
+        dataset_sheet.sheet_to_file("no_such_dataset", "query", str(tmp_path / "none"), str(tmp_path))
+    demo = os.path.join(REPO, "configs", "demo.py")
+    missing = f"--config.data.data_dir={tmp_path / 'no_data'}"
+    for cmd, prefix in (
+        (["tmspr_jax.tools.colour_baseline", f"--config={demo}", missing], "error: --out "),
+        (["tmspr_jax.tools.compare", f"--config={demo}", f"--torch_checkpoint={tmp_path}/no.pth"], "compare: error"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", *cmd, f"--out={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        said = r.stderr
+        assert r.returncode == 1 and said.startswith(prefix) and "is a folder; expected the path" in said, said
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -22,6 +22,7 @@ from tmspr_jax import evaluate
 from tmspr_jax.data import sources
 from tmspr_jax.data.views import pil_resize
 from tmspr_jax.tools import cli
+from tmspr_jax.utils import check_output_path
 
 
 def stripe_colour_histograms(images: np.ndarray, stripes: int = 8, bins: int = 4, centre: float = 0.5) -> np.ndarray:
@@ -79,6 +80,8 @@ def _main() -> None:
 
     f = flags.FLAGS
     config = cli.config_or_demo(f.config)
+    if f.out:
+        check_output_path(f.out, "file")  # before any data is read
     if f.prepare:
         from tmspr_jax.datagen import ensure
 

@@ -43,7 +43,7 @@ from ml_collections import config_flags
 
 from tmspr_jax.experiment import eval_model_config
 from tmspr_jax.tools import cli
-from tmspr_jax.utils import USER_ERRORS, error_message, jsonable
+from tmspr_jax.utils import USER_ERRORS, check_output_path, error_message, jsonable
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config of the model and the test dataset (data.test).", lock_config=True
@@ -522,6 +522,8 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
     logging.set_verbosity(logging.WARNING)
     try:
+        if _OUT.value:
+            check_output_path(_OUT.value, "file")  # before the checkpoint is read
         results = run_compare(
             _CONFIG.value,
             _CKPT.value,

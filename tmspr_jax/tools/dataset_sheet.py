@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tmspr_jax.tools import cli
+from tmspr_jax.utils import check_output_path
 
 FRAME = (60, 60, 60)
 
@@ -95,6 +96,7 @@ def sheet_to_file(
     or PNG by extension) and returns the path and the split's counts."""
     from tmspr_jax.data import sources
 
+    check_output_path(out, "file")  # before the split is opened (or built)
     source = sources.open_split(dataset, split, data_dir, manual_dir=manual_dir or None)
     picture = sheet(source, **kwargs)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
