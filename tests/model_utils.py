@@ -65,3 +65,36 @@ def randomize_reference_state(state: dict, seed: int = 0) -> dict:
             out[k] = 0.02 * rng.standard_normal(v.shape)
         out[k] = out[k].astype(v.dtype)
     return out
+
+
+def nchw(x: np.ndarray):
+    """NHWC NumPy images as the oracle's NCHW torch tensor."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+
+
+def parity_errors(model, variables, oracle) -> tuple[float, list[float], list[float], tuple[int, ...]]:
+    """Relative errors of the port against the oracle (same weights) on one random batch of 4 samples x 4 views:
+    the eval feature, each training feature and each training logit (the reference's order); and the eval
+    feature's shape (the two sides' are checked equal)."""
+    import torch
+
+    from tmspr_jax.models import TMSPR
+    from tmspr_jax.models.outputs import reference_order
+
+    rng = np.random.default_rng(3)
+    views = rng.standard_normal((4, 4) + TINY_IMG + (3,)).astype(np.float32)
+    cams = np.array([0, 2, 2, 1], np.int32)
+    with torch.no_grad():
+        oracle.eval()
+        ref_eval = oracle.extract(nchw(views[:, 0]), torch.from_numpy(cams).long()).numpy()
+        oracle.train()
+        scores, feats = oracle(*(nchw(views[:, v]) for v in range(4)), torch.from_numpy(cams).long())
+    got_eval = model.apply(variables, views[:, 0], cams, method=TMSPR.extract)
+    assert got_eval.shape == ref_eval.shape
+    out, _ = model.apply(variables, views, cams, train=True, mutable=["batch_stats"])
+    logits, outs = reference_order(out)
+    features = [rel_err(a, r.numpy()) for a, r in zip(outs, feats, strict=True)]
+    logit_errs = [rel_err(a, r.numpy()) for a, r in zip(logits, scores, strict=True)]
+    return rel_err(got_eval, ref_eval), features, logit_errs, got_eval.shape

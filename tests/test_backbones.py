@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from convert_weights.mapping import reference_to_variables
-from model_utils import TINY_IMG, randomize_reference_state, rel_err, tiny_config
-from tmspr_jax.models import TMSPR, build_model, init_variables
+from model_utils import TINY_IMG, parity_errors, randomize_reference_state, rel_err, tiny_config
+from tmspr_jax.models import build_model, init_variables
 from tmspr_jax.models.outputs import reference_order
 from tmspr_jax.models.vit import BACKBONES, Block, backbone, backbone_settings
 from tmspr_jax.oracles.tmspr import build_torch_model, load_numpy_state, state_dict_numpy
@@ -30,10 +30,6 @@ TINY = {
 
 def _config(name: str, **overrides):
     return tiny_config(backbone=name, **{**TINY[name], **overrides})
-
-
-def _nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
 
 
 def test_the_reference_factory_sizes_and_rules():
@@ -72,25 +68,10 @@ def test_tiny_oracle_parity_per_backbone(name):
     assert (oracle.b1[0].attn.scale != (cfg.embed_dim // cfg.num_heads) ** -0.5) == spec.width_scale
     model = build_model(cfg, TINY_IMG, C, CAMS)
     variables, _ = reference_to_variables(state, model)
-    rng = np.random.default_rng(3)
-    views = rng.standard_normal((4, 4) + TINY_IMG + (3,)).astype(np.float32)
-    cams = np.array([0, 2, 2, 1], np.int32)
-    with torch.no_grad():
-        oracle.eval()
-        ref_eval = oracle.extract(_nchw(views[:, 0]), torch.from_numpy(cams).long()).numpy()
-        oracle.train()
-        scores, feats = oracle(*(_nchw(views[:, v]) for v in range(4)), torch.from_numpy(cams).long())
-    got_eval = model.apply(variables, views[:, 0], cams, method=TMSPR.extract)
-    assert got_eval.shape == ref_eval.shape == (4, 10 * cfg.embed_dim)
-    errs = [rel_err(got_eval, ref_eval)]
-    assert errs[0] <= 1e-5
-    out, _ = model.apply(variables, views, cams, train=True, mutable=["batch_stats"])
-    logits, outs = reference_order(out)
-    for a, r in zip(outs, feats, strict=True):
-        assert rel_err(a, r.numpy()) <= 1e-5
-    for a, r in zip(logits, scores, strict=True):
-        errs.append(rel_err(a, r.numpy()))
-        assert errs[-1] <= 5e-4
+    eval_err, feature_errs, logit_errs, eval_shape = parity_errors(model, variables, oracle)
+    assert eval_shape == (4, 10 * cfg.embed_dim)
+    assert eval_err <= 1e-5 and max(feature_errs) <= 1e-5 and max(logit_errs) <= 5e-4
+    errs = [eval_err, *logit_errs]
     print(f"{name}: eval feature {errs[0]:.1e}, logits {max(errs[1:]):.1e}")
 
 
