@@ -168,17 +168,10 @@ def _trained_workdir(path: str) -> tuple[dict, dict]:
     with it (counts read from the arrays for checkpoints saved without it)."""
     from tmspr_jax import checkpoints
 
-    ckpt_dir = checkpoints.checkpoints_dir(path)
-    if not os.path.isdir(ckpt_dir):
-        raise WeightsError(
-            f"{path!r}: neither a converted-weights folder (with {META_FILE}) nor a training workdir "
-            "(with checkpoints/)"
-        )
-    manager = checkpoints.make_manager(path, 1, read_only=True)
-    found = checkpoints.restore_newest_intact(manager, checkpoints.candidate_steps(manager, None))
-    if found is None:
-        raise FileNotFoundError(f"No checkpoint in {ckpt_dir}.")
-    step, state, data = found
+    try:
+        step, state, data = checkpoints.read_workdir(path, what="model.pretrained")
+    except FileNotFoundError as e:
+        raise WeightsError(str(e)) from None
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     meta = dict(data.get(checkpoints.MODEL_KEY) or {})
     params = variables["params"]

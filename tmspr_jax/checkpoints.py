@@ -405,3 +405,20 @@ def restore_newest_intact(
     if error is not None:
         raise DamagedCheckpointError(f"no intact checkpoint in {manager.directory}: {'; '.join(damaged)}")
     return None
+
+
+def read_workdir(path: str, step: int | None = None, *, what: str = "--checkpoint") -> tuple[int, dict, Any]:
+    """``(step, state, data)`` of a training workdir's checkpoint, read only: ``step`` when given, else the best by
+    mAP, else the latest; a damaged one falls back to the newest intact. A folder without ``checkpoints/`` or without
+    any checkpoint is a FileNotFoundError naming it (``what``: the setting that gave ``path``)."""
+    ckpt_dir = checkpoints_dir(path)
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(
+            f"{what} {path!r} is neither a converted-weights folder (with meta.json) nor a training workdir "
+            "(with a checkpoints/ folder)"
+        )
+    manager = make_manager(path, 1, read_only=True)
+    found = restore_newest_intact(manager, candidate_steps(manager, step))
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
+    return found

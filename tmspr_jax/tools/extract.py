@@ -244,17 +244,7 @@ def _restore_workdir(path: str, step: int | None = None) -> dict:
     checkpoint falls back to the newest intact one, as ``--mode=eval`` does)."""
     from tmspr_jax import checkpoints
 
-    ckpt_dir = checkpoints.checkpoints_dir(path)
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(
-            f"--checkpoint {path!r} is neither a converted weights folder (with meta.json) nor a "
-            "training workdir (with a checkpoints/ folder)"
-        )
-    manager = checkpoints.make_manager(path, 1, read_only=True)
-    found = checkpoints.restore_newest_intact(manager, checkpoints.candidate_steps(manager, step))
-    if found is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")
-    state = found[1]
+    state = checkpoints.read_workdir(path, step)[1]
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
